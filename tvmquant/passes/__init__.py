@@ -1,0 +1,1 @@
+"""Relax rewrites that put tvmquant kernels into an imported model."""

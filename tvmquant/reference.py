@@ -1,0 +1,65 @@
+"""The PyTorch evaluation of a quantized model: the reference every compiled module is checked against.
+
+It runs the BatchNorm-folded FX graph and replaces each quantized conv2d/linear by the exact computation the
+kernels perform: activations quantized with the same float32 multiply and round-half-even, the integer core in
+float64 (exact for these magnitudes), then one float32 rescale per output channel. Bias stays a float32 add, as
+in the compiled graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from .frontend import LayerInfo
+from .scheme import LayerScheme, QuantScheme, integer_form
+
+
+def quantize_input(x: torch.Tensor, layer: LayerScheme) -> torch.Tensor:
+    """Activation codes as float32, computed exactly as the kernel does."""
+    act = layer.act
+    inv = torch.tensor(act.inv_scale, dtype=torch.float32)
+    return torch.clamp(torch.round(x.float() * inv) + act.zero_point, 0, act.qmax)
+
+
+def quantized_layer(x: torch.Tensor, layer: LayerScheme, bias: torch.Tensor | None) -> torch.Tensor:
+    """One quantized layer's float32 output (before bias is added as its own op)."""
+    centred = (quantize_input(x, layer) - layer.act.zero_point).double()
+    form = integer_form(layer)
+    if form is not None:
+        weight = torch.from_numpy(2 * form.codes.astype(np.float64) - form.zw2[:, None].astype(np.float64))
+        scale = torch.from_numpy(form.scale)
+    else:
+        weight = torch.from_numpy(layer.weight.dequantize().reshape(layer.weight.out_channels, -1))
+        scale = torch.full((layer.weight.out_channels,), np.float32(layer.act.scale))
+    if layer.op == "linear":
+        core = centred @ weight.T
+        out = core.float() * scale
+    else:
+        kh, kw = layer.weight.codes.shape[-2:]
+        core = F.conv2d(centred, weight.reshape(len(weight), -1, kh, kw), stride=layer.stride, padding=layer.padding)
+        out = core.float() * scale.reshape(1, -1, 1, 1)
+    if bias is not None:
+        out = out + (bias.reshape(1, -1, 1, 1) if layer.op == "conv2d" else bias)
+    return out
+
+
+class ReferenceModel(fx.Interpreter):
+    """Runs the folded graph with quantized layers swapped for their exact reference."""
+
+    def __init__(self, gm: fx.GraphModule, layers: list[LayerInfo], scheme: QuantScheme):
+        super().__init__(gm)
+        self.by_node = {info.node: scheme.layers[info.name] for info in layers if info.name in scheme.layers}
+
+    def run_node(self, n: fx.Node):
+        layer = self.by_node.get(n.name)
+        if layer is None:
+            return super().run_node(n)
+        args, _ = self.fetch_args_kwargs_from_env(n)
+        return quantized_layer(args[0], layer, args[2] if len(args) > 2 else None)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.run(torch.from_numpy(x)).numpy()

@@ -1,0 +1,78 @@
+"""Targets are data: one JSON file per target in the top-level `targets/` folder, plus this small adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tvm.target import Target
+
+from .errors import UserError
+
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A compilation target: the TVM target dict, how to link, and whether it runs here or over RPC."""
+
+    name: str
+    description: str
+    tvm_config: dict
+    cross_compiler: str | None
+    runs: str  # "local" or "rpc"
+    default_rpc: str | None = None
+
+    @property
+    def tvm_target(self) -> Target:
+        config = dict(self.tvm_config)
+        if config.get("mcpu") == "native":
+            config["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+        return Target(config)
+
+    def export(self, executable, path: Path) -> None:
+        """Write a shared library (weights embedded) for this target; atomically, so no half-written file."""
+        fcompile = None
+        if self.cross_compiler:
+            if shutil.which(self.cross_compiler) is None:
+                raise UserError(
+                    f"target '{self.name}' needs the cross compiler '{self.cross_compiler}' "
+                    "(Debian: apt-get install gcc-aarch64-linux-gnu, or run scripts/arm64-device.sh setup)"
+                )
+            from tvm.support import cc
+
+            fcompile = cc.cross_compiler(self.cross_compiler)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial.so")
+        try:
+            executable.export_library(str(tmp), fcompile=fcompile)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def known_targets() -> list[str]:
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.json"))
+
+
+def load_target(name: str) -> TargetSpec:
+    """By name (a file in targets/) or by path to a JSON file of the same form."""
+    path = Path(name) if name.endswith(".json") else TARGETS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise UserError(f"unknown target '{name}'; known targets: {', '.join(known_targets())}")
+    try:
+        data = json.loads(path.read_text())
+        return TargetSpec(
+            name=path.stem,
+            description=data.get("description", ""),
+            tvm_config=data["tvm"],
+            cross_compiler=data.get("cross_compiler"),
+            runs=data.get("runs", "local"),
+            default_rpc=data.get("default_rpc"),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"target file {path} is malformed: {exc}") from exc
