@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from .batching import fixed_batches
 from .frontend import LayerInfo
 
 MAX_SAMPLES = 200_000  # values kept per layer for range search; enough for a stable MSE optimum
@@ -16,10 +17,11 @@ class _InputRecorder(fx.Interpreter):
         super().__init__(gm)
         self.nodes = nodes
         self.seen: dict[str, list[torch.Tensor]] = {name: [] for name in nodes.values()}
+        self.valid = 0  # rows of the current batch that are real samples, not padding
 
     def run_node(self, n: fx.Node):
         if n.name in self.nodes:
-            self.seen[self.nodes[n.name]].append(self.env[n.args[0]].detach().flatten())
+            self.seen[self.nodes[n.name]].append(self.env[n.args[0]][: self.valid].detach().flatten())
         return super().run_node(n)
 
 
@@ -29,11 +31,8 @@ def record_layer_inputs(
     """A subsample (at most MAX_SAMPLES values) of every layer's input activations, keyed by layer name."""
     recorder = _InputRecorder(gm, {layer.node: layer.name for layer in layers})
     with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            chunk = torch.from_numpy(data[start : start + batch_size])
-            if len(chunk) < batch_size:  # the graph is exported for a fixed batch: pad the tail
-                chunk = torch.cat([chunk, chunk[:1].expand(batch_size - len(chunk), *chunk.shape[1:])])
-            recorder.run(chunk)
+        for chunk, recorder.valid in fixed_batches(data, batch_size):
+            recorder.run(torch.from_numpy(chunk))
     rng = np.random.default_rng(seed)
     samples = {}
     for name, parts in recorder.seen.items():

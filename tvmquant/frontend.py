@@ -7,6 +7,7 @@ sides see: the FX graph as `get_attr` targets and Relax as parameter names via t
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,16 @@ def load_exported(path: str | Path) -> torch.export.ExportedProgram:
 
 def export_module(module: torch.nn.Module, input_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
     """torch.export a module for one float32 input of a fixed shape."""
+    fake_tensor_log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake_tensor_log.level
+    fake_tensor_log.setLevel(logging.CRITICAL)  # it logs a full traceback before raising; we report one line
     try:
         return torch.export.export(module.eval(), (torch.zeros(input_shape),))
     except Exception as exc:
-        raise UserError(f"torch.export failed for input shape {tuple(input_shape)}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"torch.export failed for input shape {tuple(input_shape)}: {first}") from exc
+    finally:
+        fake_tensor_log.setLevel(level)
 
 
 def input_shape_of(ep: torch.export.ExportedProgram, override: tuple[int, ...] | None) -> tuple[int, ...]:

@@ -28,7 +28,8 @@ class QuantConfig:
     method: str = "uniform"
 
     def __post_init__(self) -> None:
-        for flag, value in (("--wbits", self.wbits), ("--abits", self.abits), ("--first-last-bits", self.first_last_bits)):
+        checks = (("--wbits/--bits", self.wbits), ("--abits/--bits", self.abits), ("--first-last-bits", self.first_last_bits))
+        for flag, value in checks:
             if value is not None and not (isinstance(value, int) and 1 <= value <= 8):
                 raise UserError(f"{flag} must be an integer from 1 to 8, got {value}")
         if self.method not in METHODS:

@@ -1,0 +1,46 @@
+"""Small models with awkward shapes, shared by the tests."""
+
+import torch
+import torch.nn.functional as F
+
+
+class Awkward(torch.nn.Module):
+    """Odd channel counts, stride 2, padding, BatchNorm, K = 5*3*3 = 45 and a linear with K = 70."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 5, 3, padding=1)
+        self.bn1 = torch.nn.BatchNorm2d(5)
+        self.conv2 = torch.nn.Conv2d(5, 7, 3, stride=2, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(7)
+        self.fc1 = torch.nn.Linear(7 * 5 * 2, 13)
+        self.fc2 = torch.nn.Linear(13, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
+class WithDepthwise(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc = torch.nn.Linear(8 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.relu(self.dw(F.relu(self.conv(x)))), 1))
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics so that folding is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()

@@ -1,0 +1,207 @@
+"""The `compile` pipeline as a Python API: model in, quantized scheme, compiled artifact and its evaluation out.
+
+    source = load_source(None)                     # the built-in digits CNN, or a .pt2 path, or an nn.Module
+    result = compile_model(source, QuantConfig(2, 2), load_target("x86"), Path("out.so"))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import fx
+
+from . import frontend
+from .batching import run_batched
+from .build import build
+from .errors import UserError
+from .frontend import LayerInfo
+from .quantize import QuantConfig, quantize_model
+from .reference import ReferenceModel
+from .packing import num_words
+from .scheme import QuantScheme
+from .rpc import DeviceModule, connect, is_listening
+from .target import TargetSpec
+
+BUILTIN = "digits_cnn"
+
+
+@dataclass
+class ModelSource:
+    """A model ready to quantize: folded graph, its layers, and the data to calibrate and evaluate on."""
+
+    name: str
+    gm: fx.GraphModule
+    input_shape: tuple[int, ...]
+    layers: list[LayerInfo]
+    folded_bn: list[str]
+    calib: np.ndarray
+    eval_x: np.ndarray
+    eval_y: np.ndarray | None
+    eval_label: str
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_shape[0]
+
+    def fp32(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.gm(torch.from_numpy(x)).numpy()
+
+
+def load_array(path: str | Path, what: str) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise UserError(f"{what} file {path} is not a readable .npy array: {exc}") from exc
+
+
+def load_source(
+    model: str | Path | torch.nn.Module | None,
+    input_shape: tuple[int, ...] | None = None,
+    calib: np.ndarray | None = None,
+    eval_x: np.ndarray | None = None,
+    eval_y: np.ndarray | None = None,
+) -> ModelSource:
+    """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data."""
+    eval_label = "the evaluation data"
+    if model is None:
+        from .models import digits
+
+        name, input_shape = BUILTIN, input_shape or digits.INPUT_SHAPE
+        ep = frontend.export_module(digits.load_model(), input_shape)
+        if calib is None:
+            calib = digits.load_split("calib")[0]
+        if eval_x is None:
+            eval_x, eval_y = digits.load_split("test")
+            eval_label = f"{len(eval_x)} held-out real digits (sklearn)"
+    elif isinstance(model, torch.nn.Module):
+        if input_shape is None:
+            raise UserError("input_shape is required for an nn.Module")
+        name, ep = type(model).__name__, frontend.export_module(model, input_shape)
+    else:
+        name, ep = Path(model).stem, frontend.load_exported(model)
+    input_shape = frontend.input_shape_of(ep, input_shape)
+    if calib is None:
+        raise UserError(f"model '{name}' needs calibration data: pass --calib FILE.npy of shape (N, {_dims(input_shape)})")
+    calib = frontend.as_numpy_input(calib, input_shape)
+    if eval_x is None:
+        eval_x, eval_label = calib, f"{len(calib)} calibration samples (no --eval-data given)"
+    eval_x = frontend.as_numpy_input(eval_x, input_shape)
+    if eval_y is not None and len(eval_y) != len(eval_x):
+        raise UserError(f"{len(eval_y)} labels for {len(eval_x)} evaluation samples")
+    gm, folded = frontend.prepare(ep, input_shape)
+    layers = frontend.find_layers(gm)
+    if not layers:
+        raise UserError(f"model '{name}' has no conv2d or linear layer with parameter weights to quantize")
+    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return ", ".join(map(str, shape[1:]))
+
+
+@dataclass
+class CompileResult:
+    source: ModelSource
+    config: QuantConfig
+    target: TargetSpec
+    scheme: QuantScheme
+    kernels: dict[str, str]
+    artifact: Path
+    reference_outputs: np.ndarray = field(repr=False)
+
+
+def compile_model(source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path) -> CompileResult:
+    """Quantize, lower, compile and export; writes the artifact and its sidecar files."""
+    scheme = quantize_model(source.gm, source.layers, source.calib, config, source.batch_size)
+    mod, params, param_fqn = frontend.to_relax(source.gm, source.input_shape)
+    executable, kernels = build(mod, params, param_fqn, source.layers, scheme, target)
+    reference = ReferenceModel(source.gm, source.layers, scheme)
+    reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
+    result = CompileResult(source, config, target, scheme, kernels, output, reference_outputs)
+    target.export(executable, output)
+    write_sidecar(result)
+    return result
+
+
+@dataclass
+class Evaluation:
+    """Outputs of fp32, quantized reference and compiled module on the evaluation data."""
+
+    fp32: np.ndarray
+    reference: np.ndarray
+    compiled: np.ndarray | None
+    where: str  # where the compiled module ran, or why it did not
+    latency_ms: float | None = None
+
+
+def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
+    """Run the exported artifact itself: here for local targets, on the RPC device if one is up."""
+    src, target = result.source, result.target
+    fp32 = run_batched(src.fp32, src.eval_x, src.batch_size)
+    if target.runs == "rpc":
+        if not rpc_address or not is_listening(rpc_address):
+            reason = f"not run: no device at {rpc_address}" if rpc_address else "not run: no --rpc device given"
+            if target.name == "arm_cpu":
+                reason += " (start the emulated one: scripts/arm64-device.sh start)"
+            return Evaluation(fp32, result.reference_outputs, None, reason)
+        module = DeviceModule.remote(connect(rpc_address), result.artifact)
+        where = f"{target.name} device at {rpc_address}"
+    else:
+        module, where = DeviceModule.local(result.artifact), f"{target.name}, this machine"
+    compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
+    latency = module.latency_ms(src.eval_x[: src.batch_size])
+    return Evaluation(fp32, result.reference_outputs, compiled, where, latency)
+
+
+def sidecar_paths(artifact: Path) -> tuple[Path, Path]:
+    """`model.so` -> (`model.json` metadata, `model.npz` evaluation inputs and reference outputs)."""
+    return artifact.with_suffix(".json"), artifact.with_suffix(".npz")
+
+
+def write_sidecar(result: CompileResult) -> None:
+    """What `tvmquant run` needs to check an artifact on a device without PyTorch or the original model."""
+    meta_path, data_path = sidecar_paths(result.artifact)
+    src = result.source
+    meta = {
+        "model": src.name,
+        "target": result.target.name,
+        "input_shape": list(src.input_shape),
+        "config": vars(result.config),
+        "layers": {name: {"scheme": layer.describe(), "kernel": result.kernels.get(name, "float32")}
+                   for name, layer in result.scheme.layers.items()},
+        "kept_float": result.scheme.kept_float,
+        "eval_label": src.eval_label,
+    }
+    meta_path.write_text(json.dumps(meta, indent=2))
+    arrays = {"inputs": src.eval_x, "reference": result.reference_outputs}
+    if src.eval_y is not None:
+        arrays["labels"] = src.eval_y
+    np.savez_compressed(data_path, **arrays)
+
+
+def read_sidecar(artifact: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    meta_path, data_path = sidecar_paths(artifact)
+    if not artifact.is_file():
+        raise UserError(f"artifact not found: {artifact}")
+    if not (meta_path.is_file() and data_path.is_file()):
+        raise UserError(f"{artifact} has no {meta_path.name}/{data_path.name} beside it (written by tvmquant compile)")
+    with np.load(data_path, allow_pickle=False) as data:
+        return json.loads(meta_path.read_text()), dict(data)
+
+
+def weight_bytes(result: CompileResult) -> list[tuple[str, int, int]]:
+    """(layer, fp32 bytes, deployed bytes) per quantized layer; deployed = bit-planes + per-channel constants."""
+    rows = []
+    for name, layer in result.scheme.layers.items():
+        codes = layer.weight.codes
+        planes = layer.weight.bits * num_words(codes[0].size) * 8 * len(codes)
+        rows.append((name, 4 * codes.size, planes + 3 * 4 * len(codes)))
+    return rows

@@ -1,0 +1,94 @@
+"""Readable terminal output: the compile summary and the device check of `run`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .compile import CompileResult, evaluate, weight_bytes
+
+
+@dataclass
+class Comparison:
+    """Compiled outputs against the quantized reference (and labels, when known)."""
+
+    total: int
+    agree: int  # samples whose predicted class (argmax) matches the reference's
+    max_diff: float
+    max_rel_diff: float
+    accuracy: float | None
+
+
+def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> Comparison:
+    flat_out, flat_ref = outputs.reshape(len(outputs), -1), reference.reshape(len(reference), -1)
+    diff = np.abs(flat_out - flat_ref)
+    scale = np.maximum(np.abs(flat_ref).max(), 1e-12)
+    accuracy = float((flat_out.argmax(1) == labels).mean()) if labels is not None else None
+    return Comparison(
+        total=len(outputs),
+        agree=int((flat_out.argmax(1) == flat_ref.argmax(1)).sum()),
+        max_diff=float(diff.max()),
+        max_rel_diff=float(diff.max() / scale),
+        accuracy=accuracy,
+    )
+
+
+def print_comparison(c: Comparison, data_label: str) -> None:
+    acc = f", accuracy {100 * c.accuracy:.2f} %" if c.accuracy is not None else ""
+    print(f"on {data_label}: top-1 agreement with the quantized reference {c.agree}/{c.total}{acc}")
+    print(f"max |compiled - reference| = {c.max_diff:.3g} ({c.max_rel_diff:.2g} of the largest output)")
+
+
+def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> str:
+    if labels is None:
+        return "n/a (no labels)"
+    return f"{100 * float((outputs.reshape(len(outputs), -1).argmax(1) == labels).mean()):6.2f} %"
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:8.1f} KB"
+
+
+def print_compile_summary(result: CompileResult, rpc_address: str | None) -> None:
+    """Layers and kernels, weight sizes, accuracy of fp32 / reference / compiled, and where the artifact is."""
+    src, cfg, scheme = result.source, result.config, result.scheme
+    first_last = "fp32" if cfg.first_last_bits is None else f"W{cfg.first_last_bits}A{cfg.first_last_bits}"
+    print(f"\n{src.name} -> {result.target.name}: {cfg.method} W{cfg.wbits}A{cfg.abits} (first/last layer: {first_last})")
+    if src.folded_bn:
+        print(f"BatchNorm folded into: {', '.join(src.folded_bn)}")
+    sizes = {name: (fp32, packed) for name, fp32, packed in weight_bytes(result)}
+    print(f"\n  {'layer':<14}{'op':<8}{'weight':<16}{'quantized as':<18}{'kernel':<12}{'fp32':>11}{'deployed':>11}")
+    for info in src.layers:
+        layer = scheme.layers.get(info.name)
+        shape = "x".join(map(str, src.gm.get_parameter(info.weight).shape))
+        if layer is None:
+            print(f"  {info.name:<14}{info.op:<8}{shape:<16}{'float32':<18}{'tvm':<12}   ({scheme.kept_float[info.name]})")
+            continue
+        fp32, packed = sizes[info.name]
+        kernel = result.kernels.get(info.name, "?")
+        print(f"  {info.name:<14}{info.op:<8}{shape:<16}{layer.describe():<18}{kernel:<12}{_kb(fp32):>11}{_kb(packed):>11}")
+    total_fp32 = sum(f for f, _ in sizes.values())
+    total_packed = sum(p for _, p in sizes.values())
+    if total_packed:
+        print(f"  {'quantized weights total':<68}{_kb(total_fp32):>11}{_kb(total_packed):>11}"
+              f"  ({total_fp32 / total_packed:.1f}x smaller)")
+
+    ev = evaluate(result, rpc_address)
+    labels = src.eval_y
+    print(f"\naccuracy on {src.eval_label}:")
+    print(f"  fp32 (PyTorch)                 {_accuracy(ev.fp32, labels)}")
+    print(f"  quantized reference (PyTorch)  {_accuracy(ev.reference, labels)}")
+    if ev.compiled is None:
+        print(f"  compiled module                {ev.where}")
+    else:
+        c = compare(ev.compiled, ev.reference, labels)
+        print(f"  compiled module ({ev.where})  {_accuracy(ev.compiled, labels)}")
+        print(f"  compiled vs reference: top-1 agreement {c.agree}/{c.total}, max |diff| {c.max_diff:.3g}"
+              f" ({c.max_rel_diff:.2g} relative)")
+        print(f"  latency: {ev.latency_ms:.3f} ms per batch of {src.batch_size} (TVM time evaluator, median)")
+    size = result.artifact.stat().st_size
+    print(f"\nartifact: {result.artifact} ({size / 1024:.0f} KB, weights inside; metadata and check data in "
+          f"{result.artifact.with_suffix('.json').name}, {result.artifact.with_suffix('.npz').name})")
+    if result.target.runs == "rpc":
+        print(f"run it:   python -m tvmquant run --target {result.target.name} --rpc {rpc_address or 'HOST:PORT'} {result.artifact}")

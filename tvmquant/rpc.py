@@ -1,0 +1,83 @@
+"""Running a compiled artifact: in this process, or on a device over TVM RPC (upload, load, run, time).
+
+The same Relax VM calls (set_input / invoke_stateful / get_outputs) work on both, so callers never branch.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax, rpc
+
+from .errors import UserError
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UserError(f"expected HOST:PORT, got '{text}'")
+    return host, int(port)
+
+
+def is_listening(address: str, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections there (cheap check before a slower RPC handshake)."""
+    try:
+        with socket.create_connection(parse_address(address), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def connect(address: str, timeout: float = 10.0) -> rpc.RPCSession:
+    """A direct RPC session, or a one-line UserError saying how to get a device up."""
+    host, port = parse_address(address)
+    if not is_listening(address, timeout=min(timeout, 2.0)):
+        raise UserError(
+            f"no TVM RPC server at {address} (for the emulated ARM device: scripts/arm64-device.sh start)"
+        )
+    try:
+        return rpc.connect(host, port, session_timeout=0)
+    except Exception as exc:  # tvm raises TVMError / RuntimeError for handshake failures
+        raise UserError(f"RPC server at {address} refused the session: {str(exc).splitlines()[0]}") from exc
+
+
+class DeviceModule:
+    """A compiled model loaded on a device (local CPU or remote), called on fixed-shape numpy batches."""
+
+    def __init__(self, module: tvm.runtime.Module, device: tvm.runtime.Device):
+        self.device = device
+        self.vm = relax.VirtualMachine(module, device)
+
+    @classmethod
+    def local(cls, artifact: str | Path | relax.VMExecutable) -> DeviceModule:
+        module = artifact if isinstance(artifact, relax.VMExecutable) else tvm.runtime.load_module(str(artifact))
+        return cls(module, tvm.cpu())
+
+    @classmethod
+    def remote(cls, session: rpc.RPCSession, artifact: str | Path) -> DeviceModule:
+        artifact = Path(artifact)
+        session.upload(str(artifact))
+        try:
+            module = session.load_module(artifact.name)
+        except Exception as exc:
+            raise UserError(
+                f"the device could not load {artifact.name} (built for another target?): {str(exc).splitlines()[0]}"
+            ) from exc
+        return cls(module, session.cpu())
+
+    def _set(self, x: np.ndarray) -> None:
+        self.vm.set_input("main", tvm.runtime.tensor(np.ascontiguousarray(x, np.float32), self.device))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self._set(x)
+        self.vm.invoke_stateful("main")
+        return self.vm.get_outputs("main").numpy()
+
+    def latency_ms(self, x: np.ndarray, number: int = 10, repeat: int = 5) -> float:
+        """Median over `repeat` runs of the mean of `number` calls, timed on the device itself."""
+        self._set(x)
+        timer = self.vm.time_evaluator("invoke_stateful", self.device, number=number, repeat=repeat)
+        return float(np.median(timer("main").results)) * 1e3
