@@ -117,3 +117,22 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, capsys):
 def test_run_rejects_wrong_target_and_missing_artifact(tmp_path, capsys):
     assert main(["run", "--target", "x86", str(tmp_path / "none.so")]) == 2
     assert "artifact not found" in capsys.readouterr().err
+
+
+def test_run_without_a_device_is_one_line_error(tmp_path, capsys):
+    from tvmquant.compile import compile_model, load_source
+    from tvmquant.quantize import QuantConfig
+    from tvmquant.target import load_target
+
+    from models_for_tests import Awkward
+
+    calib = np.random.default_rng(0).standard_normal((2, 3, 9, 4)).astype(np.float32)
+    source = load_source(Awkward().eval(), (1, 3, 9, 4), calib=calib)
+    artifact = tmp_path / "a.so"
+    compile_model(source, QuantConfig(2, 2, 8), load_target("x86"), artifact)
+    artifact.with_suffix(".json").write_text(
+        artifact.with_suffix(".json").read_text().replace('"target": "x86"', '"target": "arm_cpu"')
+    )
+    assert main(["run", "--target", "arm_cpu", "--rpc", "127.0.0.1:1", str(artifact)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tvmquant: error: no TVM RPC server at 127.0.0.1:1") and "\n" not in err

@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
     from .batching import run_batched
     from .compile import read_sidecar
     from .report import compare, print_comparison
-    from .rpc import DeviceModule, connect
+    from .rpc import DeviceModule, connect, device_errors
     from .target import load_target
 
     target = load_target(args.target)
@@ -134,13 +134,14 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.artifact} was compiled for '{meta['target']}', not '{target.name}'")
     if target.runs == "rpc":
         address = args.rpc or target.default_rpc
-        module = DeviceModule.remote(connect(address), args.artifact)
         where = f"{target.name} device at {address}"
     else:
-        module, where = DeviceModule.local(args.artifact), f"{target.name} (this machine)"
+        address, where = None, f"{target.name} (this machine)"
     batch = meta["input_shape"][0]
-    outputs = run_batched(module, data["inputs"], batch, f"running on {where}")
-    latency = module.latency_ms(data["inputs"][:batch], repeat=args.repeat)
+    with device_errors(where):
+        module = DeviceModule.remote(connect(address), args.artifact) if address else DeviceModule.local(args.artifact)
+        outputs = run_batched(module, data["inputs"], batch, f"running on {where}")
+        latency = module.latency_ms(data["inputs"][:batch], repeat=args.repeat)
     print(f"{args.artifact}  ({meta['model']}, {target.name})")
     print_comparison(compare(outputs, data["reference"], data.get("labels")), meta["eval_label"])
     print(f"latency on {where}: {latency:.3f} ms per batch of {batch} (median of {args.repeat} repeats)")

@@ -23,7 +23,7 @@ from .quantize import QuantConfig, quantize_model
 from .reference import ReferenceModel
 from .packing import num_words
 from .scheme import QuantScheme
-from .rpc import DeviceModule, connect, is_listening
+from .rpc import DeviceModule, connect, device_errors, is_listening
 from .target import TargetSpec
 
 BUILTIN = "digits_cnn"
@@ -152,10 +152,16 @@ def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
             if target.name == "arm_cpu":
                 reason += " (start the emulated one: scripts/arm64-device.sh start)"
             return Evaluation(fp32, result.reference_outputs, None, reason)
-        module = DeviceModule.remote(connect(rpc_address), result.artifact)
         where = f"{target.name} device at {rpc_address}"
-    else:
-        module, where = DeviceModule.local(result.artifact), f"{target.name}, this machine"
+        try:
+            with device_errors(where):
+                module = DeviceModule.remote(connect(rpc_address), result.artifact)
+                compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
+                latency = module.latency_ms(src.eval_x[: src.batch_size])
+        except UserError as exc:
+            return Evaluation(fp32, result.reference_outputs, None, f"not run: {exc}")
+        return Evaluation(fp32, result.reference_outputs, compiled, where, latency)
+    module, where = DeviceModule.local(result.artifact), f"{target.name}, this machine"
     compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
     latency = module.latency_ms(src.eval_x[: src.batch_size])
     return Evaluation(fp32, result.reference_outputs, compiled, where, latency)

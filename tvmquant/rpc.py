@@ -6,6 +6,8 @@ The same Relax VM calls (set_input / invoke_stateful / get_outputs) work on both
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,18 @@ def is_listening(address: str, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def device_errors(where: str) -> Iterator[None]:
+    """Turn a device or connection failure (server killed, network gone) into one readable UserError."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (tvm.error.TVMError, RuntimeError, OSError) as exc:
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        raise UserError(f"{where} failed: {lines[-1] if lines else type(exc).__name__}") from exc
 
 
 def connect(address: str, timeout: float = 10.0) -> rpc.RPCSession:
