@@ -133,6 +133,7 @@ def test_run_without_a_device_is_one_line_error(tmp_path, capsys):
     artifact.with_suffix(".json").write_text(
         artifact.with_suffix(".json").read_text().replace('"target": "x86"', '"target": "arm_cpu"')
     )
+    capsys.readouterr()
     assert main(["run", "--target", "arm_cpu", "--rpc", "127.0.0.1:1", str(artifact)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tvmquant: error: no TVM RPC server at 127.0.0.1:1") and "\n" not in err
