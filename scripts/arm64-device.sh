@@ -192,7 +192,7 @@ running_settings() { sed -n 2p "$PIDFILE"; }
 # Waits until the server is usable from the host, or it dies, or the timeout passes.
 wait_ready() {
   "$HOST_PYTHON" - "$@" <<'PY'
-import os, sys, time
+import os, socket, sys, threading, time
 pid, host, port, tracker, key, timeout = sys.argv[1:]
 pid, port, deadline = int(pid), int(port), time.time() + float(timeout)
 import tvm.rpc
@@ -205,21 +205,37 @@ def alive():
         return False
 
 def ready():
-    if tracker:
-        thost, tport = tracker.rsplit(":", 1)
-        queue = tvm.rpc.connect_tracker(thost, int(tport)).summary()["queue_info"]
-        return queue.get(key, {}).get("free", 0) > 0
-    tvm.rpc.connect(host, port)
-    return True
+    if not tracker:
+        tvm.rpc.connect(host, port).cpu()
+        return True
+    thost, tport = tracker.rsplit(":", 1)
+    # A plain connect first: connect_tracker itself retries for 60 s when nothing listens.
+    socket.create_connection((thost, int(tport)), timeout=5).close()
+    info = tvm.rpc.connect_tracker(thost, int(tport)).summary()
+    ours = any(s.get("key") == "server:" + key and s.get("addr", [None, None])[1] == port
+               for s in info["server_info"])
+    return ours and info["queue_info"].get(key, {}).get("free", 0) > 0
+
+def probe():
+    # tvm.rpc.connect has no timeout: a listener that never answers would block it forever.
+    result = []
+    def run():
+        try:
+            result.append(ready())
+        except Exception:
+            result.append(False)
+    threading.Thread(target=run, daemon=True).start()
+    for _ in range(150):
+        if result or not alive():
+            break
+        time.sleep(0.1)
+    return bool(result and result[0])
 
 while time.time() < deadline and alive():
-    try:
-        if ready():
-            sys.exit(0)
-    except Exception:
-        pass
+    if probe():
+        os._exit(0)
     time.sleep(2)
-sys.exit(1)
+os._exit(1)  # not sys.exit: a probe thread may still be blocked
 PY
 }
 

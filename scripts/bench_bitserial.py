@@ -58,7 +58,7 @@ def _bitserial(shape, wbits, abits, target):
     codes = rng.integers(0, 1 << wbits, (cfg.out_channels, cfg.reduction)).astype(np.uint8)
     args = [
         rng.standard_normal((cfg.batch, cfg.in_channels, cfg.height, cfg.width)).astype(np.float32),
-        bitserial.pack_weights(codes, wbits),
+        bitserial.pack_weights(codes, cfg),
         codes.sum(1).astype(np.int32),
         np.full(cfg.out_channels, (1 << wbits) - 1, np.int32),
         np.ones(cfg.out_channels, np.float32),

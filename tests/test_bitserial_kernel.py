@@ -44,12 +44,12 @@ def _run(func, host_target, args, out_shape, out_dtype):
 def test_integer_core_is_exact(shape, wbits, abits, host_target):
     cfg, x, codes, zw2, zp, inv = _case(shape, wbits, abits, seed=hash((shape, wbits, abits)) % 2**32)
     xs = te.placeholder(x.shape, "float32", name="x")
-    wp = te.placeholder((wbits, cfg.words, cfg.out_channels), "uint64", name="wp")
+    wp = te.placeholder((*cfg.kernel, wbits, cfg.words, cfg.out_channels), "uint64", name="wp")
     ws = te.placeholder((cfg.out_channels,), "int32", name="ws")
     z2 = te.placeholder((cfg.out_channels,), "int32", name="z2")
     core = bitserial.bitserial_conv2d_int(xs, wp, ws, z2, cfg, inv, zp)
     func = bitserial.schedule(te.create_prim_func([xs, wp, ws, z2, core]))
-    args = (x, bitserial.pack_weights(codes, wbits), codes.sum(1).astype(np.int32), zw2)
+    args = (x, bitserial.pack_weights(codes, cfg), codes.sum(1).astype(np.int32), zw2)
     out_shape = (cfg.batch, cfg.out_channels, *cfg.out_hw)
     got = _run(func, host_target, args, out_shape, cfg.acc_dtype)
     want = bitserial.reference_int(x, codes, zw2, cfg, inv, zp)
@@ -62,7 +62,7 @@ def test_float_output_within_1e5(shape, host_target):
     cfg, x, codes, zw2, zp, inv = _case(shape, 2, 3, seed=7)
     scale = np.random.default_rng(1).uniform(0.01, 1.0, cfg.out_channels).astype(np.float32)
     func = bitserial.build_primfunc(cfg, inv, zp)
-    args = (x, bitserial.pack_weights(codes, 2), codes.sum(1).astype(np.int32), zw2, scale)
+    args = (x, bitserial.pack_weights(codes, cfg), codes.sum(1).astype(np.int32), zw2, scale)
     got = _run(func, host_target, args, (cfg.batch, cfg.out_channels, *cfg.out_hw), "float32")
     want = bitserial.reference_int(x, codes, zw2, cfg, inv, zp) * scale.astype(np.float64)[None, :, None, None]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

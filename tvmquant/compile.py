@@ -207,7 +207,8 @@ def weight_bytes(result: CompileResult) -> list[tuple[str, int, int]]:
     """(layer, fp32 bytes, deployed bytes) per quantized layer; deployed = bit-planes + per-channel constants."""
     rows = []
     for name, layer in result.scheme.layers.items():
-        codes = layer.weight.codes
-        planes = layer.weight.bits * num_words(codes[0].size) * 8 * len(codes)
+        codes = layer.weight.codes  # (O, C) or (O, C, KH, KW): channels packed per kernel tap
+        taps = int(np.prod(codes.shape[2:], dtype=np.int64))
+        planes = layer.weight.bits * taps * num_words(codes.shape[1]) * 8 * len(codes)
         rows.append((name, 4 * codes.size, planes + 3 * 4 * len(codes)))
     return rows

@@ -45,7 +45,8 @@ class BitserialConv2dConfig:
 
     @property
     def words(self) -> int:
-        return num_words(self.reduction)
+        """64-bit words per pixel and bit-plane (channels are packed; taps are a reduction axis)."""
+        return num_words(self.in_channels)
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -72,28 +73,35 @@ def quantize_activations(x: te.Tensor, inv_scale: float, zero_point: int, bits: 
     return te.compute(x.shape, code, name="quantize")
 
 
-def pack_activation_planes(q: te.Tensor, cfg: BitserialConv2dConfig, zero_point: int) -> te.Tensor:
-    """Implicit im2col + bit-plane packing: (N, OH, OW, abits, words) uint64.
+def pack_activation_planes(q: te.Tensor, cfg: BitserialConv2dConfig) -> te.Tensor:
+    """Bit-plane packing along channels, once per pixel: (N, H, W, abits, words) uint64, bits past C zero.
 
-    Positions in the spatial padding read `zero_point`; positions past K read 0 (no bits set).
+    Packing per pixel (not per im2col patch) reads each activation abits times instead of KH*KW*abits times.
     """
-    (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
-    oh, ow = cfg.out_hw
-    k_total, taps = cfg.reduction, kh * kw
     t = te.reduce_axis((0, WORD_BITS), name="t")
 
-    def code_at(n, y, x, k):
-        c, r = k // taps, k % taps
-        h, w = y * sh + r // kw - ph, x * sw + r % kw - pw
-        inside = tirx.all(h >= 0, h < cfg.height, w >= 0, w < cfg.width)
-        padded = tirx.if_then_else(k < k_total, zero_point, 0)
-        return tirx.if_then_else(tirx.all(k < k_total, inside), q[n, c, h, w], padded)
-
-    def word(n, y, x, b, wd):
-        bit = (code_at(n, y, x, wd * WORD_BITS + t) >> b) & 1
+    def word(n, h, w, b, cw):
+        c = cw * WORD_BITS + t
+        bit = tirx.if_then_else(c < cfg.in_channels, (q[n, c, h, w] >> b) & 1, 0)
         return te.sum(bit.astype("uint64") << t.astype("uint64"), axis=t)
 
-    return te.compute((cfg.batch, oh, ow, cfg.abits, cfg.words), word, name="pack_act")
+    return te.compute((cfg.batch, cfg.height, cfg.width, cfg.abits, cfg.words), word, name="pack_act")
+
+
+def _padded_word(planes: te.Tensor, cfg: BitserialConv2dConfig, zero_point: int, n, y, x, r, s, j, cw):
+    """The packed word a kernel tap reads; in the spatial padding, the code zero_point (real zero) in every
+    channel that exists, i.e. all-ones over valid channels in the planes where zero_point has a 1 bit."""
+    (sh, sw), (ph, pw) = cfg.stride, cfg.padding
+    h, w = y * sh + r - ph, x * sw + s - pw
+    inside = tirx.all(h >= 0, h < cfg.height, w >= 0, w < cfg.width)
+    valid_bits = cfg.in_channels - cw * WORD_BITS
+    all_valid = tirx.const(2**64 - 1, "uint64")
+    mask = tirx.if_then_else(
+        valid_bits >= WORD_BITS, all_valid,
+        (tirx.const(1, "uint64") << valid_bits.astype("uint64")) - tirx.const(1, "uint64"),
+    )
+    pad = tirx.if_then_else(((zero_point >> j) & 1) == 1, mask, tirx.const(0, "uint64"))
+    return tirx.if_then_else(inside, planes[n, h, w, j, cw], pad)
 
 
 def bitserial_conv2d_int(
@@ -102,29 +110,36 @@ def bitserial_conv2d_int(
 ) -> te.Tensor:
     """The exact integer core I (N, O, OH, OW) of the layer, from float input x (N, C, H, W).
 
-    wplanes: (wbits, words, O) uint64 (channels innermost, for vector lanes); wsum: (O,) sum of weight codes; zw2: (O,) twice the weight zero point.
+    wplanes: (KH, KW, wbits, words, O) uint64, channels packed per kernel tap, output channels innermost for
+    vector lanes; wsum: (O,) sum of weight codes; zw2: (O,) twice the weight zero point.
     """
     acc = cfg.acc_dtype
     q = quantize_activations(x, inv_scale, zero_point, cfg.abits)
-    planes = pack_activation_planes(q, cfg, zero_point)
+    planes = pack_activation_planes(q, cfg)
     oh, ow = cfg.out_hw
+    kh, kw = cfg.kernel
+    r, s = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s")
     i = te.reduce_axis((0, cfg.wbits), name="i")
     j = te.reduce_axis((0, cfg.abits), name="j")
     wd = te.reduce_axis((0, cfg.words), name="wd")
     dot = te.compute(
         (cfg.batch, cfg.out_channels, oh, ow),
         lambda n, o, y, z: te.sum(
-            tirx.popcount(wplanes[i, wd, o] & planes[n, y, z, j, wd]).astype(acc) << (i + j).astype(acc),
-            axis=[i, j, wd],
+            tirx.popcount(wplanes[r, s, i, wd, o] & _padded_word(planes, cfg, zero_point, n, y, z, r, s, j, wd))
+            .astype(acc) << (i + j).astype(acc),
+            axis=[r, s, i, j, wd],
         ),
         name="popcount_dot",
     )
+    r2, s2 = te.reduce_axis((0, kh), name="r2"), te.reduce_axis((0, kw), name="s2")
     j2 = te.reduce_axis((0, cfg.abits), name="j2")
     wd2 = te.reduce_axis((0, cfg.words), name="wd2")
     asum = te.compute(
         (cfg.batch, oh, ow),
         lambda n, y, z: te.sum(
-            tirx.popcount(planes[n, y, z, j2, wd2]).astype(acc) << j2.astype(acc), axis=[j2, wd2]
+            tirx.popcount(_padded_word(planes, cfg, zero_point, n, y, z, r2, s2, j2, wd2)).astype(acc)
+            << j2.astype(acc),
+            axis=[r2, s2, j2, wd2],
         ),
         name="act_sum",
     )
@@ -193,13 +208,13 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     sch.parallel(sch.fuse(n, y))
 
     dot = sch.get_sblock("popcount_dot")
-    n, o, y, z, i, j, wd = sch.get_loops(dot)
+    n, o, y, z, r, s, i, j, wd = sch.get_loops(dot)
     out_channels = int(sch.get(o).extent)
     oo, oi = sch.split(o, [None, _lanes(out_channels)])
-    sch.reorder(n, y, z, oo, i, j, wd, oi)
+    sch.reorder(n, y, z, oo, r, s, i, j, wd, oi)
     sch.parallel(sch.fuse(n, y, z, oo))
     sch.vectorize(oi)
-    sch.decompose_reduction(dot, i)
+    sch.decompose_reduction(dot, r)
 
     asum = sch.get_sblock("act_sum")
     n, y, *_ = sch.get_loops(asum)
@@ -219,7 +234,7 @@ def build_primfunc(cfg: BitserialConv2dConfig, inv_scale: float, zero_point: int
     """The scheduled kernel: (x, wplanes, wsum, zw2, scale) -> float32 output, for one layer instance."""
     oc = cfg.out_channels
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
-    wplanes = te.placeholder((cfg.wbits, cfg.words, oc), "uint64", name="wplanes")
+    wplanes = te.placeholder((*cfg.kernel, cfg.wbits, cfg.words, oc), "uint64", name="wplanes")
     wsum = te.placeholder((oc,), "int32", name="wsum")
     zw2 = te.placeholder((oc,), "int32", name="zw2")
     scale = te.placeholder((oc,), "float32", name="scale")
@@ -227,6 +242,9 @@ def build_primfunc(cfg: BitserialConv2dConfig, inv_scale: float, zero_point: int
     return schedule(te.create_prim_func([x, wplanes, wsum, zw2, scale, out]))
 
 
-def pack_weights(codes: np.ndarray, bits: int) -> np.ndarray:
-    """(O, K) weight codes -> (bits, words, O) uint64 planes, the layout `schedule` vectorises over."""
-    return np.ascontiguousarray(pack_bitplanes(codes, bits).transpose(1, 2, 0))
+def pack_weights(codes: np.ndarray, cfg: BitserialConv2dConfig) -> np.ndarray:
+    """(O, K) weight codes, K in (C, KH, KW) order -> (KH, KW, wbits, words, O) uint64 planes."""
+    (kh, kw), oc, ic = cfg.kernel, cfg.out_channels, cfg.in_channels
+    per_tap = codes.reshape(oc, ic, kh, kw).transpose(2, 3, 0, 1).reshape(kh * kw * oc, ic)
+    planes = pack_bitplanes(per_tap, cfg.wbits).reshape(kh, kw, oc, cfg.wbits, cfg.words)
+    return np.ascontiguousarray(planes.transpose(0, 1, 3, 4, 2))

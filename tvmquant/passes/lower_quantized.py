@@ -90,7 +90,7 @@ class _Rewriter(relax.PyExprMutator):
         prim = bitserial.build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point)
         gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"bitserial_{_ident(layer.name)}")
         consts = [
-            bitserial.pack_weights(form.codes, layer.weight.bits),
+            bitserial.pack_weights(form.codes, cfg),
             form.code_sums,
             form.zw2,
             form.scale,
