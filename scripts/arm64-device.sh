@@ -131,11 +131,11 @@ setup_sysroot() {
 setup_site() {
   if site_done; then log "aarch64 wheels ready: $SITE"; return; fi
   log "installing aarch64 wheels into $SITE"
-  local dl=$ARM_DIR/wheels pip=("$HOST_PYTHON" -m pip --disable-pip-version-check --no-input --root-user-action=ignore)
+  local dl=$ARM_DIR/wheels pip=("$HOST_PYTHON" -m pip --disable-pip-version-check --no-input)
   rm -rf "$SITE" "$dl"
   mkdir -p "$dl"
   "${pip[@]}" download -q --no-cache-dir --no-deps "${WHEEL_PLATFORM_ARGS[@]}" -d "$dl" "${WHEELS[@]}"
-  "${pip[@]}" install -q --no-cache-dir --no-deps --no-index "${WHEEL_PLATFORM_ARGS[@]}" \
+  "${pip[@]}" install -q --root-user-action=ignore --no-cache-dir --no-deps --no-index "${WHEEL_PLATFORM_ARGS[@]}" \
     --target "$SITE" "$dl"/*.whl
   rm -rf "$dl"
   # The runtime-only server (TVM_USE_RUNTIME_LIB=1) never loads the 200+ MB compiler library.
@@ -268,6 +268,7 @@ cmd_start() {
   log "starting aarch64 RPC server ($settings), log: $LOG"
   # setsid: the server gets its own process group, so 'stop' can end it with its workers.
   # The inner shell writes its own pid, which is the server's once it execs.
+  # shellcheck disable=SC2016
   TVM_USE_RUNTIME_LIB=1 setsid nohup bash -c 'echo $$ >"$1"; shift; exec "$@"' _ \
     "$PIDFILE.tmp" "$WRAPPER" -m tvm.exec.rpc_server "${server_args[@]}" \
     </dev/null >"$LOG" 2>&1 &
@@ -288,9 +289,9 @@ cmd_start() {
 }
 
 stop_server() {
-  local pid=$1 i
+  local pid=$1 _
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 50); do
+  for _ in $(seq 50); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.2
   done
