@@ -83,7 +83,7 @@ def print_compile_summary(result: CompileResult, rpc_address: str | None) -> Non
         print(f"  compiled module                {ev.where}")
     else:
         c = compare(ev.compiled, ev.reference, labels)
-        print(f"  compiled module ({ev.where})  {_accuracy(ev.compiled, labels)}")
+        print(f"  compiled module (TVM)          {_accuracy(ev.compiled, labels)}   on {ev.where}")
         print(f"  compiled vs reference: top-1 agreement {c.agree}/{c.total}, max |diff| {c.max_diff:.3g}"
               f" ({c.max_rel_diff:.2g} relative)")
         print(f"  latency: {ev.latency_ms:.3f} ms per batch of {src.batch_size} (TVM time evaluator, median)")
