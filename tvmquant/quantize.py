@@ -16,6 +16,7 @@ from .errors import UserError
 from .frontend import LayerInfo
 from .methods import balanced, inq, multipoint, qnet, uniform, uniq
 from .scheme import ActQuant, LayerScheme, QuantScheme, WeightQuant
+from .train import TrainConfig, train_quantized
 
 METHODS = ("uniform", "uniq", "inq", "balanced", "multipoint", "qnet")
 QAT_METHODS = ("uniq", "inq", "balanced", "qnet")
@@ -124,3 +125,19 @@ def quantize_model(
     chosen = plan_layers(layers, config, scheme)
     acts = calibrate_activations(gm, chosen, calib, batch_size)
     return assemble(chosen, quantize_weights(gm, chosen, acts, calib, config, batch_size), acts, scheme)
+
+
+def quantize_with_training(
+    gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray, config: QuantConfig, batch_size: int,
+    train: TrainConfig, data: tuple[np.ndarray, np.ndarray],
+) -> tuple[QuantScheme, fx.GraphModule]:
+    """QAT: activations calibrated on the float model, weights fine-tuned by the method, activations
+    re-calibrated on the trained graph; returns the scheme and the trained graph (its biases changed too)."""
+    if config.method not in QAT_METHODS:
+        raise UserError(f"method '{config.method}' is post-training only; --train works with {', '.join(QAT_METHODS)}")
+    scheme = QuantScheme()
+    chosen = plan_layers(layers, config, scheme)
+    acts = calibrate_activations(gm, chosen, calib, batch_size)
+    bits = {layer.name: wbits for layer, wbits, _ in chosen}
+    trained, weights = train_quantized(gm, layers, bits, acts, config.method, data, batch_size, train)
+    return assemble(chosen, weights, acts, scheme), trained
