@@ -92,7 +92,7 @@ class QNQuantizer(torch.nn.Module):
     def export(self, weight: torch.Tensor) -> WeightQuant:
         """UNIFORM for integer Y, POW2 for {0, ±1, ±2, ±4}; α is the per-layer scale."""
         y = self.y.numpy()[self.level_index(weight).numpy()]
-        out, alpha = weight.shape[0], float(torch.exp(self.log_alpha))
+        out, alpha = weight.shape[0], float(torch.exp(self.log_alpha.detach()))
         if np.abs(y).max() == 4.0:
             mag = np.abs(y)
             index = np.where(mag > 0, 2 - np.log2(np.where(mag > 0, mag, 1.0)) + 1, 0).astype(np.int64)
