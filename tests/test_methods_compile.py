@@ -12,7 +12,7 @@ from tvmquant.models import digits
 from tvmquant.quantize import QuantConfig, calibrate_activations, plan_layers
 from tvmquant.reference import ReferenceModel
 from tvmquant.rpc import DeviceModule
-from tvmquant.scheme import QuantScheme
+from tvmquant.scheme import LayerScheme, QuantScheme
 from tvmquant.train import QuantForward, TrainConfig, train_quantized
 
 KINDS = {"uniq": {"codebook"}, "inq": {"pow2"}, "balanced": {"uniform"}, "multipoint": {"multipoint"},
@@ -60,8 +60,6 @@ def test_qat_forward_agrees_with_exported_representation(method, source):
     assert all(torch.equal(p, before[n]) for n, p in source.gm.named_parameters())  # the source is untouched
     assert any(not torch.equal(p, before[n]) for n, p in gm.named_parameters())  # the copy was trained
     for layer, _, _ in chosen:
-        from tvmquant.scheme import LayerScheme
-
         scheme.layers[layer.name] = LayerScheme(layer.name, layer.op, weights[layer.name], acts[layer.name],
                                                 layer.stride, layer.padding)
     reference = ReferenceModel(gm, source.layers, scheme)
@@ -79,3 +77,25 @@ def test_post_training_methods_refuse_train(source, tmp_path, host_target):
                       train=TrainConfig(epochs=1))
     with pytest.raises(UserError, match="at least 2 weight bits"):
         QuantConfig(1, 2, 8, method="inq")
+
+
+def test_cli_method_train_and_errors(tmp_path, capsys):
+    from tvmquant.cli import main
+
+    out = tmp_path / "inq.so"
+    assert main(["compile", "--method", "inq", "--bits", "3", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "pow2 W3A3" in text and "dequant" in text and "top-1 agreement 360/360" in text
+    assert main(["compile", "--train-data", "x.npz", "-o", str(out)]) == 2
+    assert "only used with --train" in capsys.readouterr().err
+    assert main(["compile", "--method", "multipoint", "--train", "-o", str(out)]) == 2
+    assert "post-training only" in capsys.readouterr().err
+    assert main(["compile", "--method", "multipoint", "--budget", "-1", "-o", str(out)]) == 2
+    assert "--budget must be >= 0" in capsys.readouterr().err
+
+
+def test_compile_with_training_matches_reference(source, tmp_path, host_target):
+    train = TrainConfig(epochs=1, lr=1e-3, batch_size=4, max_steps=3)
+    result = compile_model(source, QuantConfig(2, 4, 8, method="balanced"), host_target, tmp_path / "t.so", train)
+    compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
+    np.testing.assert_allclose(compiled, result.reference_outputs, rtol=1e-5, atol=1e-5)

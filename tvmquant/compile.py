@@ -22,7 +22,7 @@ from .frontend import LayerInfo
 from .quantize import QuantConfig, quantize_model, quantize_with_training
 from .reference import ReferenceModel
 from .packing import num_words
-from .scheme import QuantScheme
+from .scheme import QuantScheme, WeightKind
 from .rpc import DeviceModule, connect, device_errors, is_listening
 from .target import TargetSpec
 from .train import TrainConfig
@@ -241,10 +241,15 @@ def read_sidecar(artifact: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def weight_bytes(result: CompileResult) -> list[tuple[str, int, int]]:
-    """(layer, fp32 bytes, deployed bytes) per quantized layer; deployed = bit-planes + per-channel constants."""
+    """(layer, fp32 bytes, deployed bytes) per quantized layer; deployed = bit-planes + per-channel constants
+    for bit-serial layers, the float64 dequantized weights for dequant-kernel layers (what the artifact holds)."""
     rows = []
     for name, layer in result.scheme.layers.items():
         codes = layer.weight.codes  # (O, C) or (O, C, KH, KW): channels packed per kernel tap
+        if result.kernels.get(name) == "dequant":
+            size = codes[0].size if layer.weight.kind is WeightKind.MULTIPOINT else codes.size
+            rows.append((name, 4 * size, 8 * size))
+            continue
         taps = int(np.prod(codes.shape[2:], dtype=np.int64))
         planes = layer.weight.bits * taps * num_words(codes.shape[1]) * 8 * len(codes)
         rows.append((name, 4 * codes.size, planes + 3 * 4 * len(codes)))
