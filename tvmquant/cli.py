@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--abits", type=int, help="activation bits, overrides --bits")
     comp.add_argument("--first-last-bits", type=_first_last, default=8, metavar="{1..8,fp32}",
                       help="precision of the first and last layer, which hurt accuracy most (default: 8)")
-    comp.add_argument("--method", default="uniform", choices=METHODS, help="quantization method (default: uniform)")
+    comp.add_argument("--method", default="uniform", help=f"quantization method: {', '.join(METHODS)} (default: uniform)")
     comp.add_argument("--budget", type=float, default=0.1,
                       help="multipoint: extra weight rows allowed, as a fraction of all output channels (default: 0.1)")
     comp.add_argument("--train", action="store_true",
