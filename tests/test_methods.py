@@ -163,13 +163,13 @@ def test_qnet_high_temperature_matches_unit_step_and_export(bits, kind):
     wt = torch.from_numpy(w)
     hard = quant.hard(wt).detach().numpy()
     soft = quant.soft(wt, 1e6).detach().numpy()
-    z = np.exp(float(quant.log_beta)) * w[..., None] - quant.thresholds.numpy()
+    z = np.exp(float(quant.log_beta.detach())) * w[..., None] - quant.thresholds.numpy()
     away = np.abs(z).min(-1) > 1e-4  # at T*z clamped to ±10 the sigmoid is within 5e-5 of the step
     np.testing.assert_allclose(soft[away], hard[away], atol=1e-4 * np.abs(hard).max())
     exported = quant.export(wt)
     assert exported.kind is kind
     np.testing.assert_allclose(exported.dequantize(), hard, rtol=1e-12)
-    levels = np.unique(hard / np.exp(float(quant.log_alpha)))
+    levels = np.unique(hard / np.exp(float(quant.log_alpha.detach())))
     assert set(np.round(levels, 9)) <= set(qnet.level_set(bits))
 
 
