@@ -36,7 +36,7 @@ def _first_last(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .quantize import METHODS
+    from .quantize import METHODS, QAT_METHODS
 
     parser = argparse.ArgumentParser(
         prog="tvmquant",
@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--first-last-bits", type=_first_last, default=8, metavar="{1..8,fp32}",
                       help="precision of the first and last layer, which hurt accuracy most (default: 8)")
     comp.add_argument("--method", default="uniform", help=f"quantization method: {', '.join(METHODS)} (default: uniform)")
+    comp.add_argument("--budget", type=float, default=0.1,
+                      help="multipoint: extra weight rows allowed, as a fraction of all output channels (default: 0.1)")
+    comp.add_argument("--train", action="store_true",
+                      help=f"quantization-aware fine-tuning ({', '.join(QAT_METHODS)}); otherwise post-training")
+    comp.add_argument("--epochs", type=int, default=3, help="--train: epochs (default: 3)")
+    comp.add_argument("--lr", type=float, default=1e-4, help="--train: Adam learning rate (default: 1e-4)")
+    comp.add_argument("--train-data", help="--train: .npz with arrays x (N, ...) and y (N,) labels (default: built-in digits train split)")
     comp.add_argument("--calib", help="calibration inputs, .npy of shape (N, ...) (default: the built-in model's held-out calibration digits)")
     comp.add_argument("--eval-data", help="evaluation inputs, .npy (default: built-in test digits, else the calibration data)")
     comp.add_argument("--eval-labels", help="integer labels for --eval-data, .npy, to report accuracy")
@@ -97,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .compile import BUILTIN, compile_model, load_array, load_source
+    from .compile import BUILTIN, compile_model, load_array, load_source, load_train_data
     from .quantize import QuantConfig
+    from .train import TrainConfig
     from .report import print_compile_summary
     from .target import load_target
 
@@ -108,7 +116,11 @@ def _compile(args: argparse.Namespace) -> int:
         abits=args.bits if args.abits is None else args.abits,
         first_last_bits=args.first_last_bits,
         method=args.method,
+        budget=args.budget,
     )
+    train = TrainConfig(epochs=args.epochs, lr=args.lr) if args.train else None
+    if args.train_data and not args.train:
+        raise UserError("--train-data is only used with --train")
     calib = load_array(args.calib, "calibration") if args.calib else None
     eval_x = load_array(args.eval_data, "evaluation data") if args.eval_data else None
     eval_y = load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
@@ -116,7 +128,8 @@ def _compile(args: argparse.Namespace) -> int:
     output = args.output or Path("tvmquant_out") / (
         f"{source.name if args.model else BUILTIN}-{target.name}-w{config.wbits}a{config.abits}.so"
     )
-    result = compile_model(source, config, target, output)
+    train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
+    result = compile_model(source, config, target, output, train, train_data)
     print_compile_summary(result, args.rpc or target.default_rpc)
     return 0
 

@@ -19,12 +19,13 @@ from .batching import run_batched
 from .build import build
 from .errors import UserError
 from .frontend import LayerInfo
-from .quantize import QuantConfig, quantize_model
+from .quantize import QuantConfig, quantize_model, quantize_with_training
 from .reference import ReferenceModel
 from .packing import num_words
-from .scheme import QuantScheme
+from .scheme import QuantScheme, WeightKind
 from .rpc import DeviceModule, connect, device_errors, is_listening
 from .target import TargetSpec
+from .train import TrainConfig
 
 BUILTIN = "digits_cnn"
 
@@ -118,17 +119,53 @@ class CompileResult:
     reference_outputs: np.ndarray = field(repr=False)
 
 
-def compile_model(source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path) -> CompileResult:
-    """Quantize, lower, compile and export; writes the artifact and its sidecar files."""
-    scheme = quantize_model(source.gm, source.layers, source.calib, config, source.batch_size)
-    mod, params, param_fqn = frontend.to_relax(source.gm, source.input_shape)
+def compile_model(
+    source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path,
+    train: TrainConfig | None = None, train_data: tuple[np.ndarray, np.ndarray] | None = None,
+) -> CompileResult:
+    """Quantize (post-training, or with QAT when `train` is given), lower, compile and export; writes the
+    artifact and its sidecar files. QAT data defaults to the built-in model's training split."""
+    gm = source.gm
+    if train is None:
+        scheme = quantize_model(gm, source.layers, source.calib, config, source.batch_size)
+    else:
+        data = train_data if train_data is not None else default_train_data(source)
+        scheme, gm = quantize_with_training(
+            gm, source.layers, source.calib, config, source.batch_size, train, data
+        )
+    mod, params, param_fqn = frontend.to_relax(gm, source.input_shape)
     executable, kernels = build(mod, params, param_fqn, source.layers, scheme, target)
-    reference = ReferenceModel(source.gm, source.layers, scheme)
+    reference = ReferenceModel(gm, source.layers, scheme)
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
     result = CompileResult(source, config, target, scheme, kernels, output, reference_outputs)
     target.export(executable, output)
     write_sidecar(result)
     return result
+
+
+def default_train_data(source: ModelSource) -> tuple[np.ndarray, np.ndarray]:
+    """The built-in digits training split (real data); other models must bring theirs."""
+    if source.name != BUILTIN:
+        raise UserError(f"model '{source.name}' needs training data for --train: pass --train-data FILE.npz with arrays x and y")
+    from .models import digits
+
+    return digits.load_split("train")
+
+
+def load_train_data(path: str | Path, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A .npz with `x` (N, ...) inputs and `y` (N,) integer labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"training data file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x, y = data["x"], data["y"]
+    except Exception as exc:
+        raise UserError(f"{path} is not a .npz with arrays 'x' and 'y': {exc}") from exc
+    x = frontend.as_numpy_input(x, input_shape)
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise UserError(f"{path}: 'y' must be {len(x)} integer labels, got shape {y.shape} dtype {y.dtype}")
+    return x, y.astype(np.int64)
 
 
 @dataclass
@@ -204,10 +241,15 @@ def read_sidecar(artifact: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def weight_bytes(result: CompileResult) -> list[tuple[str, int, int]]:
-    """(layer, fp32 bytes, deployed bytes) per quantized layer; deployed = bit-planes + per-channel constants."""
+    """(layer, fp32 bytes, deployed bytes) per quantized layer; deployed = bit-planes + per-channel constants
+    for bit-serial layers, the float64 dequantized weights for dequant-kernel layers (what the artifact holds)."""
     rows = []
     for name, layer in result.scheme.layers.items():
         codes = layer.weight.codes  # (O, C) or (O, C, KH, KW): channels packed per kernel tap
+        if result.kernels.get(name) == "dequant":
+            size = codes[0].size if layer.weight.kind is WeightKind.MULTIPOINT else codes.size
+            rows.append((name, 4 * size, 8 * size))
+            continue
         taps = int(np.prod(codes.shape[2:], dtype=np.int64))
         planes = layer.weight.bits * taps * num_words(codes.shape[1]) * 8 * len(codes)
         rows.append((name, 4 * codes.size, planes + 3 * 4 * len(codes)))

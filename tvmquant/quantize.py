@@ -9,13 +9,17 @@ from dataclasses import dataclass
 import numpy as np
 from torch import fx
 
-from .calibrate import record_layer_inputs
+import torch
+
+from .calibrate import record_input_grams, record_layer_inputs
 from .errors import UserError
 from .frontend import LayerInfo
-from .methods import uniform
-from .scheme import LayerScheme, QuantScheme
+from .methods import balanced, inq, multipoint, qnet, uniform, uniq
+from .scheme import ActQuant, LayerScheme, QuantScheme, WeightQuant
+from .train import TrainConfig, train_quantized
 
-METHODS = ("uniform",)
+METHODS = ("uniform", "uniq", "inq", "balanced", "multipoint", "qnet")
+QAT_METHODS = ("uniq", "inq", "balanced", "qnet")
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class QuantConfig:
     abits: int = 2
     first_last_bits: int | None = 8
     method: str = "uniform"
+    budget: float = 0.1  # multipoint: extra rows as a fraction of all quantized output channels
 
     def __post_init__(self) -> None:
         checks = (("--wbits/--bits", self.wbits), ("--abits/--bits", self.abits), ("--first-last-bits", self.first_last_bits))
@@ -34,17 +39,25 @@ class QuantConfig:
                 raise UserError(f"{flag} must be an integer from 1 to 8, got {value}")
         if self.method not in METHODS:
             raise UserError(f"unknown method '{self.method}'; known: {', '.join(METHODS)}")
+        if self.budget < 0:
+            raise UserError(f"--budget must be >= 0 (extra rows as a fraction of channels), got {self.budget}")
+        if self.method in ("inq", "multipoint") and min(self.wbits, self.first_last_bits or 8) < 2:
+            raise UserError(f"method '{self.method}' needs at least 2 weight bits")
 
 
-def quantize_model(
-    gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray, config: QuantConfig, batch_size: int
-) -> QuantScheme:
-    """Quantize every supported layer; unsupported ones (and, if asked, first/last) stay float with a reason."""
-    scheme = QuantScheme()
+def dequantized_input(x: torch.Tensor, act: ActQuant) -> torch.Tensor:
+    """The real value of x after activation quantization, computed as the kernels quantize it."""
+    inv = torch.tensor(act.inv_scale, dtype=torch.float32)
+    codes = torch.clamp(torch.round(x.float() * inv) + act.zero_point, 0, act.qmax)
+    return (codes - act.zero_point) * np.float32(act.scale)
+
+
+def plan_layers(layers: list[LayerInfo], config: QuantConfig, scheme: QuantScheme) -> list[tuple[LayerInfo, int, int]]:
+    """(layer, wbits, abits) of every layer to quantize; the others go to `scheme.kept_float` with a reason."""
     supported = []
     for layer in layers:
         if layer.unsupported:
-            warnings.warn(f"layer '{layer.name}' kept in float32: {layer.unsupported} is not supported", stacklevel=2)
+            warnings.warn(f"layer '{layer.name}' kept in float32: {layer.unsupported} is not supported", stacklevel=3)
             scheme.kept_float[layer.name] = layer.unsupported
         else:
             supported.append(layer)
@@ -58,15 +71,73 @@ def quantize_model(
                 continue
             wbits = abits = config.first_last_bits
         chosen.append((layer, wbits, abits))
+    return chosen
+
+
+def calibrate_activations(
+    gm: fx.GraphModule, chosen: list[tuple[LayerInfo, int, int]], calib: np.ndarray, batch_size: int
+) -> dict[str, ActQuant]:
+    """Uniform activation quantizers with fixed, calibrated statistics (every method shares them)."""
     samples = record_layer_inputs(gm, [layer for layer, _, _ in chosen], calib, batch_size)
-    for layer, wbits, abits in chosen:
-        weight = gm.get_parameter(layer.weight).detach().numpy()
+    return {layer.name: uniform.calibrate_activation(samples[layer.name], abits) for layer, _, abits in chosen}
+
+
+def quantize_weights(
+    gm: fx.GraphModule, chosen: list[tuple[LayerInfo, int, int]], acts: dict[str, ActQuant],
+    calib: np.ndarray, config: QuantConfig, batch_size: int,
+) -> dict[str, WeightQuant]:
+    """Post-training weight quantization by the configured method (no training)."""
+    weights = {layer.name: gm.get_parameter(layer.weight).detach().numpy() for layer, _, _ in chosen}
+    bits = {layer.name: wbits for layer, wbits, _ in chosen}
+    if config.method == "multipoint":
+        kernels = {name: tuple(w.shape[2:]) for name, w in weights.items()}
+        quant = {name: (lambda x, a=act: dequantized_input(x, a)) for name, act in acts.items()}
+        grams = record_input_grams(gm, [layer for layer, _, _ in chosen], kernels, quant, calib, batch_size)
+        return multipoint.quantize_layers(weights, bits, grams, config.budget)
+    single = {
+        "uniform": uniform.quantize_weight,
+        "uniq": uniq.quantize_weight,
+        "inq": inq.quantize_weight,
+        "balanced": balanced.quantize_weight,
+        "qnet": qnet.quantize_weight,
+    }[config.method]
+    return {name: single(w, bits[name]) for name, w in weights.items()}
+
+
+def assemble(
+    chosen: list[tuple[LayerInfo, int, int]], weights: dict[str, WeightQuant], acts: dict[str, ActQuant],
+    scheme: QuantScheme,
+) -> QuantScheme:
+    """Put per-layer weights and activations into the scheme."""
+    for layer, _, _ in chosen:
         scheme.layers[layer.name] = LayerScheme(
-            name=layer.name,
-            op=layer.op,
-            weight=uniform.quantize_weight(weight, wbits),
-            act=uniform.calibrate_activation(samples[layer.name], abits),
-            stride=layer.stride,
-            padding=layer.padding,
+            name=layer.name, op=layer.op, weight=weights[layer.name], act=acts[layer.name],
+            stride=layer.stride, padding=layer.padding,
         )
     return scheme
+
+
+def quantize_model(
+    gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray, config: QuantConfig, batch_size: int
+) -> QuantScheme:
+    """Quantize every supported layer post-training; unsupported ones (and, if asked, first/last) stay float."""
+    scheme = QuantScheme()
+    chosen = plan_layers(layers, config, scheme)
+    acts = calibrate_activations(gm, chosen, calib, batch_size)
+    return assemble(chosen, quantize_weights(gm, chosen, acts, calib, config, batch_size), acts, scheme)
+
+
+def quantize_with_training(
+    gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray, config: QuantConfig, batch_size: int,
+    train: TrainConfig, data: tuple[np.ndarray, np.ndarray],
+) -> tuple[QuantScheme, fx.GraphModule]:
+    """QAT: activations calibrated on the float model, weights fine-tuned by the method, activations
+    re-calibrated on the trained graph; returns the scheme and the trained graph (its biases changed too)."""
+    if config.method not in QAT_METHODS:
+        raise UserError(f"method '{config.method}' is post-training only; --train works with {', '.join(QAT_METHODS)}")
+    scheme = QuantScheme()
+    chosen = plan_layers(layers, config, scheme)
+    acts = calibrate_activations(gm, chosen, calib, batch_size)
+    bits = {layer.name: wbits for layer, wbits, _ in chosen}
+    trained, weights = train_quantized(gm, layers, bits, acts, config.method, data, batch_size, train)
+    return assemble(chosen, weights, acts, scheme), trained

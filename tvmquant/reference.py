@@ -24,16 +24,24 @@ def quantize_input(x: torch.Tensor, layer: LayerScheme) -> torch.Tensor:
     return torch.clamp(torch.round(x.float() * inv) + act.zero_point, 0, act.qmax)
 
 
-def quantized_layer(x: torch.Tensor, layer: LayerScheme, bias: torch.Tensor | None) -> torch.Tensor:
-    """One quantized layer's float32 output (before bias is added as its own op)."""
-    centred = (quantize_input(x, layer) - layer.act.zero_point).double()
+def core_operands(layer: LayerScheme) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float64 weight matrix (O, K) of the exact core, float32 per-channel output scale)."""
     form = integer_form(layer)
     if form is not None:
         weight = torch.from_numpy(2 * form.codes.astype(np.float64) - form.zw2[:, None].astype(np.float64))
-        scale = torch.from_numpy(form.scale)
-    else:
-        weight = torch.from_numpy(layer.weight.dequantize().reshape(layer.weight.out_channels, -1))
-        scale = torch.full((layer.weight.out_channels,), np.float32(layer.act.scale))
+        return weight, torch.from_numpy(form.scale)
+    weight = torch.from_numpy(layer.weight.dequantize().reshape(layer.weight.out_channels, -1))
+    return weight, torch.full((layer.weight.out_channels,), np.float32(layer.act.scale))
+
+
+def quantized_layer(
+    x: torch.Tensor, layer: LayerScheme, bias: torch.Tensor | None,
+    operands: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """One quantized layer's float32 output (before bias is added as its own op); `operands` from
+    core_operands(layer), precomputed by callers that run many batches."""
+    centred = (quantize_input(x, layer) - layer.act.zero_point).double()
+    weight, scale = operands if operands is not None else core_operands(layer)
     if layer.op == "linear":
         core = centred @ weight.T
         out = core.float() * scale
@@ -52,13 +60,14 @@ class ReferenceModel(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, layers: list[LayerInfo], scheme: QuantScheme):
         super().__init__(gm)
         self.by_node = {info.node: scheme.layers[info.name] for info in layers if info.name in scheme.layers}
+        self.operands = {node: core_operands(layer) for node, layer in self.by_node.items()}
 
     def run_node(self, n: fx.Node):
         layer = self.by_node.get(n.name)
         if layer is None:
             return super().run_node(n)
         args, _ = self.fetch_args_kwargs_from_env(n)
-        return quantized_layer(args[0], layer, args[2] if len(args) > 2 else None)
+        return quantized_layer(args[0], layer, args[2] if len(args) > 2 else None, self.operands[n.name])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -14,7 +14,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..kernels import bitserial
+from ..kernels import bitserial, dequant
 from ..scheme import LayerScheme, QuantScheme, integer_form
 
 
@@ -80,9 +80,7 @@ class _Rewriter(relax.PyExprMutator):
     def _kernel(self, x: relax.Expr, layer: LayerScheme, shape: tuple[int, int, int, int]) -> relax.Expr:
         form = integer_form(layer)
         if form is None:
-            raise NotImplementedError(
-                f"layer '{layer.name}': no kernel for {layer.weight.kind.value} weights yet"
-            )
+            return self._dequant_kernel(x, layer, shape)
         kernel = tuple(layer.weight.codes.shape[2:]) if layer.op == "conv2d" else (1, 1)
         cfg = bitserial.BitserialConv2dConfig(
             *shape, layer.weight.out_channels, kernel, layer.stride, layer.padding, layer.weight.bits, layer.act.bits
@@ -98,6 +96,20 @@ class _Rewriter(relax.PyExprMutator):
         self.owner.kernels[layer.name] = "bitserial"
         out_ty = relax.TensorType((shape[0], cfg.out_channels, *cfg.out_hw), "float32")
         return relax.call_tir(gv, [x, *(relax.const(np.ascontiguousarray(v)) for v in consts)], out_ty)
+
+    def _dequant_kernel(self, x: relax.Expr, layer: LayerScheme, shape: tuple[int, int, int, int]) -> relax.Expr:
+        """Kinds with no integer kernel yet (POW2, CODEBOOK, MULTIPOINT): dequantize-then-dense."""
+        weight = layer.weight.dequantize()
+        kernel = tuple(weight.shape[2:]) if layer.op == "conv2d" else (1, 1)
+        cfg = dequant.DequantConv2dConfig(
+            *shape, layer.weight.out_channels, kernel, layer.stride, layer.padding, layer.act.bits
+        )
+        prim = dequant.build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, layer.act.scale)
+        gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"dequant_{_ident(layer.name)}")
+        self.owner.kernels[layer.name] = "dequant"
+        const = relax.const(np.ascontiguousarray(weight.reshape(cfg.out_channels, shape[1], *kernel)), "float64")
+        out_ty = relax.TensorType((shape[0], cfg.out_channels, *cfg.out_hw), "float32")
+        return relax.call_tir(gv, [x, const], out_ty)
 
 
 def _ident(name: str) -> str:

@@ -1,0 +1,64 @@
+"""UNIQ (Baskin et al. 2018): k-quantile weight codebooks and uniform noise injected in the CDF domain.
+
+Inference quantizer: with F the CDF of a layer's weights and K = 2^b, thresholds t_i = F^-1(i/K) make every bin
+equiprobable and the levels q_i = F^-1((i - 1/2)/K) are the bins' probability medians. F is a Gaussian fit per
+tensor (mean, std floored at 1e-5) as in the authors' code; `fit="empirical"` uses the weights' own quantiles
+instead. The result is a CODEBOOK (one table per layer, repeated for every output channel).
+
+Choices recorded here (METHODS.md leaves them open or the shared representation forces them):
+- biases stay float32 (the authors quantize them too; our representation has no bias codes);
+- training noise uses the authors' straight-through form: the forward sees F^-1(F(w) + e), the gradient is
+  applied to w as if the noise map were the identity;
+- activations: the shared representation has only uniform activation descriptors, so UNIQ's inference
+  activations are the calibrated uniform ActQuant (fixed statistics, not per-batch); during training the
+  activation of the stage being trained gets uniform noise of one code step (UNIQ's idea on that grid) and the
+  other quantized activations are rounded, all with a ReLU-masked straight-through gradient (train.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.special import ndtri
+
+from ..scheme import WeightKind, WeightQuant
+
+FITS = ("gaussian", "empirical")
+_EPS = 1e-5
+
+
+def gaussian_fit(weight: np.ndarray) -> tuple[float, float]:
+    """Per-tensor (mu, sigma) as the authors fit them."""
+    return float(weight.mean()), max(float(weight.std()), _EPS)
+
+
+def thresholds_and_levels(weight: np.ndarray, bits: int, fit: str = "gaussian") -> tuple[np.ndarray, np.ndarray]:
+    """(K-1 thresholds, K levels): equiprobable bins under the fitted CDF, levels at the bins' medians."""
+    k = 1 << bits
+    edges, mids = np.arange(1, k) / k, (np.arange(k) + 0.5) / k
+    if fit == "gaussian":
+        mu, sigma = gaussian_fit(weight)
+        return mu + sigma * ndtri(edges), mu + sigma * ndtri(mids)
+    if fit == "empirical":
+        flat = weight.ravel().astype(np.float64)
+        return np.quantile(flat, edges), np.quantile(flat, mids)
+    raise ValueError(f"unknown UNIQ fit '{fit}'; known: {', '.join(FITS)}")
+
+
+def quantize_weight(weight: np.ndarray, bits: int, fit: str = "gaussian") -> WeightQuant:
+    """CODEBOOK codes: the index of the equiprobable bin each weight falls in."""
+    thresholds, levels = thresholds_and_levels(weight, bits, fit)
+    codes = np.searchsorted(thresholds, weight.astype(np.float64), side="right")
+    table = np.tile(levels, (weight.shape[0], 1))
+    return WeightQuant(WeightKind.CODEBOOK, bits, codes.astype(np.uint8), levels=table)
+
+
+def noisy_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """w~ = F^-1(clip(F(w) + e)), e ~ U[-1/2K, 1/2K] fresh per call; straight-through to w."""
+    with torch.no_grad():
+        mu, sigma = weight.mean(), weight.std().clamp_min(_EPS)
+        u = torch.special.ndtr((weight - mu) / sigma)
+        u = u + (torch.rand_like(u) - 0.5) / (1 << bits)
+        noisy = mu + sigma * torch.special.ndtri(u.clamp(_EPS, 1 - _EPS))
+    return weight + (noisy - weight).detach()
+
