@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import tvm
 from tvm.target import Target
 
@@ -32,6 +33,9 @@ class TargetSpec:
         config = dict(self.tvm_config)
         if config.get("mcpu") == "native":
             config["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+        if self.runs == "local" and "num-cores" not in config:
+            # MetaSchedule sizes parallel loops by it and refuses a target without it.
+            config["num-cores"] = psutil.cpu_count(logical=False) or 1
         return Target(config)
 
     def export(self, executable, path: Path) -> None:
