@@ -17,6 +17,7 @@ from torch import fx
 from . import frontend
 from .batching import run_batched
 from .build import build
+from .database import open_database
 from .errors import UserError
 from .frontend import LayerInfo
 from .quantize import QuantConfig, quantize_model
@@ -24,7 +25,7 @@ from .reference import ReferenceModel
 from .packing import num_words
 from .scheme import QuantScheme
 from .rpc import DeviceModule, connect, device_errors, is_listening
-from .target import TargetSpec
+from .target import TargetSpec, TUNING_LOGS_DIR
 
 BUILTIN = "digits_cnn"
 
@@ -116,17 +117,31 @@ class CompileResult:
     kernels: dict[str, str]
     artifact: Path
     reference_outputs: np.ndarray = field(repr=False)
+    tuning_log: Path | None = None  # the database whose records were applied
+    tuned: list[str] = field(default_factory=list)  # functions scheduled by a tuning record
 
 
-def compile_model(source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path) -> CompileResult:
-    """Quantize, lower, compile and export; writes the artifact and its sidecar files."""
+def default_tuning_log(target: TargetSpec) -> Path:
+    """Where `tune` writes and `compile` looks by default: tuning_logs/<target>/ beside targets/."""
+    return TUNING_LOGS_DIR / target.name
+
+
+def compile_model(
+    source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path, tuning_log: Path | None = None
+) -> CompileResult:
+    """Quantize, lower, compile and export; writes the artifact and its sidecar files.
+
+    `tuning_log`: a `tune` log folder whose matching records schedule the kernels (no tuning happens here).
+    """
     scheme = quantize_model(source.gm, source.layers, source.calib, config, source.batch_size)
     mod, params, param_fqn = frontend.to_relax(source.gm, source.input_shape)
-    executable, kernels = build(mod, params, param_fqn, source.layers, scheme, target)
+    database = open_database(tuning_log, create=False) if tuning_log else None
+    built = build(mod, params, param_fqn, source.layers, scheme, target, database)
     reference = ReferenceModel(source.gm, source.layers, scheme)
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
-    result = CompileResult(source, config, target, scheme, kernels, output, reference_outputs)
-    target.export(executable, output)
+    result = CompileResult(source, config, target, scheme, built.kernels, output, reference_outputs,
+                           tuning_log, built.tuned)
+    target.export(built.executable, output)
     write_sidecar(result)
     return result
 
@@ -185,6 +200,7 @@ def write_sidecar(result: CompileResult) -> None:
                    for name, layer in result.scheme.layers.items()},
         "kept_float": result.scheme.kept_float,
         "eval_label": src.eval_label,
+        "tuned_functions": result.tuned,
     }
     meta_path.write_text(json.dumps(meta, indent=2))
     arrays = {"inputs": src.eval_x, "reference": result.reference_outputs}

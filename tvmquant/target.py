@@ -15,6 +15,7 @@ from tvm.target import Target
 from .errors import UserError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+TUNING_LOGS_DIR = TARGETS_DIR.parent / "tuning_logs"
 
 
 @dataclass(frozen=True)
