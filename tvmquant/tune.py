@@ -2,7 +2,7 @@
 
 Tasks are the model as `compile` would build it, but with unscheduled kernels (see `build.legalize`): our
 bit-serial kernels plus the fused fp32 ops. Records go to TVM's JSON database in the log folder, which is
-locked for the run (`database.locked`). A task with `trials` records already, or whose search space ran out
+locked for the run (`database.locked`). A task with `trials` successful records already, or whose search space ran out
 before that, is not tuned again, so a second run resumes; untuned latencies and exhausted spaces are kept
 beside the database (`tasks.json`) for the same reason.
 """
@@ -171,7 +171,8 @@ def tune(
                 if latency is not None:
                     state.setdefault(keys[i], {})["untuned_ms"] = latency
             _save_state(log_dir, state)
-        had = [len(_records(database, task.dispatched[0])) for task in tasks]
+        # Failed trials (a device lost mid-run) stay in the database but do not count: a re-run retries them.
+        had = [sum(1 for r in _records(database, task.dispatched[0]) if _seconds(r) is not None) for task in tasks]
         todo = [i for i in range(len(tasks)) if had[i] < trials and not state.get(keys[i], {}).get("exhausted")]
         results = []
         with tempfile.TemporaryDirectory(prefix="tvmquant-tune-") as work_dir, tqdm(
