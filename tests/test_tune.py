@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tvmquant.compile import compile_model, load_source
-from tvmquant.database import RECORDS, WORKLOADS, open_database
+from tvmquant.database import RECORDS, WORKLOADS, open_database, read_database
 from tvmquant.quantize import QuantConfig
 
 from models_for_tests import save_tiny
@@ -60,7 +60,7 @@ def test_concurrent_tune_waits_for_the_lock_and_loses_nothing(tuned):
     assert "records for this model" in outs[1][0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert len(open_database(log_dir).get_all_tuning_records()) == len(records)
+        assert len(read_database(log_dir).get_all_tuning_records()) == len(records)
 
 
 def test_second_run_resumes_without_measuring(tuned):
@@ -95,6 +95,10 @@ def test_damaged_lines_are_dropped_with_a_warning_and_the_rest_kept(tuned, tmp_p
     lines = (copy / RECORDS).read_text().splitlines()
     lines[1] = lines[1][: len(lines[1]) // 2]  # truncated mid-line, as by a killed writer
     (copy / RECORDS).write_text("\n".join(lines) + "\n" + '[0, ["garbage"]]\n' + "{not json\n")
+    damaged = (copy / RECORDS).read_text()
+    with pytest.warns(UserWarning, match=f"{copy / RECORDS}:2:"):
+        assert len(read_database(copy).get_all_tuning_records()) == len(lines) - 1
+    assert (copy / RECORDS).read_text() == damaged  # compile's reading never rewrites the folder
     with pytest.warns(UserWarning) as caught:
         database = open_database(copy)
     messages = [str(w.message) for w in caught]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tvmquant.database import RECORDS, open_database
+from tvmquant.database import RECORDS, read_database
 
 from models_for_tests import save_tiny
 
@@ -82,7 +82,7 @@ def test_server_killed_mid_tuning_keeps_the_database_and_a_rerun_resumes(tmp_pat
         assert failures, "failed trials were not recorded"
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            assert len(open_database(log_dir).get_all_tuning_records()) == len(after.splitlines())
+            assert len(read_database(log_dir).get_all_tuning_records()) == len(after.splitlines())
 
         # the device is back: a re-run tunes what is still missing and keeps everything
         servers[0].start()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
 from .frontend import LayerInfo
 from .kernels import bitserial
@@ -46,21 +47,23 @@ def lower(
 
 
 def legalize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Relax ops -> fused TIR PrimFuncs: the functions MetaSchedule tunes and records are matched against."""
-    return tvm.transform.Sequential(relax.pipeline.legalize_passes(target))(mod)
+    """Relax ops -> fused TIR PrimFuncs (the first half of TVM's CPU pipeline): the functions MetaSchedule
+    tunes and records are matched against."""
+    with target:
+        return tvm.transform.Sequential(cpu_pipeline.library_dispatch_passes(target) + cpu_pipeline.legalize_passes(target))(mod)
 
 
 def schedule_kernels(mod: tvm.IRModule) -> tvm.IRModule:
     """Give our bit-serial kernels that no record scheduled their default schedule."""
     for gv, func in mod.functions_items():
-        if gv.name_hint.startswith(KERNEL_PREFIX) and not func.attrs.get("tir.is_scheduled", False):
-            mod[gv] = bitserial.schedule(func).with_attr("tir.is_scheduled", True)
+        if gv.name_hint.startswith(KERNEL_PREFIX) and not func.attrs.get("tirx.is_scheduled", False):
+            mod[gv] = bitserial.schedule(func).with_attr("tirx.is_scheduled", True)
     return mod
 
 
 def tuned_functions(mod: tvm.IRModule) -> list[str]:
     return sorted(gv.name_hint for gv, f in mod.functions_items()
-                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs.get("tir.is_scheduled", False))
+                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs.get("tirx.is_scheduled", False))
 
 
 def build(
@@ -83,7 +86,8 @@ def build(
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
     tuned = tuned_functions(mod)
     mod = schedule_kernels(mod)
+    # the second half of TVM's CPU pipeline (the package does not re-export these two)
     pipeline = tvm.transform.Sequential(
-        [*relax.pipeline.dataflow_lower_passes(tvm_target), *relax.pipeline.finalize_passes(tvm_target)]
+        cpu_pipeline.dataflow_lower_passes(tvm_target) + cpu_pipeline.finalize_passes(tvm_target)
     )
     return BuildResult(tvm.compile(mod, tvm_target, relax_pipeline=pipeline), kernels, tuned)

@@ -17,7 +17,7 @@ from torch import fx
 from . import frontend
 from .batching import run_batched
 from .build import build
-from .database import open_database
+from .database import read_database
 from .errors import UserError
 from .frontend import LayerInfo
 from .quantize import QuantConfig, quantize_model
@@ -135,7 +135,7 @@ def compile_model(
     """
     scheme = quantize_model(source.gm, source.layers, source.calib, config, source.batch_size)
     mod, params, param_fqn = frontend.to_relax(source.gm, source.input_shape)
-    database = open_database(tuning_log, create=False) if tuning_log else None
+    database = read_database(tuning_log) if tuning_log else None
     built = build(mod, params, param_fqn, source.layers, scheme, target, database)
     reference = ReferenceModel(source.gm, source.layers, scheme)
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -66,9 +68,11 @@ def _lines(path: Path) -> list[str]:
     return path.read_text(errors="replace").splitlines() if path.is_file() else []
 
 
-def repair(log_dir: Path) -> list[str]:
-    """Drop lines TVM cannot parse (moved to `<file>.rejected`); returns one warning per dropped line."""
+def repair(log_dir: Path, shown_as: Path | None = None) -> list[str]:
+    """Drop lines TVM cannot parse (moved to `<file>.rejected`); returns one warning per dropped line, naming
+    the files as under `shown_as` (for a copy). Only under the folder's lock, or on a private copy."""
     wl_path, rec_path = log_dir / WORKLOADS, log_dir / RECORDS
+    shown = shown_as or log_dir
     problems: list[str] = []
     rejected: dict[Path, list[str]] = {wl_path: [], rec_path: []}
     workloads: list[ms.database.Workload | None] = []
@@ -79,7 +83,7 @@ def repair(log_dir: Path) -> list[str]:
             workloads.append(ms.database.Workload.from_json(json.loads(line)))
         except Exception as exc:  # json or TVM parse errors: the line is unusable either way
             workloads.append(None)
-            problems.append(f"{wl_path}:{number}: unreadable workload dropped ({_reason(exc)})")
+            problems.append(f"{shown / WORKLOADS}:{number}: unreadable workload dropped ({_reason(exc)})")
             rejected[wl_path].append(line)
             continue
         new_index[number - 1] = len(kept_workloads)
@@ -93,7 +97,7 @@ def repair(log_dir: Path) -> list[str]:
                 raise ValueError(f"refers to missing workload {index}")
             ms.database.TuningRecord.from_json(record, workload)
         except Exception as exc:
-            problems.append(f"{rec_path}:{number}: unreadable tuning record dropped ({_reason(exc)})")
+            problems.append(f"{shown / RECORDS}:{number}: unreadable tuning record dropped ({_reason(exc)})")
             rejected[rec_path].append(line)
             continue
         kept_records.append(json.dumps([new_index[index], record], separators=(",", ":")) if index != new_index[index] else line)
@@ -118,13 +122,30 @@ def _write_atomic(path: Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def open_database(log_dir: Path, create: bool = True) -> ms.database.JSONDatabase:
-    """The folder's JSONDatabase, after `repair` (its warnings go through `warnings.warn`)."""
-    if not create and not (log_dir / WORKLOADS).is_file():
-        raise UserError(f"no tuning records in {log_dir} (expected {WORKLOADS} and {RECORDS})")
+def open_database(log_dir: Path) -> ms.database.JSONDatabase:
+    """The folder's JSONDatabase for writing, after `repair` in place; the caller holds `locked(log_dir)`."""
     log_dir.mkdir(parents=True, exist_ok=True)
     for problem in repair(log_dir):
         warnings.warn(problem, stacklevel=2)
+    return _json_database(log_dir)
+
+
+def read_database(log_dir: Path) -> ms.database.JSONDatabase:
+    """The folder's records for reading (compile): repaired on a private copy, so the folder is never changed
+    and a `tune` writing it meanwhile is not disturbed."""
+    if not (log_dir / WORKLOADS).is_file():
+        raise UserError(f"no tuning records in {log_dir} (expected {WORKLOADS} and {RECORDS})")
+    with tempfile.TemporaryDirectory(prefix="tvmquant-db-") as tmp:
+        copy = Path(tmp)
+        for name in (WORKLOADS, RECORDS):
+            if (log_dir / name).is_file():
+                shutil.copyfile(log_dir / name, copy / name)
+        for problem in repair(copy, shown_as=log_dir):
+            warnings.warn(problem, stacklevel=2)
+        return _json_database(copy)  # JSONDatabase reads everything at construction
+
+
+def _json_database(log_dir: Path) -> ms.database.JSONDatabase:
     return ms.database.JSONDatabase(
         path_workload=str(log_dir / WORKLOADS), path_tuning_record=str(log_dir / RECORDS),
         allow_missing=True, module_equality="structural",
