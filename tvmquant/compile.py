@@ -17,7 +17,7 @@ from torch import fx
 from . import frontend
 from .batching import run_batched
 from .build import build
-from .database import read_database
+from .database import load_task_state, read_database
 from .errors import UserError
 from .frontend import LayerInfo
 from .quantize import QuantConfig, quantize_model
@@ -119,6 +119,7 @@ class CompileResult:
     reference_outputs: np.ndarray = field(repr=False)
     tuning_log: Path | None = None  # the database whose records were applied
     tuned: list[str] = field(default_factory=list)  # functions scheduled by a tuning record
+    untuned_faster: list[str] = field(default_factory=list)  # records not applied: the untuned build was faster
 
 
 def default_tuning_log(target: TargetSpec) -> Path:
@@ -135,12 +136,15 @@ def compile_model(
     """
     scheme = quantize_model(source.gm, source.layers, source.calib, config, source.batch_size)
     mod, params, param_fqn = frontend.to_relax(source.gm, source.input_shape)
-    database = read_database(tuning_log) if tuning_log else None
-    built = build(mod, params, param_fqn, source.layers, scheme, target, database)
+    database, untuned = None, {}
+    if tuning_log:
+        database = read_database(tuning_log)
+        untuned = {k: v["untuned_ms"] for k, v in load_task_state(tuning_log).items() if "untuned_ms" in v}
+    built = build(mod, params, param_fqn, source.layers, scheme, target, database, untuned)
     reference = ReferenceModel(source.gm, source.layers, scheme)
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
     result = CompileResult(source, config, target, scheme, built.kernels, output, reference_outputs,
-                           tuning_log, built.tuned)
+                           tuning_log, built.tuned, built.untuned_faster)
     target.export(built.executable, output)
     write_sidecar(result)
     return result

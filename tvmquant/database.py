@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import tvm
+import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
 from .errors import UserError
@@ -27,6 +29,7 @@ from .errors import UserError
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 LOCK = ".lock"
+TASKS = "tasks.json"  # per task: untuned latency (ms), and whether its search space ran out
 
 
 @contextmanager
@@ -154,3 +157,24 @@ def _json_database(log_dir: Path) -> ms.database.JSONDatabase:
 
 def has_records(log_dir: Path) -> bool:
     return (log_dir / RECORDS).is_file() and (log_dir / RECORDS).stat().st_size > 0
+
+
+def task_key(name: str, mod: tvm.IRModule) -> str:
+    """How tasks.json names a task: its function name and the structural hash TVM matches records by."""
+    return f"{name}:{tvm_ffi.structural_hash(mod) & 0xFFFFFFFFFFFF:x}"
+
+
+def load_task_state(log_dir: Path) -> dict[str, dict]:
+    path = log_dir / TASKS
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        return {k: dict(v) for k, v in data.items()}
+    except (ValueError, TypeError, AttributeError):
+        warnings.warn(f"{path} is unreadable; untuned latencies will be measured again", stacklevel=2)
+        return {}
+
+
+def save_task_state(log_dir: Path, state: dict[str, dict]) -> None:
+    tmp = log_dir / f".{TASKS}.tmp"
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    tmp.replace(log_dir / TASKS)

@@ -83,7 +83,9 @@ def print_compile_summary(result: CompileResult, rpc_address: str | None) -> Non
     labels = src.eval_y
     if result.tuning_log:
         print(f"\ntuning records applied from {result.tuning_log}: {len(result.tuned)} function(s) "
-              f"({', '.join(result.tuned) or 'none matched'}); no tuning done here")
+              f"({', '.join(result.tuned) or 'none'}); no tuning done here")
+        if result.untuned_faster:
+            print(f"  kept untuned (faster than their best record): {', '.join(result.untuned_faster)}")
     print(f"\naccuracy on {src.eval_label}:")
     print(f"  fp32 (PyTorch)                 {_accuracy(ev.fp32, labels)}")
     print(f"  quantized reference (PyTorch)  {_accuracy(ev.reference, labels)}")

@@ -10,8 +10,6 @@ beside the database (`tasks.json`) for the same reason.
 from __future__ import annotations
 
 import functools
-import json
-import warnings
 import sys
 import types
 from collections.abc import Iterator
@@ -30,7 +28,7 @@ from tvm.s_tir import meta_schedule as ms
 from . import _ms_workers, frontend
 from .build import legalize, lower
 from .compile import ModelSource
-from .database import locked, open_database
+from .database import load_task_state, locked, open_database, save_task_state, task_key
 from .kernels import bitserial
 from .passes.lower_quantized import KERNEL_PREFIX
 from .quantize import QuantConfig, quantize_model
@@ -40,7 +38,6 @@ from .target import TargetSpec
 # to import this package (which may not be on its path).
 cloudpickle.register_pickle_by_value(_ms_workers)
 
-TASKS = "tasks.json"
 FAILED = 1e9  # MetaSchedule records a failed trial with run_secs of 1e10; anything this slow is a failure
 
 
@@ -163,14 +160,14 @@ def tune(
     runner = make_runner(tracker, timeout, workers)
     with locked(log_dir):
         database = open_database(log_dir)
-        state = _load_state(log_dir)
-        keys = [_task_key(task) for task in tasks]
+        state = load_task_state(log_dir)
+        keys = [task_key(task.task_name, task.dispatched[0]) for task in tasks]
         missing = [i for i, key in enumerate(keys) if "untuned_ms" not in state.get(key, {})]
         if missing:
             for i, latency in zip(missing, measure_untuned([tasks[i] for i in missing], target, builder, runner)):
                 if latency is not None:
                     state.setdefault(keys[i], {})["untuned_ms"] = latency
-            _save_state(log_dir, state)
+            save_task_state(log_dir, state)
         # Failed trials (a device lost mid-run) stay in the database but do not count: a re-run retries them.
         had = [sum(1 for r in _records(database, task.dispatched[0]) if _seconds(r) is not None) for task in tasks]
         todo = [i for i in range(len(tasks)) if had[i] < trials and not state.get(keys[i], {}).get("exhausted")]
@@ -187,7 +184,7 @@ def tune(
                 counts[i] = (callback.measured, callback.failed)
                 if callback.measured < trials - had[i]:  # the search found no new candidates to try
                     state.setdefault(keys[i], {})["exhausted"] = True
-                    _save_state(log_dir, state)
+                    save_task_state(log_dir, state)
         for i, task in enumerate(tasks):
             records = _records(database, task.dispatched[0])
             times = [t for t in map(_seconds, records) if t is not None]
@@ -243,23 +240,3 @@ def _tune_one(task, remaining, target, work_dir, builder, runner, database, call
         measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback],
         task_scheduler="round-robin",
     )
-
-
-def _task_key(task: ms.ExtractedTask) -> str:
-    return f"{task.task_name}:{tvm_ffi.structural_hash(task.dispatched[0]) & 0xFFFFFFFFFFFF:x}"
-
-
-def _load_state(log_dir: Path) -> dict[str, dict]:
-    path = log_dir / TASKS
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
-        return {k: dict(v) for k, v in data.items()}
-    except (ValueError, TypeError, AttributeError):
-        warnings.warn(f"{path} is unreadable; untuned latencies will be measured again", stacklevel=2)
-        return {}
-
-
-def _save_state(log_dir: Path, state: dict[str, dict]) -> None:
-    tmp = log_dir / f".{TASKS}.tmp"
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
-    tmp.replace(log_dir / TASKS)
