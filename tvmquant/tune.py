@@ -189,8 +189,9 @@ def tune(
             records = _records(database, task.dispatched[0])
             times = [t for t in map(_seconds, records) if t is not None]
             measured, failed = counts.get(i, (0, 0))
-            results.append(TaskResult(task.task_name, state.get(keys[i], {}).get("untuned_ms"), 1e3 * min(times) if times else None,
-                                      len(records), measured, failed))
+            untuned = state.get(keys[i], {}).get("untuned_ms")
+            best = 1e3 * min(times) if times else None
+            results.append(TaskResult(task.task_name, untuned, best, len(records), measured, failed))
     return results
 
 
