@@ -83,7 +83,8 @@ def make_runner(tracker: Tracker | None, timeout: float, workers: int) -> ms.run
     config = ms.runner.RPCConfig(
         tracker_host=tracker.host, tracker_port=tracker.port, tracker_key=tracker.key, session_timeout_sec=timeout
     )
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=workers)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator, max_workers=workers,
+                               f_create_session=_ms_workers.create_session)
 
 
 def _records(database: ms.database.Database, mod: tvm.IRModule) -> list[ms.database.TuningRecord]:
