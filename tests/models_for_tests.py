@@ -44,3 +44,28 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
     return model.eval()
+
+
+class Tiny(torch.nn.Module):
+    """One conv and one linear on a 1x6x6 input: the fewest tuning tasks that still cover both kernels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.relu(self.conv(x)), 1))
+
+
+def save_tiny(folder) -> tuple[str, str]:
+    """Tiny as a torch.export archive plus calibration data, for the command line: (model.pt2, calib.npy)."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x = torch.randn(1, 1, 6, 6)
+    pt2, calib = folder / "tiny.pt2", folder / "calib.npy"
+    torch.export.save(torch.export.export(model, (x,)), pt2)
+    np.save(calib, np.random.default_rng(0).standard_normal((8, 1, 6, 6)).astype(np.float32))
+    return str(pt2), str(calib)

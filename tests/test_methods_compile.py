@@ -96,6 +96,6 @@ def test_cli_method_train_and_errors(tmp_path, capsys):
 
 def test_compile_with_training_matches_reference(source, tmp_path, host_target):
     train = TrainConfig(epochs=1, lr=1e-3, batch_size=4, max_steps=3)
-    result = compile_model(source, QuantConfig(2, 4, 8, method="balanced"), host_target, tmp_path / "t.so", train)
+    result = compile_model(source, QuantConfig(2, 4, 8, method="balanced"), host_target, tmp_path / "t.so", train=train)
     compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
     np.testing.assert_allclose(compiled, result.reference_outputs, rtol=1e-5, atol=1e-5)

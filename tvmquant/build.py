@@ -1,15 +1,91 @@
-"""Relax module + QuantScheme -> executable: lower quantized layers, embed the remaining weights, compile."""
+"""Relax module + QuantScheme -> executable: lower quantized layers, embed the remaining weights, compile.
+
+Without tuning records the kernels carry their default schedule and TVM's default pipeline does the rest.
+With records (a MetaSchedule database), the module is lowered with unscheduled kernels, exactly as `tune`
+extracted its tasks, so that the records match; kernels without a record fall back to the default schedule.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
+from .database import task_key
 from .frontend import LayerInfo
-from .passes.lower_quantized import LowerQuantizedLayers
+from .kernels import bitserial
+from .passes.lower_quantized import KERNEL_PREFIX, LowerQuantizedLayers
 from .scheme import QuantScheme
 from .target import TargetSpec
+
+
+@dataclass
+class BuildResult:
+    executable: relax.VMExecutable
+    kernels: dict[str, str]  # quantized layer -> kernel family
+    tuned: list[str]  # PrimFuncs that took their schedule from a tuning record
+    untuned_faster: list[str]  # PrimFuncs with records that `tune` measured slower than the untuned build
+
+
+def lower(
+    mod: tvm.IRModule,
+    params: dict[str, np.ndarray],
+    param_fqn: dict[str, str],
+    layers: list[LayerInfo],
+    scheme: QuantScheme,
+    tunable: bool = False,
+) -> tuple[tvm.IRModule, dict[str, str]]:
+    """Swap quantized layers for kernel calls and bind the remaining weights as constants."""
+    layer_of_weight = {info.weight: info.name for info in layers if info.name in scheme.layers}
+    param_to_layer = {p: layer_of_weight[fqn] for p, fqn in param_fqn.items() if fqn in layer_of_weight}
+    lowering = LowerQuantizedLayers(scheme, param_to_layer, tunable=tunable)
+    mod = lowering(mod)
+    mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(v) for k, v in params.items()})(mod)
+    mod = relax.transform.DeadCodeElimination()(mod)
+    return mod, dict(lowering.kernels)
+
+
+def legalize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Relax ops -> fused TIR PrimFuncs (the first half of TVM's CPU pipeline): the functions MetaSchedule
+    tunes and records are matched against."""
+    with target:
+        return tvm.transform.Sequential(cpu_pipeline.library_dispatch_passes(target) + cpu_pipeline.legalize_passes(target))(mod)
+
+
+def apply_records(
+    mod: tvm.IRModule, database, target: tvm.target.Target, untuned_ms: dict[str, float]
+) -> tuple[tvm.IRModule, list[str], list[str]]:
+    """Schedule each function by its best record, unless `tune` measured the untuned build faster (few trials
+    can leave the best record behind our default kernel schedule). Returns (module, applied, not applied)."""
+    applied, slower = [], []
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        name, task = gv.name_hint, tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        record = database.query_tuning_record(task, target, name)
+        if record is None:
+            continue
+        best_ms = 1e3 * float(np.mean([float(s) for s in record.run_secs]))
+        if untuned_ms.get(task_key(name, task), float("inf")) <= best_ms:
+            slower.append(name)
+            continue
+        tuned = database.query_schedule(task, target, name).mod["main"]
+        if "global_symbol" not in func.attrs:
+            tuned = tuned.without_attr("global_symbol")
+        mod[gv] = tuned.with_attr("tirx.is_scheduled", True)
+        applied.append(name)
+    return mod, sorted(applied), sorted(slower)
+
+
+def schedule_kernels(mod: tvm.IRModule) -> tvm.IRModule:
+    """Give our bit-serial kernels that no record scheduled their default schedule."""
+    for gv, func in mod.functions_items():
+        if gv.name_hint.startswith(KERNEL_PREFIX) and not func.attrs.get("tirx.is_scheduled", False):
+            mod[gv] = bitserial.schedule(func).with_attr("tirx.is_scheduled", True)
+    return mod
 
 
 def build(
@@ -19,12 +95,21 @@ def build(
     layers: list[LayerInfo],
     scheme: QuantScheme,
     target: TargetSpec,
-) -> tuple[relax.VMExecutable, dict[str, str]]:
-    """Compile for `target`; returns the executable and the kernel family chosen per quantized layer."""
-    layer_of_weight = {info.weight: info.name for info in layers if info.name in scheme.layers}
-    param_to_layer = {p: layer_of_weight[fqn] for p, fqn in param_fqn.items() if fqn in layer_of_weight}
-    lower = LowerQuantizedLayers(scheme, param_to_layer)
-    mod = lower(mod)
-    mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(v) for k, v in params.items()})(mod)
-    mod = relax.transform.DeadCodeElimination()(mod)
-    return tvm.compile(mod, target.tvm_target), dict(lower.kernels)
+    database=None,
+    untuned_ms: dict[str, float] | None = None,
+) -> BuildResult:
+    """Compile for `target`, applying the records of `database` (a MetaSchedule Database) if given;
+    `untuned_ms` (tasks.json, by `task_key`) lets a record lose against the untuned build."""
+    if database is None:
+        mod, kernels = lower(mod, params, param_fqn, layers, scheme)
+        return BuildResult(tvm.compile(mod, target.tvm_target), kernels, [], [])
+    tvm_target = target.tvm_target
+    mod, kernels = lower(mod, params, param_fqn, layers, scheme, tunable=True)
+    mod = legalize(mod, tvm_target)
+    mod, tuned, slower = apply_records(mod, database, tvm_target, untuned_ms or {})
+    mod = schedule_kernels(mod)
+    # the second half of TVM's CPU pipeline (the package does not re-export these two)
+    pipeline = tvm.transform.Sequential(
+        cpu_pipeline.dataflow_lower_passes(tvm_target) + cpu_pipeline.finalize_passes(tvm_target)
+    )
+    return BuildResult(tvm.compile(mod, tvm_target, relax_pipeline=pipeline), kernels, tuned, slower)

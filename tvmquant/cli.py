@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserError
@@ -13,6 +14,8 @@ EPILOG = """examples:
   python -m tvmquant compile --target arm_cpu --bits 2        built-in digits CNN, W2A2, for 64-bit ARM
   python -m tvmquant compile --model net.pt2 --calib x.npy --wbits 2 --abits 4 -o net.so
   python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2.so
+  python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8
+  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2.so
 """
 
 
@@ -51,29 +54,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantize and compile a model into one shared library",
         description="Quantize a model (default: the built-in digits CNN), compile it for a target, write one "
         "shared library with the weights inside, and report accuracy of fp32 vs quantized reference vs "
-        "compiled module.",
+        "compiled module. Tuning records in tuning_logs/TARGET/ (or --tuning-log) are applied; compile never tunes.",
     )
-    comp.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
-    comp.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
-    comp.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
-    comp.add_argument("--bits", type=int, default=2, help="weight and activation bits, 1-8 (default: 2)")
-    comp.add_argument("--wbits", type=int, help="weight bits, overrides --bits")
-    comp.add_argument("--abits", type=int, help="activation bits, overrides --bits")
-    comp.add_argument("--first-last-bits", type=_first_last, default=8, metavar="{1..8,fp32}",
-                      help="precision of the first and last layer, which hurt accuracy most (default: 8)")
-    comp.add_argument("--method", default="uniform", help=f"quantization method: {', '.join(METHODS)} (default: uniform)")
-    comp.add_argument("--budget", type=float, default=0.1,
-                      help="multipoint: extra weight rows allowed, as a fraction of all output channels (default: 0.1)")
+    _model_args(comp, METHODS)
     comp.add_argument("--train", action="store_true",
                       help=f"quantization-aware fine-tuning ({', '.join(QAT_METHODS)}); otherwise post-training")
     comp.add_argument("--epochs", type=int, default=3, help="--train: epochs (default: 3)")
     comp.add_argument("--lr", type=float, default=1e-4, help="--train: Adam learning rate (default: 1e-4)")
     comp.add_argument("--train-data", help="--train: .npz with arrays x (N, ...) and y (N,) labels (default: built-in digits train split)")
-    comp.add_argument("--calib", help="calibration inputs, .npy of shape (N, ...) (default: the built-in model's held-out calibration digits)")
     comp.add_argument("--eval-data", help="evaluation inputs, .npy (default: built-in test digits, else the calibration data)")
     comp.add_argument("--eval-labels", help="integer labels for --eval-data, .npy, to report accuracy")
+    comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: tuning_logs/TARGET/ if it has records)")
     comp.add_argument("--rpc", help="HOST:PORT of a TVM RPC server to evaluate a non-local target on (default: the target's)")
     comp.add_argument("-o", "--output", type=Path, help="artifact path (default: tvmquant_out/MODEL-TARGET-wWaA.so)")
+
+    tune = sub.add_parser(
+        "tune",
+        help="autotune the model's kernels with MetaSchedule (XGBoost cost model), on the device over RPC",
+        description="Extract the model's tunable tasks (bit-serial kernels and the remaining fp32 ops), tune each "
+        "with MetaSchedule and the XGBoost cost model, measuring on the device through an RPC tracker (or here for "
+        "x86), and add the records to TVM's JSON database in tuning_logs/TARGET/. A second run resumes.",
+    )
+    _model_args(tune, METHODS)
+    tune.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the device(s) registered with (needed for non-local targets)")
+    tune.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker")
+    tune.add_argument("--trials", type=int, default=16, help="measured trials per task, in total over runs (default: 16)")
+    tune.add_argument("--log-dir", type=Path, help="database folder (default: tuning_logs/TARGET/)")
+    tune.add_argument("--timeout", type=float, default=60.0, help="seconds per build and per measurement before it counts as failed (default: 60)")
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="upload an artifact to a device via an RPC tracker (or a direct server), check it, time it",
+        description="Upload a compiled artifact to a device reached through an RPC tracker (any free server under "
+        "the key) or directly, load it, run it on the inputs saved beside it at compile time, compare with the "
+        "quantized PyTorch reference and report agreement, accuracy and latency (TVM time evaluator, median of repeats).",
+    )
+    deploy.add_argument("artifact", type=Path, help="the .so written by tvmquant compile")
+    deploy.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the device(s) registered with")
+    deploy.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker")
+    deploy.add_argument("--rpc", metavar="HOST:PORT", help="a TVM RPC server to use directly, instead of a tracker")
+    deploy.add_argument("--repeat", type=int, default=5, help="timing repeats (default: 5)")
 
     run = sub.add_parser(
         "run",
@@ -89,12 +109,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_args(parser: argparse.ArgumentParser, methods) -> None:
+    """What decides the compiled program, shared by compile and tune so that tuning records match."""
+    parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
+    parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
+    parser.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
+    parser.add_argument("--bits", type=int, default=2, help="weight and activation bits, 1-8 (default: 2)")
+    parser.add_argument("--wbits", type=int, help="weight bits, overrides --bits")
+    parser.add_argument("--abits", type=int, help="activation bits, overrides --bits")
+    parser.add_argument("--first-last-bits", type=_first_last, default=8, metavar="{1..8,fp32}",
+                        help="precision of the first and last layer, which hurt accuracy most (default: 8)")
+    parser.add_argument("--method", default="uniform", help=f"quantization method: {', '.join(methods)} (default: uniform)")
+    parser.add_argument("--budget", type=float, default=0.1,
+                        help="multipoint: extra weight rows allowed, as a fraction of all output channels (default: 0.1)")
+    parser.add_argument("--calib", help="calibration inputs, .npy of shape (N, ...) (default: the built-in model's held-out calibration digits)")
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
     args = build_parser().parse_args(argv)
     try:
-        return _compile(args) if args.command == "compile" else _run(args)
+        commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run}
+        return commands[args.command](args)
     except UserError as exc:
         print(f"tvmquant: error: {exc}", file=sys.stderr)
         return 2
@@ -104,59 +141,119 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .compile import BUILTIN, compile_model, load_array, load_source, load_train_data
-    from .quantize import QuantConfig
+    from .compile import BUILTIN, compile_model, default_tuning_log, load_array, load_source, load_train_data
+    from .database import has_records
     from .train import TrainConfig
     from .report import print_compile_summary
     from .target import load_target
 
-    target = load_target(args.target)
-    config = QuantConfig(
+    target, config = load_target(args.target), _config(args)
+    train = TrainConfig(epochs=args.epochs, lr=args.lr) if args.train else None
+    if args.train_data and not args.train:
+        raise UserError("--train-data is only used with --train")
+    eval_x = load_array(args.eval_data, "evaluation data") if args.eval_data else None
+    eval_y = load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
+    source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y)
+    output = args.output or Path("tvmquant_out") / (
+        f"{source.name if args.model else BUILTIN}-{target.name}-w{config.wbits}a{config.abits}.so"
+    )
+    tuning_log = args.tuning_log
+    if tuning_log is None and has_records(default_tuning_log(target)):
+        tuning_log = default_tuning_log(target)
+    train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
+    result = compile_model(source, config, target, output, tuning_log, train, train_data)
+    print_compile_summary(result, args.rpc or target.default_rpc)
+    return 0
+
+
+def _config(args: argparse.Namespace):
+    from .quantize import QuantConfig
+
+    return QuantConfig(
         wbits=args.bits if args.wbits is None else args.wbits,
         abits=args.bits if args.abits is None else args.abits,
         first_last_bits=args.first_last_bits,
         method=args.method,
         budget=args.budget,
     )
-    train = TrainConfig(epochs=args.epochs, lr=args.lr) if args.train else None
-    if args.train_data and not args.train:
-        raise UserError("--train-data is only used with --train")
-    calib = load_array(args.calib, "calibration") if args.calib else None
-    eval_x = load_array(args.eval_data, "evaluation data") if args.eval_data else None
-    eval_y = load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
-    source = load_source(args.model, args.input_shape, calib, eval_x, eval_y)
-    output = args.output or Path("tvmquant_out") / (
-        f"{source.name if args.model else BUILTIN}-{target.name}-w{config.wbits}a{config.abits}.so"
-    )
-    train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
-    result = compile_model(source, config, target, output, train, train_data)
-    print_compile_summary(result, args.rpc or target.default_rpc)
+
+
+def _calib(args: argparse.Namespace):
+    from .compile import load_array
+
+    return load_array(args.calib, "calibration") if args.calib else None
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .compile import default_tuning_log, load_source
+    from .report import print_tune_summary
+    from .rpc import parse_address, tracker_servers
+    from .target import load_target
+    from .tune import Tracker, tune
+
+    target, config = load_target(args.target), _config(args)
+    if args.trials < 1:
+        raise UserError("--trials must be at least 1")
+    tracker, workers = None, 1
+    if args.rpc_tracker or target.runs == "rpc":
+        if not (args.rpc_tracker and args.rpc_key):
+            raise UserError(f"tuning for '{target.name}' measures on the device: give --rpc-tracker HOST:PORT and --rpc-key KEY")
+        workers = tracker_servers(args.rpc_tracker, args.rpc_key)
+        tracker = Tracker(*parse_address(args.rpc_tracker), args.rpc_key)
+        print(f"measuring on {workers} server(s) under key '{args.rpc_key}' at {args.rpc_tracker}")
+    source = load_source(args.model, args.input_shape, _calib(args))
+    log_dir = args.log_dir or default_tuning_log(target)
+    results = tune(source, config, target, log_dir, args.trials, tracker, args.timeout, workers)
+    print_tune_summary(results, target.name, log_dir)
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .batching import run_batched
+def _deploy(args: argparse.Namespace) -> int:
     from .compile import read_sidecar
-    from .report import compare, print_comparison
-    from .rpc import DeviceModule, connect, device_errors
+    from .rpc import connect, request
+    from .target import load_target
+
+    meta, _ = read_sidecar(args.artifact)
+    target = load_target(meta["target"])
+    if args.rpc_tracker:
+        if not args.rpc_key:
+            raise UserError("--rpc-tracker needs --rpc-key")
+        where = f"{target.name} device '{args.rpc_key}' via tracker {args.rpc_tracker}"
+        return run_artifact(args.artifact, target, lambda: request(args.rpc_tracker, args.rpc_key), where, args.repeat)
+    if not args.rpc:
+        raise UserError("give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
+    where = f"{target.name} device at {args.rpc}"
+    return run_artifact(args.artifact, target, lambda: connect(args.rpc), where, args.repeat)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .rpc import connect
     from .target import load_target
 
     target = load_target(args.target)
-    meta, data = read_sidecar(args.artifact)
-    if meta["target"] != target.name:
-        raise UserError(f"{args.artifact} was compiled for '{meta['target']}', not '{target.name}'")
     if target.runs == "rpc":
         address = args.rpc or target.default_rpc
-        where = f"{target.name} device at {address}"
-    else:
-        address, where = None, f"{target.name} (this machine)"
+        return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}", args.repeat)
+    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat)
+
+
+def run_artifact(artifact: Path, target, session: Callable | None, where: str, repeat: int) -> int:
+    """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy."""
+    from .batching import run_batched
+    from .compile import read_sidecar
+    from .report import compare, print_comparison
+    from .rpc import DeviceModule, device_errors
+
+    meta, data = read_sidecar(artifact)
+    if meta["target"] != target.name:
+        raise UserError(f"{artifact} was compiled for '{meta['target']}', not '{target.name}'")
     batch = meta["input_shape"][0]
     with device_errors(where):
-        module = DeviceModule.remote(connect(address), args.artifact) if address else DeviceModule.local(args.artifact)
+        module = DeviceModule.remote(session(), artifact) if session else DeviceModule.local(artifact)
         outputs = run_batched(module, data["inputs"], batch, f"running on {where}")
-        latency = module.latency_ms(data["inputs"][:batch], repeat=args.repeat)
-    print(f"{args.artifact}  ({meta['model']}, {target.name})")
+        latency = module.latency_ms(data["inputs"][:batch], repeat=repeat)
+    print(f"{artifact}  ({meta['model']}, {target.name})")
     print_comparison(compare(outputs, data["reference"], data.get("labels")), meta["eval_label"])
-    print(f"latency on {where}: {latency:.3f} ms per batch of {batch} (median of {args.repeat} repeats)")
+    print(f"latency on {where}: {latency:.3f} ms per batch of {batch} (median of {repeat} repeats)")
     return 0
 

@@ -17,6 +17,7 @@ from torch import fx
 from . import frontend
 from .batching import run_batched
 from .build import build
+from .database import load_task_state, read_database
 from .errors import UserError
 from .frontend import LayerInfo
 from .quantize import QuantConfig, quantize_model, quantize_with_training
@@ -24,7 +25,7 @@ from .reference import ReferenceModel
 from .packing import num_words
 from .scheme import QuantScheme, WeightKind
 from .rpc import DeviceModule, connect, device_errors, is_listening
-from .target import TargetSpec
+from .target import TargetSpec, TUNING_LOGS_DIR
 from .train import TrainConfig
 
 BUILTIN = "digits_cnn"
@@ -117,14 +118,25 @@ class CompileResult:
     kernels: dict[str, str]
     artifact: Path
     reference_outputs: np.ndarray = field(repr=False)
+    tuning_log: Path | None = None  # the database whose records were applied
+    tuned: list[str] = field(default_factory=list)  # functions scheduled by a tuning record
+    untuned_faster: list[str] = field(default_factory=list)  # records not applied: the untuned build was faster
+
+
+def default_tuning_log(target: TargetSpec) -> Path:
+    """Where `tune` writes and `compile` looks by default: tuning_logs/<target>/ beside targets/."""
+    return TUNING_LOGS_DIR / target.name
 
 
 def compile_model(
-    source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path,
+    source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path, tuning_log: Path | None = None,
     train: TrainConfig | None = None, train_data: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> CompileResult:
     """Quantize (post-training, or with QAT when `train` is given), lower, compile and export; writes the
-    artifact and its sidecar files. QAT data defaults to the built-in model's training split."""
+    artifact and its sidecar files. QAT data defaults to the built-in model's training split.
+
+    `tuning_log`: a `tune` log folder whose matching records schedule the kernels (no tuning happens here).
+    """
     gm = source.gm
     if train is None:
         scheme = quantize_model(gm, source.layers, source.calib, config, source.batch_size)
@@ -134,11 +146,16 @@ def compile_model(
             gm, source.layers, source.calib, config, source.batch_size, train, data
         )
     mod, params, param_fqn = frontend.to_relax(gm, source.input_shape)
-    executable, kernels = build(mod, params, param_fqn, source.layers, scheme, target)
+    database, untuned = None, {}
+    if tuning_log:
+        database = read_database(tuning_log)
+        untuned = {k: v["untuned_ms"] for k, v in load_task_state(tuning_log).items() if "untuned_ms" in v}
+    built = build(mod, params, param_fqn, source.layers, scheme, target, database, untuned)
     reference = ReferenceModel(gm, source.layers, scheme)
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
-    result = CompileResult(source, config, target, scheme, kernels, output, reference_outputs)
-    target.export(executable, output)
+    result = CompileResult(source, config, target, scheme, built.kernels, output, reference_outputs,
+                           tuning_log, built.tuned, built.untuned_faster)
+    target.export(built.executable, output)
     write_sidecar(result)
     return result
 
@@ -222,6 +239,7 @@ def write_sidecar(result: CompileResult) -> None:
                    for name, layer in result.scheme.layers.items()},
         "kept_float": result.scheme.kept_float,
         "eval_label": src.eval_label,
+        "tuned_functions": result.tuned,
     }
     meta_path.write_text(json.dumps(meta, indent=2))
     arrays = {"inputs": src.eval_x, "reference": result.reference_outputs}

@@ -1,12 +1,17 @@
-"""Readable terminal output: the compile summary and the device check of `run`."""
+"""Readable terminal output: the compile summary, the device check of `run`/`deploy`, the tuning summary."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .compile import CompileResult, evaluate, weight_bytes
+
+if TYPE_CHECKING:
+    from .tune import TaskResult
 
 
 @dataclass
@@ -76,6 +81,11 @@ def print_compile_summary(result: CompileResult, rpc_address: str | None) -> Non
 
     ev = evaluate(result, rpc_address)
     labels = src.eval_y
+    if result.tuning_log:
+        print(f"\ntuning records applied from {result.tuning_log}: {len(result.tuned)} function(s) "
+              f"({', '.join(result.tuned) or 'none'}); no tuning done here")
+        if result.untuned_faster:
+            print(f"  kept untuned (faster than their best record): {', '.join(result.untuned_faster)}")
     print(f"\naccuracy on {src.eval_label}:")
     print(f"  fp32 (PyTorch)                 {_accuracy(ev.fp32, labels)}")
     print(f"  quantized reference (PyTorch)  {_accuracy(ev.reference, labels)}")
@@ -92,3 +102,18 @@ def print_compile_summary(result: CompileResult, rpc_address: str | None) -> Non
           f"{result.artifact.with_suffix('.json').name}, {result.artifact.with_suffix('.npz').name})")
     if result.target.runs == "rpc":
         print(f"run it:   python -m tvmquant run --target {result.target.name} --rpc {rpc_address or 'HOST:PORT'} {result.artifact}")
+
+
+def print_tune_summary(results: list[TaskResult], target: str, log_dir: Path) -> None:
+    """Best latency per task against the untuned build, as measured on the device."""
+    def ms(value: float | None) -> str:
+        return f"{value:.4f}" if value is not None else "-"
+
+    print(f"\n{'task':<38}{'untuned ms':>12}{'best ms':>12}{'speedup':>9}{'records':>9}{'this run':>10}")
+    for r in results:
+        speedup = f"{r.untuned_ms / r.best_ms:.2f}x" if r.untuned_ms and r.best_ms else "-"
+        run = f"{r.measured}" + (f" ({r.failed} failed)" if r.failed else "")
+        print(f"{r.name:<38}{ms(r.untuned_ms):>12}{ms(r.best_ms):>12}{speedup:>9}{r.records:>9}{run:>10}")
+    failed = sum(r.failed for r in results)
+    print(f"\ndatabase: {log_dir} ({sum(r.records for r in results)} records for this model"
+          + (f"; {failed} trial(s) failed this run and are recorded as failures" if failed else "") + ")")

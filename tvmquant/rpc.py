@@ -6,6 +6,7 @@ The same Relax VM calls (set_input / invoke_stateful / get_outputs) work on both
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +57,51 @@ def connect(address: str, timeout: float = 10.0) -> rpc.RPCSession:
         return rpc.connect(host, port, session_timeout=0)
     except Exception as exc:  # tvm raises TVMError / RuntimeError for handshake failures
         raise UserError(f"RPC server at {address} refused the session: {str(exc).splitlines()[0]}") from exc
+
+
+TRACKER_TIMEOUT = 10.0  # seconds: how long `tune`/`deploy` wait for a tracker to answer before giving up
+
+
+def _within(timeout: float, what: str, fn):
+    """fn() in a thread, or a UserError after `timeout` s (TVM's tracker client retries for 60 s by itself)."""
+    result: list = []
+
+    def run() -> None:
+        try:
+            result.append((True, fn()))
+        except Exception as exc:  # reported below, in the caller's thread
+            result.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not result:
+        raise UserError(f"{what}: no answer within {timeout:.0f} s")
+    ok, value = result[0]
+    if not ok:
+        raise UserError(f"{what}: {str(value).strip().splitlines()[-1] if str(value).strip() else type(value).__name__}")
+    return value
+
+
+def tracker_servers(tracker: str, key: str, timeout: float = TRACKER_TIMEOUT) -> int:
+    """How many servers are registered under `key`; a one-line UserError if the tracker is unreachable or has
+    none (so a run fails in seconds instead of waiting for a device forever)."""
+    host, port = parse_address(tracker)
+    if not is_listening(tracker, timeout=min(timeout, 2.0)):
+        raise UserError(f"no RPC tracker at {tracker} (start one: python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port {port})")
+    summary = _within(timeout, f"RPC tracker at {tracker}", lambda: rpc.connect_tracker(host, port).summary())
+    servers = sum(1 for info in summary.get("server_info", []) if info.get("key") == f"server:{key}")
+    if not servers:
+        raise UserError(f"no RPC server registered under key '{key}' at tracker {tracker}")
+    return servers
+
+
+def request(tracker: str, key: str, timeout: float = TRACKER_TIMEOUT) -> rpc.RPCSession:
+    """A session on one of the servers registered under `key` (the tracker picks a free one)."""
+    tracker_servers(tracker, key, timeout)
+    host, port = parse_address(tracker)
+    return _within(timeout, f"device '{key}' via tracker {tracker}",
+                   lambda: rpc.connect_tracker(host, port).request(key, session_timeout=0))
 
 
 class DeviceModule:

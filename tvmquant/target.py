@@ -8,12 +8,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import tvm
 from tvm.target import Target
 
 from .errors import UserError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+TUNING_LOGS_DIR = TARGETS_DIR.parent / "tuning_logs"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class TargetSpec:
         config = dict(self.tvm_config)
         if config.get("mcpu") == "native":
             config["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+        if self.runs == "local" and "num-cores" not in config:
+            # MetaSchedule sizes parallel loops by it and refuses a target without it.
+            config["num-cores"] = psutil.cpu_count(logical=False) or 1
         return Target(config)
 
     def export(self, executable, path: Path) -> None:

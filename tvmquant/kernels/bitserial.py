@@ -230,8 +230,14 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def build_primfunc(cfg: BitserialConv2dConfig, inv_scale: float, zero_point: int) -> tirx.PrimFunc:
-    """The scheduled kernel: (x, wplanes, wsum, zw2, scale) -> float32 output, for one layer instance."""
+def build_primfunc(
+    cfg: BitserialConv2dConfig, inv_scale: float, zero_point: int, scheduled: bool = True
+) -> tirx.PrimFunc:
+    """The kernel (x, wplanes, wsum, zw2, scale) -> float32 output, for one layer instance.
+
+    `scheduled=False` gives the plain TE function, which is what MetaSchedule tunes and what tuning records
+    are matched against; `schedule()` turns it into the default (untuned) kernel.
+    """
     oc = cfg.out_channels
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
     wplanes = te.placeholder((*cfg.kernel, cfg.wbits, cfg.words, oc), "uint64", name="wplanes")
@@ -239,7 +245,8 @@ def build_primfunc(cfg: BitserialConv2dConfig, inv_scale: float, zero_point: int
     zw2 = te.placeholder((oc,), "int32", name="zw2")
     scale = te.placeholder((oc,), "float32", name="scale")
     out = bitserial_conv2d(x, wplanes, wsum, zw2, scale, cfg, inv_scale, zero_point)
-    return schedule(te.create_prim_func([x, wplanes, wsum, zw2, scale, out]))
+    func = te.create_prim_func([x, wplanes, wsum, zw2, scale, out])
+    return schedule(func) if scheduled else func
 
 
 def pack_weights(codes: np.ndarray, cfg: BitserialConv2dConfig) -> np.ndarray:

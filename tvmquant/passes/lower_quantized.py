@@ -17,14 +17,22 @@ from tvm import relax
 from ..kernels import bitserial, dequant
 from ..scheme import LayerScheme, QuantScheme, integer_form
 
+KERNEL_PREFIX = "bitserial_"  # PrimFuncs named so are ours: `tune` and `build` give them our default schedule
+OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps never fuses such a call with its neighbours
+
 
 @tvm.transform.module_pass(opt_level=0, name="LowerQuantizedLayers")
 class LowerQuantizedLayers:
-    """Module pass; records which kernel each layer got in `self.kernels` (layer name -> kernel family)."""
+    """Module pass; records which kernel each layer got in `self.kernels` (layer name -> kernel family).
 
-    def __init__(self, scheme: QuantScheme, param_to_layer: dict[str, str]):
+    `tunable=True` inserts the kernels unscheduled (for MetaSchedule), marked opaque so that fusion keeps each
+    one a task of its own that `bitserial.schedule` can still handle when no tuning record matches it.
+    """
+
+    def __init__(self, scheme: QuantScheme, param_to_layer: dict[str, str], tunable: bool = False):
         self.scheme = scheme
         self.param_to_layer = param_to_layer
+        self.tunable = tunable
         self.kernels: dict[str, str] = {}
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -85,8 +93,10 @@ class _Rewriter(relax.PyExprMutator):
         cfg = bitserial.BitserialConv2dConfig(
             *shape, layer.weight.out_channels, kernel, layer.stride, layer.padding, layer.weight.bits, layer.act.bits
         )
-        prim = bitserial.build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point)
-        gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"bitserial_{_ident(layer.name)}")
+        prim = bitserial.build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, scheduled=not self.owner.tunable)
+        if self.owner.tunable:
+            prim = prim.with_attr("op_pattern", OPAQUE)
+        gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"{KERNEL_PREFIX}{_ident(layer.name)}")
         consts = [
             bitserial.pack_weights(form.codes, cfg),
             form.code_sums,
