@@ -115,6 +115,8 @@ class _Rewriter(relax.PyExprMutator):
             *shape, layer.weight.out_channels, kernel, layer.stride, layer.padding, layer.act.bits
         )
         prim = dequant.build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, layer.act.scale)
+        if self.owner.tunable:  # not a tuning task: keep it whole through fusion, with its default schedule
+            prim = prim.with_attr("op_pattern", OPAQUE).with_attr("tirx.is_scheduled", True)
         gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"dequant_{_ident(layer.name)}")
         self.owner.kernels[layer.name] = "dequant"
         const = relax.const(np.ascontiguousarray(weight.reshape(cfg.out_channels, shape[1], *kernel)), "float64")
