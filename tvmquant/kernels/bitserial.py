@@ -21,21 +21,14 @@ import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
+from .geometry import ConvGeometry
 from ..packing import WORD_BITS, num_words, pack_bitplanes
 
 
 @dataclass(frozen=True)
-class BitserialConv2dConfig:
+class BitserialConv2dConfig(ConvGeometry):
     """Shapes and bit widths that decide one bit-serial kernel instance."""
 
-    batch: int
-    in_channels: int
-    height: int
-    width: int
-    out_channels: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
     wbits: int
     abits: int
 
@@ -47,11 +40,6 @@ class BitserialConv2dConfig:
     def words(self) -> int:
         """64-bit words per pixel and bit-plane (channels are packed; taps are a reduction axis)."""
         return num_words(self.in_channels)
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        return (self.height + 2 * ph - kh) // sh + 1, (self.width + 2 * pw - kw) // sw + 1
 
     @property
     def acc_dtype(self) -> str:

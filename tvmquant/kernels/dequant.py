@@ -21,26 +21,14 @@ from tvm import te, tirx
 from tvm.s_tir import Schedule
 
 from .bitserial import quantize_activations
+from .geometry import ConvGeometry
 
 
 @dataclass(frozen=True)
-class DequantConv2dConfig:
+class DequantConv2dConfig(ConvGeometry):
     """Shapes that decide one kernel instance."""
 
-    batch: int
-    in_channels: int
-    height: int
-    width: int
-    out_channels: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
     abits: int
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        return (self.height + 2 * ph - kh) // sh + 1, (self.width + 2 * pw - kw) // sw + 1
 
 
 def dequant_conv2d(
