@@ -14,19 +14,22 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("terms", [1, 3])
 @pytest.mark.parametrize("abits", [2, 4, 8])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
-def test_dequant_conv_matches_reference(shape, abits, host_target):
+def test_dequant_conv_matches_reference(shape, abits, terms, host_target):
     rng = np.random.default_rng(abits)
-    cfg = DequantConv2dConfig(*shape, abits=abits)
+    cfg = DequantConv2dConfig(*shape, abits=abits, terms=terms)
     x = rng.standard_normal((cfg.batch, cfg.in_channels, cfg.height, cfg.width)).astype(np.float32)
-    w = rng.standard_normal((cfg.out_channels, cfg.in_channels, *cfg.kernel))
-    zp, scale = int(rng.integers(0, 1 << abits)), float(rng.uniform(0.05, 0.5))
-    inv = float(np.float32(1.0 / scale))
-    lib = tvm.compile(tvm.IRModule({"main": dequant.build_primfunc(cfg, inv, zp, scale)}), host_target.tvm_target)
-    dev = tvm.cpu()
-    out = tvm.runtime.tensor(np.zeros((cfg.batch, cfg.out_channels, *cfg.out_hw), np.float32), dev)
-    lib(tvm.runtime.tensor(x, dev), tvm.runtime.tensor(w, dev), out)
-    want = dequant.reference(x, w, cfg, inv, zp, scale)
-    assert want.std() > 0
-    np.testing.assert_allclose(out.numpy(), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    matrices = rng.integers(-9, 10, (terms, cfg.out_channels, cfg.in_channels, *cfg.kernel)).astype(np.float64)
+    combine = rng.standard_normal((terms, cfg.out_channels))
+    scale = rng.uniform(0.05, 0.5, cfg.out_channels).astype(np.float32)
+    zp, act_scale = int(rng.integers(0, 1 << abits)), float(rng.uniform(0.05, 0.5))
+    inv = float(np.float32(1.0 / act_scale))
+    lib = tvm.compile(tvm.IRModule({"main": dequant.build_primfunc(cfg, inv, zp)}), host_target.tvm_target)
+    oh, ow = cfg.out_hw
+    out = tvm.runtime.tensor(np.zeros((cfg.batch, cfg.out_channels, oh, ow), np.float32))
+    args = [tvm.runtime.tensor(a) for a in (x, matrices, combine, scale)]
+    lib(*args, out)
+    want = dequant.reference(x, matrices, combine, scale, cfg, inv, zp)
+    np.testing.assert_array_equal(out.numpy(), want)

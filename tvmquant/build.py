@@ -16,16 +16,25 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
 from .database import task_key
 from .frontend import LayerInfo
-from .kernels import bitserial
-from .passes.lower_quantized import KERNEL_PREFIX, LowerQuantizedLayers
+from .kernels.registry import tunable_family
+from .passes.lower_quantized import LowerQuantizedLayers
 from .scheme import QuantScheme
 from .target import TargetSpec
 
 
 @dataclass
+class Lowered:
+    """What the lowering decided per quantized layer."""
+
+    kernels: dict[str, str]  # layer -> kernel family
+    const_bytes: dict[str, int]  # layer -> bytes of the kernel's constants (what the artifact stores)
+    notes: dict[str, str]  # layer -> why the preferred or requested family was not taken
+
+
+@dataclass
 class BuildResult:
     executable: relax.VMExecutable
-    kernels: dict[str, str]  # quantized layer -> kernel family
+    lowered: Lowered
     tuned: list[str]  # PrimFuncs that took their schedule from a tuning record
     untuned_faster: list[str]  # PrimFuncs with records that `tune` measured slower than the untuned build
 
@@ -37,15 +46,16 @@ def lower(
     layers: list[LayerInfo],
     scheme: QuantScheme,
     tunable: bool = False,
-) -> tuple[tvm.IRModule, dict[str, str]]:
+    kernel: str = "auto",
+) -> tuple[tvm.IRModule, Lowered]:
     """Swap quantized layers for kernel calls and bind the remaining weights as constants."""
     layer_of_weight = {info.weight: info.name for info in layers if info.name in scheme.layers}
     param_to_layer = {p: layer_of_weight[fqn] for p, fqn in param_fqn.items() if fqn in layer_of_weight}
-    lowering = LowerQuantizedLayers(scheme, param_to_layer, tunable=tunable)
+    lowering = LowerQuantizedLayers(scheme, param_to_layer, tunable=tunable, kernel=kernel)
     mod = lowering(mod)
     mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(v) for k, v in params.items()})(mod)
     mod = relax.transform.DeadCodeElimination()(mod)
-    return mod, dict(lowering.kernels)
+    return mod, Lowered(dict(lowering.kernels), dict(lowering.const_bytes), dict(lowering.notes))
 
 
 def legalize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -81,10 +91,11 @@ def apply_records(
 
 
 def schedule_kernels(mod: tvm.IRModule) -> tvm.IRModule:
-    """Give our bit-serial kernels that no record scheduled their default schedule."""
+    """Give our kernels that no record scheduled their family's default schedule."""
     for gv, func in mod.functions_items():
-        if gv.name_hint.startswith(KERNEL_PREFIX) and not func.attrs.get("tirx.is_scheduled", False):
-            mod[gv] = bitserial.schedule(func).with_attr("tirx.is_scheduled", True)
+        family = tunable_family(gv.name_hint)
+        if family is not None and not func.attrs.get("tirx.is_scheduled", False):
+            mod[gv] = family.schedule(func).with_attr("tirx.is_scheduled", True)
     return mod
 
 
@@ -97,14 +108,16 @@ def build(
     target: TargetSpec,
     database=None,
     untuned_ms: dict[str, float] | None = None,
+    kernel: str = "auto",
 ) -> BuildResult:
     """Compile for `target`, applying the records of `database` (a MetaSchedule Database) if given;
-    `untuned_ms` (tasks.json, by `task_key`) lets a record lose against the untuned build."""
+    `untuned_ms` (tasks.json, by `task_key`) lets a record lose against the untuned build; `kernel` as in
+    LowerQuantizedLayers."""
     if database is None:
-        mod, kernels = lower(mod, params, param_fqn, layers, scheme)
-        return BuildResult(tvm.compile(mod, target.tvm_target), kernels, [], [])
+        mod, lowered = lower(mod, params, param_fqn, layers, scheme, kernel=kernel)
+        return BuildResult(tvm.compile(mod, target.tvm_target), lowered, [], [])
     tvm_target = target.tvm_target
-    mod, kernels = lower(mod, params, param_fqn, layers, scheme, tunable=True)
+    mod, lowered = lower(mod, params, param_fqn, layers, scheme, tunable=True, kernel=kernel)
     mod = legalize(mod, tvm_target)
     mod, tuned, slower = apply_records(mod, database, tvm_target, untuned_ms or {})
     mod = schedule_kernels(mod)
@@ -112,4 +125,4 @@ def build(
     pipeline = tvm.transform.Sequential(
         cpu_pipeline.dataflow_lower_passes(tvm_target) + cpu_pipeline.finalize_passes(tvm_target)
     )
-    return BuildResult(tvm.compile(mod, tvm_target, relax_pipeline=pipeline), kernels, tuned, slower)
+    return BuildResult(tvm.compile(mod, tvm_target, relax_pipeline=pipeline), lowered, tuned, slower)

@@ -39,6 +39,7 @@ def _first_last(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .kernels.registry import CHOICES
     from .quantize import METHODS, QAT_METHODS
 
     parser = argparse.ArgumentParser(
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "shared library with the weights inside, and report accuracy of fp32 vs quantized reference vs "
         "compiled module. Tuning records in tuning_logs/TARGET/ (or --tuning-log) are applied; compile never tunes.",
     )
-    _model_args(comp, METHODS)
+    _model_args(comp, METHODS, CHOICES)
     comp.add_argument("--train", action="store_true",
                       help=f"quantization-aware fine-tuning ({', '.join(QAT_METHODS)}); otherwise post-training")
     comp.add_argument("--epochs", type=int, default=3, help="--train: epochs (default: 3)")
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with MetaSchedule and the XGBoost cost model, measuring on the device through an RPC tracker (or here for "
         "x86), and add the records to TVM's JSON database in tuning_logs/TARGET/. A second run resumes.",
     )
-    _model_args(tune, METHODS)
+    _model_args(tune, METHODS, CHOICES)
     tune.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the device(s) registered with (needed for non-local targets)")
     tune.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker")
     tune.add_argument("--trials", type=int, default=16, help="measured trials per task, in total over runs (default: 16)")
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_args(parser: argparse.ArgumentParser, methods) -> None:
+def _model_args(parser: argparse.ArgumentParser, methods, kernels) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
     parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
@@ -122,6 +123,10 @@ def _model_args(parser: argparse.ArgumentParser, methods) -> None:
     parser.add_argument("--method", default="uniform", help=f"quantization method: {', '.join(methods)} (default: uniform)")
     parser.add_argument("--budget", type=float, default=0.1,
                         help="multipoint: extra weight rows allowed, as a fraction of all output channels (default: 0.1)")
+    parser.add_argument("--kernel", default="auto", choices=kernels,
+                        help="kernel family for the quantized layers: auto picks by weight kind (uniform -> bitserial, "
+                        "pow2 -> shift, codebook -> lut, multipoint -> multipoint); a family runs every layer it can, "
+                        "the others keep auto's choice and the summary says why (default: auto)")
     parser.add_argument("--calib", help="calibration inputs, .npy of shape (N, ...) (default: the built-in model's held-out calibration digits)")
 
 
@@ -161,7 +166,7 @@ def _compile(args: argparse.Namespace) -> int:
     if tuning_log is None and has_records(default_tuning_log(target)):
         tuning_log = default_tuning_log(target)
     train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
-    result = compile_model(source, config, target, output, tuning_log, train, train_data)
+    result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel)
     print_compile_summary(result, args.rpc or target.default_rpc)
     return 0
 
@@ -203,7 +208,7 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"measuring on {workers} server(s) under key '{args.rpc_key}' at {args.rpc_tracker}")
     source = load_source(args.model, args.input_shape, _calib(args))
     log_dir = args.log_dir or default_tuning_log(target)
-    results = tune(source, config, target, log_dir, args.trials, tracker, args.timeout, workers)
+    results = tune(source, config, target, log_dir, args.trials, tracker, args.timeout, workers, kernel=args.kernel)
     print_tune_summary(results, target.name, log_dir)
     return 0
 

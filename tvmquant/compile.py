@@ -16,13 +16,12 @@ from torch import fx
 
 from . import frontend
 from .batching import run_batched
-from .build import build
+from .build import Lowered, build
 from .database import load_task_state, read_database
 from .errors import UserError
 from .frontend import LayerInfo
 from .quantize import QuantConfig, quantize_model, quantize_with_training
 from .reference import ReferenceModel
-from .packing import num_words
 from .scheme import QuantScheme, WeightKind
 from .rpc import DeviceModule, connect, device_errors, is_listening
 from .target import TargetSpec, TUNING_LOGS_DIR
@@ -115,12 +114,16 @@ class CompileResult:
     config: QuantConfig
     target: TargetSpec
     scheme: QuantScheme
-    kernels: dict[str, str]
+    lowered: Lowered
     artifact: Path
     reference_outputs: np.ndarray = field(repr=False)
     tuning_log: Path | None = None  # the database whose records were applied
     tuned: list[str] = field(default_factory=list)  # functions scheduled by a tuning record
     untuned_faster: list[str] = field(default_factory=list)  # records not applied: the untuned build was faster
+
+    @property
+    def kernels(self) -> dict[str, str]:
+        return self.lowered.kernels
 
 
 def default_tuning_log(target: TargetSpec) -> Path:
@@ -131,11 +134,13 @@ def default_tuning_log(target: TargetSpec) -> Path:
 def compile_model(
     source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path, tuning_log: Path | None = None,
     train: TrainConfig | None = None, train_data: tuple[np.ndarray, np.ndarray] | None = None,
+    kernel: str = "auto",
 ) -> CompileResult:
     """Quantize (post-training, or with QAT when `train` is given), lower, compile and export; writes the
     artifact and its sidecar files. QAT data defaults to the built-in model's training split.
 
     `tuning_log`: a `tune` log folder whose matching records schedule the kernels (no tuning happens here).
+    `kernel`: "auto" (each layer's scheme kind picks its kernel family) or a family to use wherever it applies.
     """
     gm = source.gm
     if train is None:
@@ -150,10 +155,10 @@ def compile_model(
     if tuning_log:
         database = read_database(tuning_log)
         untuned = {k: v["untuned_ms"] for k, v in load_task_state(tuning_log).items() if "untuned_ms" in v}
-    built = build(mod, params, param_fqn, source.layers, scheme, target, database, untuned)
+    built = build(mod, params, param_fqn, source.layers, scheme, target, database, untuned, kernel)
     reference = ReferenceModel(gm, source.layers, scheme)
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
-    result = CompileResult(source, config, target, scheme, built.kernels, output, reference_outputs,
+    result = CompileResult(source, config, target, scheme, built.lowered, output, reference_outputs,
                            tuning_log, built.tuned, built.untuned_faster)
     target.export(built.executable, output)
     write_sidecar(result)
@@ -259,16 +264,11 @@ def read_sidecar(artifact: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def weight_bytes(result: CompileResult) -> list[tuple[str, int, int]]:
-    """(layer, fp32 bytes, deployed bytes) per quantized layer; deployed = bit-planes + per-channel constants
-    for bit-serial layers, the float64 dequantized weights for dequant-kernel layers (what the artifact holds)."""
+    """(layer, fp32 bytes, deployed bytes) per quantized layer; deployed = the kernel's constants as the
+    artifact holds them (packed codes and per-channel data; float64 integer matrices for the dequant fallback)."""
     rows = []
     for name, layer in result.scheme.layers.items():
-        codes = layer.weight.codes  # (O, C) or (O, C, KH, KW): channels packed per kernel tap
-        if result.kernels.get(name) == "dequant":
-            size = codes[0].size if layer.weight.kind is WeightKind.MULTIPOINT else codes.size
-            rows.append((name, 4 * size, 8 * size))
-            continue
-        taps = int(np.prod(codes.shape[2:], dtype=np.int64))
-        planes = layer.weight.bits * taps * num_words(codes.shape[1]) * 8 * len(codes)
-        rows.append((name, 4 * codes.size, planes + 3 * 4 * len(codes)))
+        codes = layer.weight.codes
+        size = codes[0].size if layer.weight.kind is WeightKind.MULTIPOINT else codes.size
+        rows.append((name, 4 * size, result.lowered.const_bytes[name]))
     return rows

@@ -8,13 +8,15 @@ in the compiled graph.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx
 
 from .frontend import LayerInfo
-from .scheme import LayerScheme, QuantScheme, integer_form
+from .scheme import LayerScheme, QuantScheme, integer_core
 
 
 def quantize_input(x: torch.Tensor, layer: LayerScheme) -> torch.Tensor:
@@ -24,31 +26,42 @@ def quantize_input(x: torch.Tensor, layer: LayerScheme) -> torch.Tensor:
     return torch.clamp(torch.round(x.float() * inv) + act.zero_point, 0, act.qmax)
 
 
-def core_operands(layer: LayerScheme) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float64 weight matrix (O, K) of the exact core, float32 per-channel output scale)."""
-    form = integer_form(layer)
-    if form is not None:
-        weight = torch.from_numpy(2 * form.codes.astype(np.float64) - form.zw2[:, None].astype(np.float64))
-        return weight, torch.from_numpy(form.scale)
-    weight = torch.from_numpy(layer.weight.dequantize().reshape(layer.weight.out_channels, -1))
-    return weight, torch.full((layer.weight.out_channels,), np.float32(layer.act.scale))
+@dataclass
+class CoreOperands:
+    """A layer's IntegerCore as torch tensors: the nonzero integer matrices (float64, exact) with their
+    combination weights, and the float32 output scale."""
+
+    terms: list[tuple[torch.Tensor, torch.Tensor]]  # (T_j (O, K) float64, combine_j (O,) float64)
+    scale: torch.Tensor
+
+
+def core_operands(layer: LayerScheme) -> CoreOperands:
+    core = integer_core(layer)
+    terms = []
+    for j in range(core.terms):
+        matrix = core.term(j)
+        if matrix.any() or (not terms and j == core.terms - 1):  # an all-zero T_j adds exactly +0
+            terms.append((torch.from_numpy(matrix.astype(np.float64)), torch.from_numpy(core.combine[j])))
+    return CoreOperands(terms, torch.from_numpy(core.scale))
 
 
 def quantized_layer(
-    x: torch.Tensor, layer: LayerScheme, bias: torch.Tensor | None,
-    operands: tuple[torch.Tensor, torch.Tensor] | None = None,
+    x: torch.Tensor, layer: LayerScheme, bias: torch.Tensor | None, operands: CoreOperands | None = None
 ) -> torch.Tensor:
     """One quantized layer's float32 output (before bias is added as its own op); `operands` from
     core_operands(layer), precomputed by callers that run many batches."""
     centred = (quantize_input(x, layer) - layer.act.zero_point).double()
-    weight, scale = operands if operands is not None else core_operands(layer)
-    if layer.op == "linear":
-        core = centred @ weight.T
-        out = core.float() * scale
-    else:
-        kh, kw = layer.weight.codes.shape[-2:]
-        core = F.conv2d(centred, weight.reshape(len(weight), -1, kh, kw), stride=layer.stride, padding=layer.padding)
-        out = core.float() * scale.reshape(1, -1, 1, 1)
+    operands = operands if operands is not None else core_operands(layer)
+    core = 0.0
+    for matrix, combine in operands.terms:
+        if layer.op == "linear":
+            part = (centred @ matrix.T) * combine
+        else:
+            kh, kw = layer.weight.codes.shape[-2:]
+            weight = matrix.reshape(len(matrix), -1, kh, kw)
+            part = F.conv2d(centred, weight, stride=layer.stride, padding=layer.padding) * combine.reshape(-1, 1, 1)
+        core = core + part
+    out = core.float() * (operands.scale if layer.op == "linear" else operands.scale.reshape(1, -1, 1, 1))
     if bias is not None:
         out = out + (bias.reshape(1, -1, 1, 1) if layer.op == "conv2d" else bias)
     return out

@@ -79,6 +79,9 @@ def print_compile_summary(result: CompileResult, rpc_address: str | None) -> Non
         print(f"  {'quantized weights total':<68}{_kb(total_fp32):>11}{_kb(total_packed):>11}"
               f"  ({total_fp32 / total_packed:.1f}x smaller)")
 
+    for name, note in result.lowered.notes.items():
+        print(f"  note: {name} runs on {result.kernels[name]} ({note})")
+
     ev = evaluate(result, rpc_address)
     labels = src.eval_y
     if result.tuning_log:

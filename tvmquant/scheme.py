@@ -64,9 +64,8 @@ class WeightQuant:
             return _per_channel(self.scale, nd) * (codes - _per_channel(self.zero_point, nd))
         if self.kind is WeightKind.POW2:
             nd = codes.ndim
-            sign_bit = 1 << (self.bits - 1)
-            index = (self.codes & (sign_bit - 1)).astype(np.int64)
-            sign = np.where(self.codes & sign_bit, -1.0, 1.0)
+            index, negative = pow2_fields(self.codes, self.bits)
+            sign = np.where(negative, -1.0, 1.0)
             exponent = _per_channel(self.exp_max, nd) - (index - 1)
             magnitude = np.where(index == 0, 0.0, np.exp2(exponent.astype(np.float64)))
             return sign * magnitude * _per_channel(self.scale, nd)
@@ -136,27 +135,85 @@ class QuantScheme:
 
 
 @dataclass
-class IntegerForm:
-    """A UNIFORM layer as the integer kernels see it: out = float32(I) * scale, with
-    I = sum_k (2*codes[o, k] - zw2[o]) * (a_k - z_a) exactly (see kernels/bitserial.py)."""
+class IntegerCore:
+    """The exact arithmetic of one quantized layer, shared by the reference and every kernel family.
 
-    codes: np.ndarray  # (O, K) unsigned weight codes, K flattened in (C, KH, KW) order
-    zw2: np.ndarray  # (O,) int32, twice the weight zero point
-    scale: np.ndarray  # (O,) float32, s_a * s_w / 2
+    With a_k the activation codes and z_a their zero point, J integer weight matrices T_j give exact integers
+
+        I_j[o] = sum_k T_j[o, k] * (a_k - z_a)
+        out[o] = float32(sum_j combine[j, o] * I_j[o]) * scale[o]      (sum in float64, j ascending, from 0)
+
+    UNIFORM and POW2 need one matrix with combine = 1, so out = float32(I) * scale, integer all the way.
+    CODEBOOK needs one 0/1 matrix per code (T_l = [code == l], combine = the level values) and MULTIPOINT one
+    matrix per point. One-hot matrices are not stored: `onehot` holds the codes and `term(j)` builds them.
+    """
+
+    combine: np.ndarray  # (J, O) float64
+    scale: np.ndarray  # (O,) float32
+    matrices: np.ndarray | None = None  # (J, O, K) int64, K flattened in (C, KH, KW) order
+    onehot: np.ndarray | None = None  # (O, K) codes; T_j = (codes == j)
 
     @property
-    def code_sums(self) -> np.ndarray:
-        return self.codes.sum(axis=1, dtype=np.int64).astype(np.int32)
+    def terms(self) -> int:
+        return len(self.combine)
+
+    def term(self, j: int) -> np.ndarray:
+        """T_j as an (O, K) int64 matrix."""
+        if self.matrices is not None:
+            return self.matrices[j]
+        return (self.onehot == j).astype(np.int64)
 
 
-def integer_form(layer: LayerScheme) -> IntegerForm | None:
-    """The integer decomposition of a layer, or None if its kind has none (it needs another kernel)."""
-    w = layer.weight
-    if w.kind is not WeightKind.UNIFORM:
-        return None
-    zw2 = 2 * np.asarray(w.zero_point, np.float64)
-    if not np.allclose(zw2, np.round(zw2)):
-        return None
-    codes = w.codes.reshape(w.codes.shape[0], -1)
-    scale = (layer.act.scale * np.asarray(w.scale, np.float64) / 2).astype(np.float32)
-    return IntegerForm(codes, np.round(zw2).astype(np.int32), scale)
+POW2_MAX_SPAN = 24  # exponent range held as integer shifts; wider POW2 layers use the one-hot (codebook) form
+
+
+def integer_core(layer: LayerScheme) -> IntegerCore:
+    """The IntegerCore of any layer (see there); kinds map to it as DESIGN.md's kernel table describes."""
+    w, s_a = layer.weight, layer.act.scale
+    out = w.out_channels
+    ones = np.ones((1, out))
+    if w.kind is WeightKind.UNIFORM:
+        codes = w.codes.reshape(out, -1).astype(np.int64)
+        zw2 = 2 * np.asarray(w.zero_point, np.float64)
+        if np.allclose(zw2, np.round(zw2)):
+            matrix = 2 * codes - np.round(zw2).astype(np.int64)[:, None]
+            return IntegerCore(ones, (s_a * np.asarray(w.scale, np.float64) / 2).astype(np.float32), matrix[None])
+        sw = np.asarray(w.scale, np.float64)
+        combine = np.stack([sw, -sw * np.asarray(w.zero_point, np.float64)])
+        return IntegerCore(combine, np.full(out, s_a, np.float32), np.stack([codes, np.ones_like(codes)]))
+    if w.kind is WeightKind.POW2:
+        codes = w.codes.reshape(out, -1)
+        index, negative = pow2_fields(codes, w.bits)
+        exponent = np.asarray(w.exp_max, np.int64)[:, None] - (index - 1)
+        used = np.where(index > 0, exponent, np.iinfo(np.int64).max)
+        emin = np.minimum(used.min(axis=1), np.asarray(w.exp_max, np.int64))
+        shift = np.where(index > 0, exponent - emin[:, None], 0)
+        if int(shift.max(initial=0)) <= POW2_MAX_SPAN:
+            matrix = np.where(index > 0, np.where(negative, -1, 1) << shift, 0)
+            scale = (s_a * np.asarray(w.scale, np.float64) * np.exp2(emin.astype(np.float64))).astype(np.float32)
+            return IntegerCore(ones, scale, matrix[None])
+    if w.kind in (WeightKind.POW2, WeightKind.CODEBOOK):
+        levels = _code_levels(w)
+        return IntegerCore(levels.T.copy(), np.full(out, s_a, np.float32), onehot=w.codes.reshape(out, -1))
+    if w.kind is WeightKind.MULTIPOINT:
+        points = len(w.codes)
+        codes = w.codes.reshape(points, out, -1).astype(np.int64)
+        zw2 = 2 * np.asarray(w.zero_point, np.float64)
+        if not np.allclose(zw2, np.round(zw2)):
+            raise ValueError(f"layer {layer.name}: multipoint zero points must be multiples of 1/2")
+        matrices = 2 * codes - np.round(zw2).astype(np.int64)[:, :, None]
+        combine = np.asarray(w.coeffs, np.float64) * np.asarray(w.scale, np.float64) / 2
+        return IntegerCore(combine, np.full(out, s_a, np.float32), matrices)
+    raise AssertionError(w.kind)
+
+
+def pow2_fields(codes: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(exponent index, negative) of POW2 codes: the top bit is the sign, index 0 stands for zero."""
+    sign_bit = 1 << (bits - 1)
+    return (codes & (sign_bit - 1)).astype(np.int64), (codes & sign_bit) != 0
+
+
+def _code_levels(w: WeightQuant) -> np.ndarray:
+    """(O, 2^bits) float64: the value of every code in every output channel."""
+    probe = np.broadcast_to(np.arange(1 << w.bits, dtype=np.uint8), (w.out_channels, 1 << w.bits))
+    return WeightQuant(w.kind, w.bits, probe, w.scale, w.zero_point, w.levels, w.exp_max, w.coeffs).dequantize()

@@ -29,8 +29,7 @@ from . import _ms_workers, frontend
 from .build import legalize, lower
 from .compile import ModelSource
 from .database import load_task_state, locked, open_database, save_task_state, task_key
-from .kernels import bitserial
-from .passes.lower_quantized import KERNEL_PREFIX
+from .kernels.registry import tunable_family
 from .quantize import QuantConfig, quantize_model
 from .target import TargetSpec
 
@@ -60,11 +59,13 @@ class TaskResult:
     failed: int  # of those, how many failed
 
 
-def extract_tasks(source: ModelSource, config: QuantConfig, target: TargetSpec) -> list[ms.ExtractedTask]:
+def extract_tasks(
+    source: ModelSource, config: QuantConfig, target: TargetSpec, kernel: str = "auto"
+) -> list[ms.ExtractedTask]:
     """The model's tunable functions, as `compile` with tuning records will look them up."""
     scheme = quantize_model(source.gm, source.layers, source.calib, config, source.batch_size)
     mod, params, param_fqn = frontend.to_relax(source.gm, source.input_shape)
-    mod, _ = lower(mod, params, param_fqn, source.layers, scheme, tunable=True)
+    mod, _ = lower(mod, params, param_fqn, source.layers, scheme, tunable=True, kernel=kernel)
     tasks = ms.relax_integration.extract_tasks(legalize(mod, target.tvm_target), target.tvm_target)
     return sorted(tasks, key=lambda task: task.task_name)
 
@@ -101,8 +102,9 @@ def _seconds(record: ms.database.TuningRecord) -> float | None:
 
 def _default_schedule(task: ms.ExtractedTask) -> tvm.IRModule:
     mod = task.dispatched[0]
-    if task.task_name.startswith(KERNEL_PREFIX):
-        mod = tvm.IRModule({"main": bitserial.schedule(mod["main"])})
+    family = tunable_family(task.task_name)
+    if family is not None:
+        mod = tvm.IRModule({"main": family.schedule(mod["main"])})
     return mod
 
 
@@ -154,9 +156,10 @@ def tune(
     timeout: float = 60.0,
     workers: int = 1,
     progress: bool = True,
+    kernel: str = "auto",
 ) -> list[TaskResult]:
     """Tune every task of the model up to `trials` records each; returns the per-task summary."""
-    tasks = extract_tasks(source, config, target)
+    tasks = extract_tasks(source, config, target, kernel)
     builder = make_builder(target, timeout)
     runner = make_runner(tracker, timeout, workers)
     with locked(log_dir):

@@ -21,8 +21,13 @@ import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from .geometry import ConvGeometry
 from ..packing import WORD_BITS, num_words, pack_bitplanes
+from ..scheme import LayerScheme, WeightKind, integer_core
+from .family import KernelCall
+from .geometry import ConvGeometry
+
+FAMILY = "bitserial"
+TUNABLE = True
 
 
 @dataclass(frozen=True)
@@ -243,3 +248,23 @@ def pack_weights(codes: np.ndarray, cfg: BitserialConv2dConfig) -> np.ndarray:
     per_tap = codes.reshape(oc, ic, kh, kw).transpose(2, 3, 0, 1).reshape(kh * kw * oc, ic)
     planes = pack_bitplanes(per_tap, cfg.wbits).reshape(kh, kw, oc, cfg.wbits, cfg.words)
     return np.ascontiguousarray(planes.transpose(0, 1, 3, 4, 2))
+
+
+def supports(layer: LayerScheme) -> str | None:
+    w = layer.weight
+    if w.kind is not WeightKind.UNIFORM:
+        return f"{w.kind.value} weights are not uniform codes"
+    if not np.allclose(2 * np.asarray(w.zero_point), np.round(2 * np.asarray(w.zero_point))):
+        return "weight zero points are not multiples of 1/2"
+    return None
+
+
+def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
+    """UNIFORM layers: packed bit-planes, code sums, twice the zero points and the output scale."""
+    w = layer.weight
+    cfg = BitserialConv2dConfig(**vars(geometry), wbits=w.bits, abits=layer.act.bits)
+    codes = w.codes.reshape(w.out_channels, -1)
+    zw2 = np.round(2 * np.asarray(w.zero_point, np.float64)).astype(np.int32)
+    code_sums = codes.sum(axis=1, dtype=np.int64).astype(np.int32)
+    prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
+    return KernelCall(prim, [pack_weights(codes, cfg), code_sums, zw2, integer_core(layer).scale])

@@ -1,15 +1,13 @@
-"""Dequantize-then-dense conv2d (dense = 1x1 conv on a 1x1 image) for weight kinds without an integer kernel.
+"""The fallback every kernel family must beat: the layer's IntegerCore evaluated in float64, any weight kind.
 
-POW2, CODEBOOK and MULTIPOINT weights reach the compiled module as their dequantized values; the input is
-quantized with the layer's uniform ActQuant exactly as the bit-serial kernel does (shared code), centred on the
-zero point, convolved and scaled once by the activation scale:
+The integer matrices T_j of `scheme.integer_core` reach the module as float64 constants; the input is quantized
+with the layer's uniform ActQuant exactly as the bit-serial kernel does (shared code), centred on the zero
+point, convolved with each T_j in float64 (exact: integers far below 2^53) and combined in j order:
 
-    out[n, o, y, x] = float32(sum_{c,r,s} (a - z_a) * W[o, c, r, s]) * s_a
+    out[n, o, y, x] = float32(sum_j combine[j, o] * sum_{c,r,s} (a - z_a) * T_j[o, c, r, s]) * scale[o]
 
-The weight constant and the accumulation are float64, like the reference (reference.py): with float32 sums the
-last-bit differences flip the next layer's activation rounding now and then, and whole-model outputs drifted by
-up to 3e-3 relative on the digits CNN; in float64 the two agree to float32 rounding. It is the correct fallback
-every dedicated kernel (shift-add, LUT, sum of bit-serial GEMMs) must beat, not a fast path.
+which is the reference's arithmetic (reference.py) step for step, so the two agree exactly. It is the correct
+fallback for every kind and the baseline of the benchmarks, not a fast path.
 """
 
 from __future__ import annotations
@@ -20,8 +18,13 @@ import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
+from ..scheme import LayerScheme, integer_core
 from .bitserial import quantize_activations
+from .family import KernelCall
 from .geometry import ConvGeometry
+
+FAMILY = "dequant"
+TUNABLE = False
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,15 @@ class DequantConv2dConfig(ConvGeometry):
     """Shapes that decide one kernel instance."""
 
     abits: int
+    terms: int = 1
 
 
 def dequant_conv2d(
-    x: te.Tensor, weight: te.Tensor, cfg: DequantConv2dConfig, inv_scale: float, zero_point: int, scale: float
+    x: te.Tensor, terms: te.Tensor, combine: te.Tensor, scale: te.Tensor, cfg: DequantConv2dConfig,
+    inv_scale: float, zero_point: int,
 ) -> te.Tensor:
-    """float32 output (N, O, OH, OW) from float32 input x (N, C, H, W) and float64 weight (O, C, KH, KW)."""
+    """float32 output (N, O, OH, OW) from float32 x (N, C, H, W), float64 terms (J, O, C, KH, KW),
+    float64 combine (J, O) and float32 scale (O,)."""
     q = quantize_activations(x, inv_scale, zero_point, cfg.abits)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     zp = tirx.const(zero_point, "int32")
@@ -48,49 +54,73 @@ def dequant_conv2d(
     r, s = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s")
     oh, ow = cfg.out_hw
     acc = te.compute(
-        (cfg.batch, cfg.out_channels, oh, ow),
-        lambda n, o, y, z: te.sum(padded[n, c, y * sh + r, z * sw + s] * weight[o, c, r, s], axis=[c, r, s]),
+        (cfg.batch, cfg.terms, cfg.out_channels, oh, ow),
+        lambda n, j, o, y, z: te.sum(padded[n, c, y * sh + r, z * sw + s] * terms[j, o, c, r, s], axis=[c, r, s]),
         name="dense_acc",
     )
-    sa = tirx.const(float(np.float32(scale)), "float32")
-    return te.compute(acc.shape, lambda n, o, y, z: acc[n, o, y, z].astype("float32") * sa, name="rescale")
+    j = te.reduce_axis((0, cfg.terms), name="j")
+    core = te.compute(
+        (cfg.batch, cfg.out_channels, oh, ow),
+        lambda n, o, y, z: te.sum(combine[j, o] * acc[n, j, o, y, z], axis=j),
+        name="combine",
+    )
+    return te.compute(core.shape, lambda n, o, y, z: core[n, o, y, z].astype("float32") * scale[o], name="rescale")
 
 
 def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """Default CPU schedule: threads over (batch, output channel) everywhere, quantization inlined."""
     sch = Schedule(func)
     sch.compute_inline(sch.get_sblock("quantize"))
-    centred = sch.get_sblock("centred")
-    n, c, *_ = sch.get_loops(centred)
-    sch.parallel(sch.fuse(n, c))
-    acc = sch.get_sblock("dense_acc")
-    n, o, *_ = sch.get_loops(acc)
-    sch.parallel(sch.fuse(n, o))
-    n, o, *_ = sch.get_loops(sch.get_sblock("rescale"))
+    for block in ("centred", "combine", "rescale"):
+        n, c, *_ = sch.get_loops(sch.get_sblock(block))
+        sch.parallel(sch.fuse(n, c))
+    n, j, o, *_ = sch.get_loops(sch.get_sblock("dense_acc"))
+    sch.reorder(n, o, j)
     sch.parallel(sch.fuse(n, o))
     return sch.mod["main"]
 
 
-def build_primfunc(cfg: DequantConv2dConfig, inv_scale: float, zero_point: int, scale: float) -> tirx.PrimFunc:
-    """The scheduled kernel: (x, weight) -> float32 output, for one layer instance."""
+def build_primfunc(cfg: DequantConv2dConfig, inv_scale: float, zero_point: int) -> tirx.PrimFunc:
+    """The scheduled kernel: (x, terms, combine, scale) -> float32 output, for one layer instance."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
-    w = te.placeholder((cfg.out_channels, cfg.in_channels, *cfg.kernel), "float64", name="weight")
-    out = dequant_conv2d(x, w, cfg, inv_scale, zero_point, scale)
-    return schedule(te.create_prim_func([x, w, out]))
+    terms = te.placeholder((cfg.terms, cfg.out_channels, cfg.in_channels, *cfg.kernel), "float64", name="terms")
+    combine = te.placeholder((cfg.terms, cfg.out_channels), "float64", name="combine")
+    scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
+    out = dequant_conv2d(x, terms, combine, scale, cfg, inv_scale, zero_point)
+    return schedule(te.create_prim_func([x, terms, combine, scale, out]))
+
+
+def supports(layer: LayerScheme) -> str | None:
+    return None
+
+
+def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
+    """Every kind; the terms that are zero everywhere are dropped (they add exactly +0)."""
+    core = integer_core(layer)
+    kept = [j for j in range(core.terms) if core.term(j).any()] or [0]
+    cfg = DequantConv2dConfig(**vars(geometry), abits=layer.act.bits, terms=len(kept))
+    shape = (cfg.out_channels, cfg.in_channels, *cfg.kernel)
+    terms = np.stack([core.term(j).reshape(shape) for j in kept]).astype(np.float64)
+    prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point)
+    return KernelCall(prim, [terms, core.combine[kept], core.scale])
 
 
 def reference(
-    x: np.ndarray, weight: np.ndarray, cfg: DequantConv2dConfig, inv_scale: float, zero_point: int, scale: float
+    x: np.ndarray, terms: np.ndarray, combine: np.ndarray, scale: np.ndarray, cfg: DequantConv2dConfig,
+    inv_scale: float, zero_point: int,
 ) -> np.ndarray:
-    """numpy reference: quantize x as the kernel does, convolve in float64, scale in float32."""
+    """numpy reference: quantize x as the kernel does, convolve each term in float64, combine, scale in float32."""
     qmax = (1 << cfg.abits) - 1
     q = np.clip(np.rint(x.astype(np.float32) * np.float32(inv_scale)) + zero_point, 0, qmax)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     centred = np.pad(q.astype(np.float64) - zero_point, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     oh, ow = cfg.out_hw
-    out = np.zeros((cfg.batch, cfg.out_channels, oh, ow))
-    for r in range(kh):
-        for s in range(kw):
-            patch = centred[:, :, r : r + sh * oh : sh, s : s + sw * ow : sw]
-            out += np.einsum("nchw,oc->nohw", patch, weight[:, :, r, s].astype(np.float64))
-    return out.astype(np.float32) * np.float32(scale)
+    core = np.zeros((cfg.batch, cfg.out_channels, oh, ow))
+    for j in range(cfg.terms):
+        acc = np.zeros_like(core)
+        for r in range(kh):
+            for s in range(kw):
+                patch = centred[:, :, r : r + sh * oh : sh, s : s + sw * ow : sw]
+                acc += np.einsum("nchw,oc->nohw", patch, terms[j, :, :, r, s])
+        core = core + combine[j][None, :, None, None] * acc
+    return core.astype(np.float32) * scale[None, :, None, None]

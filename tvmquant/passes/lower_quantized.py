@@ -14,26 +14,34 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..kernels import bitserial, dequant
-from ..scheme import LayerScheme, QuantScheme, integer_form
+from ..kernels import registry
+from ..kernels.family import layer_geometry
+from ..scheme import LayerScheme, QuantScheme
 
-KERNEL_PREFIX = "bitserial_"  # PrimFuncs named so are ours: `tune` and `build` give them our default schedule
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps never fuses such a call with its neighbours
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowerQuantizedLayers")
 class LowerQuantizedLayers:
-    """Module pass; records which kernel each layer got in `self.kernels` (layer name -> kernel family).
+    """Module pass; records per layer name the kernel family it got (`kernels`), the bytes of its constants
+    (`const_bytes`) and why the preferred or requested family was not taken (`notes`).
 
-    `tunable=True` inserts the kernels unscheduled (for MetaSchedule), marked opaque so that fusion keeps each
-    one a task of its own that `bitserial.schedule` can still handle when no tuning record matches it.
+    `kernel` is "auto" (the scheme kind decides) or a family name to use wherever it applies. Kernels are
+    PrimFuncs named `<family>_<layer>`. `tunable=True` inserts tunable families' kernels unscheduled (for
+    MetaSchedule), marked opaque so that fusion keeps each one a task of its own that the family's
+    `schedule` can still handle when no tuning record matches it.
     """
 
-    def __init__(self, scheme: QuantScheme, param_to_layer: dict[str, str], tunable: bool = False):
+    def __init__(
+        self, scheme: QuantScheme, param_to_layer: dict[str, str], tunable: bool = False, kernel: str = "auto"
+    ):
         self.scheme = scheme
         self.param_to_layer = param_to_layer
         self.tunable = tunable
+        self.kernel = kernel
         self.kernels: dict[str, str] = {}
+        self.const_bytes: dict[str, int] = {}
+        self.notes: dict[str, str] = {}
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self)
@@ -86,42 +94,22 @@ class _Rewriter(relax.PyExprMutator):
         return relax.op.reshape(out, (*shape[:-1], layer.weight.out_channels))
 
     def _kernel(self, x: relax.Expr, layer: LayerScheme, shape: tuple[int, int, int, int]) -> relax.Expr:
-        form = integer_form(layer)
-        if form is None:
-            return self._dequant_kernel(x, layer, shape)
-        kernel = tuple(layer.weight.codes.shape[2:]) if layer.op == "conv2d" else (1, 1)
-        cfg = bitserial.BitserialConv2dConfig(
-            *shape, layer.weight.out_channels, kernel, layer.stride, layer.padding, layer.weight.bits, layer.act.bits
-        )
-        prim = bitserial.build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, scheduled=not self.owner.tunable)
-        if self.owner.tunable:
+        family, note = registry.choose(layer, self.owner.kernel)
+        tuned = self.owner.tunable and family.TUNABLE
+        call = family.instantiate(layer, layer_geometry(layer, shape), scheduled=not tuned)
+        prim = call.prim
+        if self.owner.tunable:  # opaque: fusion keeps each kernel whole, a task of its own or pre-scheduled
             prim = prim.with_attr("op_pattern", OPAQUE)
-        gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"{KERNEL_PREFIX}{_ident(layer.name)}")
-        consts = [
-            bitserial.pack_weights(form.codes, cfg),
-            form.code_sums,
-            form.zw2,
-            form.scale,
-        ]
-        self.owner.kernels[layer.name] = "bitserial"
-        out_ty = relax.TensorType((shape[0], cfg.out_channels, *cfg.out_hw), "float32")
-        return relax.call_tir(gv, [x, *(relax.const(np.ascontiguousarray(v)) for v in consts)], out_ty)
-
-    def _dequant_kernel(self, x: relax.Expr, layer: LayerScheme, shape: tuple[int, int, int, int]) -> relax.Expr:
-        """Kinds with no integer kernel yet (POW2, CODEBOOK, MULTIPOINT): dequantize-then-dense."""
-        weight = layer.weight.dequantize()
-        kernel = tuple(weight.shape[2:]) if layer.op == "conv2d" else (1, 1)
-        cfg = dequant.DequantConv2dConfig(
-            *shape, layer.weight.out_channels, kernel, layer.stride, layer.padding, layer.act.bits
-        )
-        prim = dequant.build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, layer.act.scale)
-        if self.owner.tunable:  # not a tuning task: keep it whole through fusion, with its default schedule
-            prim = prim.with_attr("op_pattern", OPAQUE).with_attr("tirx.is_scheduled", True)
-        gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"dequant_{_ident(layer.name)}")
-        self.owner.kernels[layer.name] = "dequant"
-        const = relax.const(np.ascontiguousarray(weight.reshape(cfg.out_channels, shape[1], *kernel)), "float64")
-        out_ty = relax.TensorType((shape[0], cfg.out_channels, *cfg.out_hw), "float32")
-        return relax.call_tir(gv, [x, const], out_ty)
+            if not tuned:
+                prim = prim.with_attr("tirx.is_scheduled", True)
+        gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"{family.FAMILY}_{_ident(layer.name)}")
+        self.owner.kernels[layer.name] = family.FAMILY
+        self.owner.const_bytes[layer.name] = call.const_bytes
+        if note:
+            self.owner.notes[layer.name] = note
+        geometry = layer_geometry(layer, shape)
+        out_ty = relax.TensorType((shape[0], geometry.out_channels, *geometry.out_hw), "float32")
+        return relax.call_tir(gv, [x, *(relax.const(np.ascontiguousarray(v), str(v.dtype)) for v in call.consts)], out_ty)
 
 
 def _ident(name: str) -> str:
