@@ -58,11 +58,12 @@ def dequant_conv2d(
         lambda n, j, o, y, z: te.sum(padded[n, c, y * sh + r, z * sw + s] * terms[j, o, c, r, s], axis=[c, r, s]),
         name="dense_acc",
     )
+    # products stored before they are summed: one stage would let LLVM contract them into FMAs, which round
+    # differently from the reference's multiply-then-add
+    weighted = te.compute(acc.shape, lambda n, j, o, y, z: combine[j, o] * acc[n, j, o, y, z], name="weighted")
     j = te.reduce_axis((0, cfg.terms), name="j")
     core = te.compute(
-        (cfg.batch, cfg.out_channels, oh, ow),
-        lambda n, o, y, z: te.sum(combine[j, o] * acc[n, j, o, y, z], axis=j),
-        name="combine",
+        (cfg.batch, cfg.out_channels, oh, ow), lambda n, o, y, z: te.sum(weighted[n, j, o, y, z], axis=j), name="combine"
     )
     return te.compute(core.shape, lambda n, o, y, z: core[n, o, y, z].astype("float32") * scale[o], name="rescale")
 
@@ -74,9 +75,10 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     for block in ("centred", "combine", "rescale"):
         n, c, *_ = sch.get_loops(sch.get_sblock(block))
         sch.parallel(sch.fuse(n, c))
-    n, j, o, *_ = sch.get_loops(sch.get_sblock("dense_acc"))
-    sch.reorder(n, o, j)
-    sch.parallel(sch.fuse(n, o))
+    for block in ("dense_acc", "weighted"):
+        n, j, o, *_ = sch.get_loops(sch.get_sblock(block))
+        sch.reorder(n, o, j)
+        sch.parallel(sch.fuse(n, o))
     return sch.mod["main"]
 
 
