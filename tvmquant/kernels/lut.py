@@ -141,15 +141,22 @@ def lut_conv2d(
         lambda n, y, z, o: te.sum(buckets[n, y, z, l1, o], axis=l1),
         name="looked_up",
     )
-    l = te.reduce_axis((0, cfg.lookups + 1), name="l")
 
     def bucket(n, y, z, l, o):
         zero = total[n, y, z] - looked[n, y, z, o]
         return tirx.if_then_else(l == 0, zero, buckets[n, y, z, tirx.max(l - 1, 0), o]).astype("float64")
 
+    # products and their sum are separate stages (separate parallel tasks): a fused multiply-add would round
+    # differently from the reference's multiply, then add
+    weighted = te.compute(
+        (cfg.batch, oh, ow, cfg.lookups + 1, cfg.out_channels),
+        lambda n, y, z, l, o: levels[l, o] * bucket(n, y, z, l, o),
+        name="weighted",
+    )
+    l = te.reduce_axis((0, cfg.lookups + 1), name="l")
     core = te.compute(
         (cfg.batch, cfg.out_channels, oh, ow),
-        lambda n, o, y, z: te.sum(levels[l, o] * bucket(n, y, z, l, o), axis=l),
+        lambda n, o, y, z: te.sum(weighted[n, y, z, l, o], axis=l),
         name="combine",
     )
     return te.compute(core.shape, lambda n, o, y, z: core[n, o, y, z].astype("float32") * scale[o], name="rescale")
@@ -161,7 +168,7 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     Every table row (one pixel, one channel group) is loaded once for all codes and 16 output channels.
     """
     sch = Schedule(func)
-    for name in ("quantize", "window_sum", "looked_up", "combine", "rescale"):
+    for name in ("quantize", "window_sum", "looked_up", "weighted", "combine", "rescale"):
         loops = sch.get_loops(sch.get_sblock(name))
         sch.parallel(sch.fuse(*loops[:2]))
     table = sch.get_sblock("table")
