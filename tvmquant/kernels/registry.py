@@ -10,9 +10,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..scheme import LayerScheme, WeightKind
-from . import bitserial, dequant, lut
+from . import bitserial, dequant, lut, shift
 
-FAMILIES: dict[str, ModuleType] = {m.FAMILY: m for m in (bitserial, dequant, lut)}
+FAMILIES: dict[str, ModuleType] = {m.FAMILY: m for m in (bitserial, dequant, lut, shift)}
 CHOICES = ("auto", *FAMILIES)
 PREFERRED = {
     WeightKind.UNIFORM: "bitserial",
