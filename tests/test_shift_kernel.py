@@ -1,0 +1,142 @@
+"""The shift-add kernel (POW2 weights): float32 output exactly equal to the PyTorch reference of the same
+quantized layer and to the module's numpy reference, on x86 and on the emulated aarch64 device; whole models
+through compile_model pick it for POW2 layers."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm.support import cc
+
+from tvmquant.batching import run_batched
+from tvmquant.compile import compile_model, load_source
+from tvmquant.kernels import registry, shift
+from tvmquant.kernels.family import layer_geometry
+from tvmquant.quantize import QuantConfig
+from tvmquant.reference import quantized_layer
+from tvmquant.rpc import DeviceModule, connect
+from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant, integer_core
+from tvmquant.target import load_target
+
+from models_for_tests import Awkward, randomize_bn
+from test_arm_device import arm_device  # noqa: F401  (the shared emulated-device fixture)
+
+# (N, C, H, W, O, kernel, stride, padding): K not a multiple of 16, odd channel counts (O = 5, 13, 7, 33: a
+# padded last block of lanes), stride 2, padding, batch > 1, dense = 1x1 conv on a 1x1 image (N = 3 rows).
+SHAPES = [
+    (1, 3, 7, 9, 5, (3, 3), (2, 2), (1, 1)),
+    (3, 70, 1, 1, 13, (1, 1), (1, 1), (0, 0)),
+    (2, 17, 6, 5, 24, (3, 3), (1, 1), (1, 1)),
+    (1, 9, 8, 8, 7, (3, 3), (2, 2), (0, 0)),
+    (1, 130, 1, 1, 33, (1, 1), (1, 1), (0, 0)),
+]
+# (weight bits, activation bits, largest exponent index used): 6 bits with indices up to 25 is span 24 with
+# 8-bit activations, which needs the int64 accumulator.
+BITS = [(2, 2, 1), (3, 4, 3), (4, 8, 7), (5, 3, 15), (6, 8, 25)]
+
+
+def _layer(shape, wbits, abits, top_index, seed) -> LayerScheme:
+    """A random POW2 layer; the activation zero point is never 0, so padding really has to be centred."""
+    rng = np.random.default_rng(seed)
+    n, c, h, w, o, kernel, stride, padding = shape
+    index = rng.integers(0, top_index + 1, (o, c, *kernel))
+    index[:, 0, 0, 0] = top_index  # every channel spans the full range
+    negative = rng.integers(0, 2, index.shape) << (wbits - 1)
+    weight = WeightQuant(WeightKind.POW2, wbits, index | negative, scale=rng.uniform(0.01, 1.0, o),
+                         exp_max=rng.integers(-4, 3, o))
+    act = ActQuant(abits, float(rng.uniform(0.1, 0.6)) * 4 / (1 << abits), int(rng.integers(1, 1 << abits)))
+    op = "linear" if (h, w, kernel) == (1, 1, (1, 1)) else "conv2d"
+    return LayerScheme("layer", op, weight, act, stride, padding)
+
+
+def _compile_and_run(layer, x, target, session=None, folder=None):
+    """Run the layer's kernel here, or cross-compiled on the RPC `session` (linked in `folder`)."""
+    geometry = layer_geometry(layer, x.shape)
+    call = shift.instantiate(layer, geometry)
+    lib = tvm.compile(tvm.IRModule({"main": call.prim}), target.tvm_target)
+    out_shape = (geometry.batch, geometry.out_channels, *geometry.out_hw)
+    if session is None:
+        dev, module = tvm.cpu(), lib
+    else:
+        path = folder / "kernel.so"
+        lib.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
+        session.upload(str(path))
+        dev, module = session.cpu(), session.load_module(path.name)
+    args = [tvm.runtime.tensor(a, dev) for a in (x, *call.consts, np.zeros(out_shape, np.float32))]
+    module(*args)
+    return args[-1].numpy()
+
+
+def _check(layer, x, got):
+    """Exactly the PyTorch reference, and exactly the module's numpy reference of the integer core."""
+    torch_ref = quantized_layer(torch.from_numpy(x if layer.op == "conv2d" else x[:, :, 0, 0]), layer, None).numpy()
+    np.testing.assert_array_equal(got, torch_ref.reshape(got.shape))
+    core = integer_core(layer)
+    max_shift = int(np.abs(core.matrices[0]).max()).bit_length() - 1
+    cfg = shift.ShiftConv2dConfig(**vars(layer_geometry(layer, x.shape)), abits=layer.act.bits, max_shift=max_shift)
+    ints = shift.reference_int(x, core.matrices[0], cfg, layer.act.inv_scale, layer.act.zero_point)
+    assert ints.std() > 0, "degenerate case: the check would be vacuous"
+    np.testing.assert_array_equal(got, ints.astype(np.float32) * core.scale[None, :, None, None])
+    return cfg
+
+
+def _input(shape, seed):
+    return (np.random.default_rng(seed).standard_normal(shape[:4]) * 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("wbits,abits,top", BITS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])) + f"_s{s[6][0]}p{s[7][0]}")
+def test_exact_against_reference(shape, wbits, abits, top, host_target):
+    seed = hash((shape, wbits, abits)) % 2**32
+    layer = _layer(shape, wbits, abits, top, seed)
+    x = _input(shape, seed)
+    cfg = _check(layer, x, _compile_and_run(layer, x, host_target))
+    assert cfg.acc_dtype == ("int64" if top == 25 else "int32")
+
+
+def test_accumulator_widens_only_when_int32_could_overflow():
+    geometry = (1, 64, 3, 3, 8, (3, 3), (1, 1), (1, 1))
+    assert shift.ShiftConv2dConfig(*geometry, abits=8, max_shift=7).acc_dtype == "int32"
+    assert shift.ShiftConv2dConfig(*geometry, abits=8, max_shift=24).acc_dtype == "int64"
+
+
+def test_wide_exponent_span_falls_back_with_a_reason():
+    layer = _layer(SHAPES[0], 6, 4, 26, seed=1)  # indices 1..26: span 25 > POW2_MAX_SPAN
+    assert "exponent span 25 > 24" in shift.supports(layer)
+    family, note = registry.choose(layer)
+    assert family.FAMILY == "dequant" and note.startswith("shift: exponent span 25")
+
+
+def test_auto_picks_shift_for_pow2():
+    layer = _layer(SHAPES[0], 3, 4, 3, seed=2)
+    assert registry.choose(layer) == (shift, None)
+
+
+@pytest.fixture(scope="module")
+def awkward_source():
+    calib = np.random.default_rng(0).standard_normal((8, 3, 9, 4)).astype(np.float32)
+    return load_source(randomize_bn(Awkward(), seed=3), (1, 3, 9, 4), calib=calib, eval_x=calib[:4])
+
+
+@pytest.mark.parametrize("kernel", ["auto", "shift"])
+def test_inq_model_compiles_to_shift_and_matches_reference(awkward_source, kernel, tmp_path, host_target):
+    config = QuantConfig(3, 4, 8, method="inq")
+    result = compile_model(awkward_source, config, host_target, tmp_path / "m.so", kernel=kernel)
+    assert set(result.kernels.values()) == {"shift"}, result.kernels
+    compiled = run_batched(DeviceModule.local(result.artifact), awkward_source.eval_x, 1)
+    np.testing.assert_array_equal(compiled, result.reference_outputs)
+
+
+def test_kernel_shift_on_uniform_layers_falls_back_to_their_family(awkward_source, tmp_path, host_target):
+    result = compile_model(awkward_source, QuantConfig(2, 2, 8), host_target, tmp_path / "m.so", kernel="shift")
+    assert set(result.kernels.values()) == {"bitserial"}
+
+
+@pytest.mark.arm
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_exact_on_aarch64(arm_device, index, tmp_path):  # noqa: F811
+    shape = SHAPES[index]
+    wbits, abits, top = BITS[index + 1]
+    layer = _layer(shape, wbits, abits, top, seed=index)
+    x = _input(shape, index)
+    _check(layer, x, _compile_and_run(layer, x, load_target("arm_cpu"), connect(arm_device), tmp_path))
