@@ -30,7 +30,7 @@ def test_every_method_compiles_and_matches_reference(method, source, tmp_path, h
     kinds = {layer.weight.kind.value for layer in result.scheme.layers.values()}
     assert kinds <= KINDS[method] and kinds & KINDS[method]
     for name, layer in result.scheme.layers.items():
-        want = {"uniform": "bitserial", "codebook": "lut" if layer.weight.bits <= 4 else "dequant"}
+        want = {"uniform": "bitserial", "pow2": "shift", "codebook": "lut" if layer.weight.bits <= 4 else "dequant"}
         want = want.get(layer.weight.kind.value, "dequant")
         assert result.kernels[name] == want
     compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
@@ -86,7 +86,7 @@ def test_cli_method_train_and_errors(tmp_path, capsys):
     out = tmp_path / "inq.so"
     assert main(["compile", "--method", "inq", "--bits", "3", "-o", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "pow2 W3A3" in text and "dequant" in text and "top-1 agreement 360/360" in text
+    assert "pow2 W3A3" in text and "shift" in text and "top-1 agreement 360/360" in text
     assert main(["compile", "--train-data", "x.npz", "-o", str(out)]) == 2
     assert "only used with --train" in capsys.readouterr().err
     assert main(["compile", "--method", "multipoint", "--train", "-o", str(out)]) == 2

@@ -84,9 +84,13 @@ def _input(shape, seed):
     return (np.random.default_rng(seed).standard_normal(shape[:4]) * 2).astype(np.float32)
 
 
-@pytest.mark.parametrize("wbits,abits,top", BITS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])) + f"_s{s[6][0]}p{s[7][0]}")
-def test_exact_against_reference(shape, wbits, abits, top, host_target):
+# every shape with three of the bit settings, every bit setting on three shapes (the full cross is slow)
+CASES = [(shape, BITS[(i + j) % len(BITS)]) for i, shape in enumerate(SHAPES) for j in (0, 2, 4)]
+
+
+@pytest.mark.parametrize("shape,bits", CASES, ids=lambda v: "x".join(map(str, v[:5])) if len(v) == 8 else "w%da%d-%d" % v)
+def test_exact_against_reference(shape, bits, host_target):
+    wbits, abits, top = bits
     seed = hash((shape, wbits, abits)) % 2**32
     layer = _layer(shape, wbits, abits, top, seed)
     x = _input(shape, seed)
