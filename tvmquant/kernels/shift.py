@@ -137,7 +137,8 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     n, y, z, o, *_ = sch.get_loops(core)
     dense = int(sch.get(y).extent) == 1 and int(sch.get(z).extent) == 1
     tiled = n if dense else z
-    to, ti = sch.split(tiled, [None, _tile(int(sch.get(tiled).extent))])
+    widest = TILE if sch.get(core).writes[0].source.dtype == "int32" else TILE // 2  # int64: same registers
+    to, ti = sch.split(tiled, [None, _tile(int(sch.get(tiled).extent), widest)])
     oo, oi = sch.split(o, [None, LANES])
     red = sch.get_loops(core)[-3:]
     outer = [to, y, z, oo] if dense else [n, y, to, oo]
