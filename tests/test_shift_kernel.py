@@ -40,7 +40,7 @@ def _layer(shape, wbits, abits, top_index, seed) -> LayerScheme:
     rng = np.random.default_rng(seed)
     n, c, h, w, o, kernel, stride, padding = shape
     index = rng.integers(0, top_index + 1, (o, c, *kernel))
-    index[:, 0, 0, 0] = top_index  # every channel spans the full range
+    index[:, 0, 0, 0] = top_index  # every channel uses the largest exponent index
     negative = rng.integers(0, 2, index.shape) << (wbits - 1)
     weight = WeightQuant(WeightKind.POW2, wbits, index | negative, scale=rng.uniform(0.01, 1.0, o),
                          exp_max=rng.integers(-4, 3, o))
