@@ -80,11 +80,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     target = load_target("x86").tvm_target
     print(f"{args.threads} threads, {args.rounds} interleaved rounds, median ms; ratios = other / shift")
-    print("\n| layer | bits | shift | dequant | bit-serial W4A4 | torch fp32 | dequant/shift | bitserial/shift | torch/shift |")
+    print("\n| layer | bits | shift | dequant | bit-serial W4A4 | torch fp32 "
+          "| dequant/shift | bitserial/shift | torch/shift |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, shape, out, kernel, padding in LAYERS:
         variants = {"torch": _torch(shape, out, kernel, padding)}
-        variants["bitserial"] = _kernel(bitserial, _layer(shape, out, kernel, padding, WeightKind.UNIFORM, 4, 4), shape, target)
+        uniform = _layer(shape, out, kernel, padding, WeightKind.UNIFORM, 4, 4)
+        variants["bitserial"] = _kernel(bitserial, uniform, shape, target)
         for wb, ab in POW2_BITS:
             layer = _layer(shape, out, kernel, padding, WeightKind.POW2, wb, ab)
             variants[f"shift{wb}{ab}"] = _kernel(shift, layer, shape, target)

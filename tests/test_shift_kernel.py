@@ -88,7 +88,11 @@ def _input(shape, seed):
 CASES = [(shape, BITS[(i + j) % len(BITS)]) for i, shape in enumerate(SHAPES) for j in (0, 2, 4)]
 
 
-@pytest.mark.parametrize("shape,bits", CASES, ids=lambda v: "x".join(map(str, v[:5])) if len(v) == 8 else "w%da%d-%d" % v)
+def _case_id(value) -> str:
+    return "x".join(map(str, value[:5])) if len(value) == 8 else "w%da%d-%d" % value
+
+
+@pytest.mark.parametrize("shape,bits", CASES, ids=_case_id)
 def test_exact_against_reference(shape, bits, host_target):
     wbits, abits, top = bits
     seed = hash((shape, wbits, abits)) % 2**32
