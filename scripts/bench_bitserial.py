@@ -8,6 +8,10 @@ model); the int8 time likewise includes quantize_per_tensor and dequantize aroun
     python scripts/bench_bitserial.py [--rounds 7] [--threads 2] [--bits W2A2 W1A1 ...]
         [--before /tmp/bitserial_before.py]   # also time another version of the kernel module
         [--tvm-fp32]                          # also time TVM's own untuned fp32 conv
+        [--cpu-time]                          # process CPU time instead of wall time (use with --threads 1)
+
+On a shared, loaded machine wall times of 2-thread runs swing by 10x; single-thread CPU time per call
+(`--threads 1 --cpu-time`) is what stays comparable between variants.
 """
 
 from __future__ import annotations
@@ -97,24 +101,24 @@ def _load(path: str) -> ModuleType:
     return module
 
 
-def _time(fn, min_seconds: float = 0.05) -> float:
+def _time(fn, clock=time.perf_counter, min_seconds: float = 0.05) -> float:
     """Seconds per call: repeat until min_seconds have passed (after one warm-up call)."""
     fn()
-    calls, start = 0, time.perf_counter()
+    calls, start = 0, clock()
     while True:
         fn()
         calls += 1
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         if elapsed >= min_seconds:
             return elapsed / calls
 
 
-def _medians(variants: dict, rounds: int) -> dict[str, float]:
+def _medians(variants: dict, rounds: int, clock) -> dict[str, float]:
     times = {k: [] for k in variants}
     with torch.no_grad():
         for _ in range(rounds):
             for key, fn in variants.items():
-                times[key].append(_time(fn))
+                times[key].append(_time(fn, clock))
     return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
 
 
@@ -125,14 +129,17 @@ def main() -> None:
     parser.add_argument("--bits", nargs="+", default=BITS)
     parser.add_argument("--before", help="path of another bitserial module to time alongside")
     parser.add_argument("--tvm-fp32", action="store_true")
+    parser.add_argument("--cpu-time", action="store_true")
     args = parser.parse_args()
+    clock = time.process_time if args.cpu_time else time.perf_counter
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     target = load_target("x86").tvm_target
     before = _load(args.before) if args.before else None
 
     print(f"machine: {platform.processor() or platform.machine()}, LLVM mcpu={target.mcpu}, torch "
-          f"{torch.__version__}, {args.threads} threads, {args.rounds} interleaved rounds, median ms; "
+          f"{torch.__version__}, {args.threads} threads, {args.rounds} interleaved rounds, median "
+          f"{'CPU' if args.cpu_time else 'wall'} ms; "
           "ratio = other / bit-serial")
     cols = ["fp32", "int8"] + (["tvm"] if args.tvm_fp32 else []) + (["before"] if before else [])
     print("\n| layer | bits | bit-serial ms | " + " | ".join(f"{c} ms | vs {c}" for c in cols) + " |")
@@ -146,7 +153,7 @@ def main() -> None:
                 variants["tvm"] = _tvm_fp32(shape, target)
             if before:
                 variants["before"] = _bitserial(before, shape, wb, ab, target)
-            med = _medians(variants, args.rounds)
+            med = _medians(variants, args.rounds, clock)
             cells = " | ".join(f"{med[c]:.3f} | {med[c] / med['new']:.2f}x" for c in cols)
             print(f"| {name} | {bits} | {med['new']:.3f} | {cells} |", flush=True)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import tvm
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
@@ -191,6 +192,13 @@ def _pixel_tile(pixels: int, widest: int = 8) -> int:
     return max(d for d in range(1, widest + 1) if pixels % d == 0)
 
 
+def _widest_pixel_tile() -> int:
+    """8 pixels x 16 uint64 lanes fit AVX-512's 32 zmm registers; NEON's 32 q registers hold 2 lanes each,
+    so under an arm_cpu target (when the caller compiles inside `with target:`) tiles stay one pixel wide."""
+    target = tvm.target.Target.current(allow_none=True)
+    return 1 if target is not None and "arm_cpu" in target.keys else 8
+
+
 def _lanes(extent: int, widest: int = 16) -> int:
     """The widest power-of-two vector width up to `widest` that divides `extent`."""
     lanes = widest
@@ -225,7 +233,7 @@ def _schedule_dot(sch: Schedule) -> None:
     dot = sch.get_sblock("popcount_dot")
     n, y, z, o, wd, r, s, i, j = sch.get_loops(dot)
     tiled = z if int(sch.get(z).extent) > 1 else n
-    po, pi = sch.split(tiled, [None, _pixel_tile(int(sch.get(tiled).extent))])
+    po, pi = sch.split(tiled, [None, _pixel_tile(int(sch.get(tiled).extent), _widest_pixel_tile())])
     oo, oi = sch.split(o, [None, _lanes(int(sch.get(o).extent))])
     if tiled is z:
         sch.reorder(n, y, po, oo, wd, r, s, i, j, pi, oi)
