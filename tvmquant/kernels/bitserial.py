@@ -9,6 +9,9 @@ needs only sum(u*a) = sum_{i,j} 2^(i+j) popcount(U_i & A_j) over bit-planes U_i,
 are precomputed (weights) or a popcount away (activations). The output is float32(I) * scale[o] with
 scale = s_a * s_w / 2. Spatial zero padding uses code z_a (real zero), so (a - z_a) vanishes there exactly.
 
+Activations are quantized once into spatially padded codes (the padding holds z_a) and packed per padded
+pixel, so the popcount GEMM reads every kernel tap without bounds checks.
+
 The op is compute (TE) + a default schedule + a numpy reference of I, in one place, so every caller verifies
 the same definition.
 """
@@ -227,8 +230,8 @@ def _schedule_dot(sch: Schedule) -> None:
 
     Each weight vector is loaded once per tile and reused for P pixels and every activation plane; each
     activation word is a broadcast reused for every weight plane. The tile's accumulators live in registers
-    and the integer-core epilogue runs on them before they are stored. Pixels are tiled along OW, or along
-    the batch for dense layers (1x1 image).
+    (a "local" buffer LLVM promotes) and the dot epilogue runs on them before anything is stored. Pixels are
+    tiled along OW, or along the batch for dense layers (1x1 image).
     """
     dot = sch.get_sblock("popcount_dot")
     n, y, z, o, wd, r, s, i, j = sch.get_loops(dot)
