@@ -6,7 +6,9 @@ bit-serial time includes quantizing and bit-packing the float input (float32 in,
 model); the int8 time likewise includes quantize_per_tensor and dequantize around fbgemm's quantized conv.
 
     python scripts/bench_bitserial.py [--rounds 7] [--threads 2] [--bits W2A2 W1A1 ...]
-        [--before /tmp/bitserial_before.py]   # also time another version of the kernel module
+        [--before /tmp/bitserial_before.py]   # also time another version of the kernel module, e.g.
+            # git show main:tvmquant/kernels/bitserial.py > /tmp/bitserial_before.py, with its relative
+            # imports (from ..packing / ..scheme / .family / .geometry) made absolute (tvmquant.…)
         [--tvm-fp32]                          # also time TVM's own untuned fp32 conv
         [--cpu-time]                          # process CPU time instead of wall time (use with --threads 1)
 
