@@ -16,6 +16,8 @@ SHAPES = [
     (2, 17, 6, 5, 24, (3, 3), (1, 1), (1, 1)),
     (1, 9, 8, 8, 7, (3, 3), (2, 2), (0, 0)),
     (1, 130, 1, 1, 33, (1, 1), (1, 1), (0, 0)),
+    (2, 64, 5, 16, 40, (3, 3), (1, 1), (1, 1)),  # full 8-pixel tiles along OW, 8-lane channel blocks
+    (16, 130, 1, 1, 32, (1, 1), (1, 1), (0, 0)),  # dense: pixel tiles along the batch
 ]
 BITS = [(1, 1), (2, 2), (1, 3), (3, 2), (4, 4), (8, 8), (2, 8)]
 
@@ -72,3 +74,16 @@ def test_accumulator_widens_when_int32_could_overflow():
     small = BitserialConv2dConfig(1, 64, 3, 3, 8, (3, 3), (1, 1), (1, 1), 2, 2)
     huge = BitserialConv2dConfig(1, 4096, 3, 3, 8, (3, 3), (1, 1), (1, 1), 8, 8)
     assert small.acc_dtype == "int32" and huge.acc_dtype == "int64"
+
+
+def test_arm_target_keeps_one_pixel_tiles_and_uses_neon_cnt():
+    """Under an arm_cpu target the register tile shrinks (NEON has 2 uint64 lanes per register)."""
+    from tvmquant.target import load_target
+
+    cfg = BitserialConv2dConfig(1, 64, 6, 8, 32, (3, 3), (1, 1), (1, 1), 2, 2)
+    target = load_target("arm_cpu").tvm_target
+    with target:
+        func = bitserial.build_primfunc(cfg, 1.0, 1)
+    assert "T.unroll(8)" not in func.script()
+    asm = tvm.compile(tvm.IRModule({"main": func}), target).mod.inspect_source("asm")
+    assert "cnt\tv" in asm and "uaddlp" in asm
