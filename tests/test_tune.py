@@ -82,7 +82,9 @@ def test_compile_applies_records_and_stays_correct(tuned, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"tuning records applied from {log_dir}" in proc.stdout
-    assert "bitserial_conv" in proc.stdout.split("tuning records applied")[1].splitlines()[0]
+    applied, *rest = proc.stdout.split("tuning records applied")[1].splitlines()
+    kept = rest[0] if rest and "kept untuned" in rest[0] else ""
+    assert "bitserial_conv" in applied + kept  # its record matched: applied, or measured slower than the default
     assert "top-1 agreement 8/8" in proc.stdout
     assert "Logging directory" not in proc.stdout + proc.stderr  # compile does no tuning
 

@@ -113,14 +113,15 @@ def build(
     """Compile for `target`, applying the records of `database` (a MetaSchedule Database) if given;
     `untuned_ms` (tasks.json, by `task_key`) lets a record lose against the untuned build; `kernel` as in
     LowerQuantizedLayers."""
-    if database is None:
-        mod, lowered = lower(mod, params, param_fqn, layers, scheme, kernel=kernel)
-        return BuildResult(tvm.compile(mod, target.tvm_target), lowered, [], [])
     tvm_target = target.tvm_target
-    mod, lowered = lower(mod, params, param_fqn, layers, scheme, tunable=True, kernel=kernel)
+    with tvm_target:  # kernel families pick target-specific defaults (e.g. register tiles) from the context
+        mod, lowered = lower(mod, params, param_fqn, layers, scheme, tunable=database is not None, kernel=kernel)
+    if database is None:
+        return BuildResult(tvm.compile(mod, tvm_target), lowered, [], [])
     mod = legalize(mod, tvm_target)
     mod, tuned, slower = apply_records(mod, database, tvm_target, untuned_ms or {})
-    mod = schedule_kernels(mod)
+    with tvm_target:
+        mod = schedule_kernels(mod)
     # the second half of TVM's CPU pipeline (the package does not re-export these two)
     pipeline = tvm.transform.Sequential(
         cpu_pipeline.dataflow_lower_passes(tvm_target) + cpu_pipeline.finalize_passes(tvm_target)

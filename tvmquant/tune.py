@@ -65,7 +65,8 @@ def extract_tasks(
     """The model's tunable functions, as `compile` with tuning records will look them up."""
     scheme = quantize_model(source.gm, source.layers, source.calib, config, source.batch_size)
     mod, params, param_fqn = frontend.to_relax(source.gm, source.input_shape)
-    mod, _ = lower(mod, params, param_fqn, source.layers, scheme, tunable=True, kernel=kernel)
+    with target.tvm_target:
+        mod, _ = lower(mod, params, param_fqn, source.layers, scheme, tunable=True, kernel=kernel)
     tasks = ms.relax_integration.extract_tasks(legalize(mod, target.tvm_target), target.tvm_target)
     return sorted(tasks, key=lambda task: task.task_name)
 
@@ -113,7 +114,8 @@ def measure_untuned(
 ) -> list[float | None]:
     """Latency (ms) of each task as `compile` builds it without records: our default kernel schedule, or
     TVM's plain lowering for fp32 ops. Measured with the same builder and runner as the trials."""
-    mods = [_default_schedule(task) for task in tasks]
+    with target.tvm_target:
+        mods = [_default_schedule(task) for task in tasks]
     built = builder.build([ms.builder.BuilderInput(mod, target.tvm_target) for mod in mods])
     inputs, where = [], []
     for i, (mod, result) in enumerate(zip(mods, built)):
