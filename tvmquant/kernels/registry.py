@@ -10,9 +10,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..scheme import LayerScheme, WeightKind
-from . import bitserial, dequant
+from . import bitserial, dequant, multipoint
 
-FAMILIES: dict[str, ModuleType] = {m.FAMILY: m for m in (bitserial, dequant)}
+FAMILIES: dict[str, ModuleType] = {m.FAMILY: m for m in (bitserial, multipoint, dequant)}
 CHOICES = ("auto", *FAMILIES)
 PREFERRED = {
     WeightKind.UNIFORM: "bitserial",
