@@ -126,3 +126,20 @@ def test_whole_model_uses_multipoint_and_matches_reference(awkward_multipoint, k
     assert any(multipoint.expand_rows(layer).extra_rows for layer in result.scheme.layers.values())
     compiled = run_batched(DeviceModule.local(result.artifact), awkward_multipoint.eval_x, 2)
     np.testing.assert_array_equal(compiled, result.reference_outputs)
+
+
+@pytest.mark.parametrize("width", [1, 8], ids=["scalar", "vector"])
+def test_products_are_rounded_before_the_sum(width, host_target):
+    """c0*I0 + c1*I1 with the exact sum just above a float32 tie that rounding c1*I1 first erases: an
+    fma-contracted combination gives 2^24 + 2 here, the reference 2^24 (constants found by exact search)."""
+    c0, c1 = 2**24 / 6, float.fromhex("0x1.c71c71d555556p-5")
+    codes = np.array([4, 6], np.uint8).reshape(2, 1, 1, 1, 1)  # T0 = 2, T1 = 6 around zero point 3
+    weight = WeightQuant(WeightKind.MULTIPOINT, 3, codes, scale=np.ones((2, 1)), zero_point=np.full((2, 1), 3.0),
+                         coeffs=np.array([[2 * c0], [2 * c1]]))
+    layer = LayerScheme("tie", "conv2d", weight, ActQuant(2, 1.0, 0))
+    x = np.full((1, 1, 1, width), 3.0, np.float32)  # I0 = 6, I1 = 18
+    geometry = layer_geometry(layer, x.shape)
+    got = _run(multipoint.instantiate(layer, geometry), x, (1, 1, 1, width), host_target.tvm_target)
+    want = _torch_reference(x, layer)
+    assert want.flat[0] == 2**24
+    np.testing.assert_array_equal(got, want)
