@@ -30,7 +30,7 @@ def test_every_method_compiles_and_matches_reference(method, source, tmp_path, h
     kinds = {layer.weight.kind.value for layer in result.scheme.layers.values()}
     assert kinds <= KINDS[method] and kinds & KINDS[method]
     for name, layer in result.scheme.layers.items():
-        want = "bitserial" if layer.weight.kind.value == "uniform" else "dequant"
+        want = {"uniform": "bitserial", "multipoint": "multipoint"}.get(layer.weight.kind.value, "dequant")
         assert result.kernels[name] == want
     compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
     ref = result.reference_outputs
