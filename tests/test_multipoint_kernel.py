@@ -12,10 +12,12 @@ from tvmquant.kernels import multipoint
 from tvmquant.kernels.family import layer_geometry
 from tvmquant.quantize import QuantConfig
 from tvmquant.reference import quantized_layer
-from tvmquant.rpc import DeviceModule
+from tvmquant.rpc import DeviceModule, connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
+from tvmquant.target import load_target
 
 from models_for_tests import Awkward, randomize_bn
+from test_arm_device import arm_device  # noqa: F401 (the emulated aarch64 device fixture)
 
 # (N, C, H, W, O, kernel, stride, padding): K not a multiple of 64, odd channel counts, stride 2, padding,
 # batch > 1, dense = 1x1 conv on a 1x1 image (K = 70, 130: several words).
@@ -128,8 +130,7 @@ def test_whole_model_uses_multipoint_and_matches_reference(awkward_multipoint, k
     np.testing.assert_array_equal(compiled, result.reference_outputs)
 
 
-@pytest.mark.parametrize("width", [1, 8], ids=["scalar", "vector"])
-def test_products_are_rounded_before_the_sum(width, host_target):
+def _tie_case(width: int) -> tuple[LayerScheme, np.ndarray]:
     """c0*I0 + c1*I1 with the exact sum just above a float32 tie that rounding c1*I1 first erases: an
     fma-contracted combination gives 2^24 + 2 here, the reference 2^24 (constants found by exact search)."""
     c0, c1 = 2**24 / 6, float.fromhex("0x1.c71c71d555556p-5")
@@ -137,9 +138,47 @@ def test_products_are_rounded_before_the_sum(width, host_target):
     weight = WeightQuant(WeightKind.MULTIPOINT, 3, codes, scale=np.ones((2, 1)), zero_point=np.full((2, 1), 3.0),
                          coeffs=np.array([[2 * c0], [2 * c1]]))
     layer = LayerScheme("tie", "conv2d", weight, ActQuant(2, 1.0, 0))
-    x = np.full((1, 1, 1, width), 3.0, np.float32)  # I0 = 6, I1 = 18
-    geometry = layer_geometry(layer, x.shape)
-    got = _run(multipoint.instantiate(layer, geometry), x, (1, 1, 1, width), host_target.tvm_target)
+    return layer, np.full((1, 1, 1, width), 3.0, np.float32)  # I0 = 6, I1 = 18
+
+
+@pytest.mark.parametrize("width", [1, 8], ids=["scalar", "vector"])
+def test_products_are_rounded_before_the_sum(width, host_target):
+    layer, x = _tie_case(width)
+    call = multipoint.instantiate(layer, layer_geometry(layer, x.shape))
+    got = _run(call, x, x.shape, host_target.tvm_target)
     want = _torch_reference(x, layer)
     assert want.flat[0] == 2**24
     np.testing.assert_array_equal(got, want)
+
+def _run_on_device(session, call, x, out_shape, spec, tmp_path):
+    """Cross-compile for the arm_cpu target, upload over RPC, run on the emulated aarch64 device."""
+    lib = tvm.compile(tvm.IRModule({"main": call.prim}), spec.tvm_target)
+    path = tmp_path / "kernel.so"
+    spec.export(lib, path)
+    session.upload(str(path))
+    module = session.load_module(path.name)
+    dev = session.cpu()
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32), dev)
+    module["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in (x, *call.consts)], out)
+    return out.numpy()
+
+
+@pytest.mark.arm
+@pytest.mark.parametrize("shape,wbits,abits", [(SHAPES[0], 2, 2), (SHAPES[1], 3, 4), (SHAPES[2], 4, 8)])
+def test_kernel_equals_reference_on_aarch64(arm_device, shape, wbits, abits, tmp_path):
+    rng = np.random.default_rng(wbits)
+    layer = make_layer(shape, wbits, abits, 3, rng)
+    x = (rng.standard_normal(shape[:4]) * 2).astype(np.float32)
+    geometry = layer_geometry(layer, shape[:4])
+    call = multipoint.instantiate(layer, geometry)
+    got = _run_on_device(connect(arm_device), call, x, (shape[0], geometry.out_channels, *geometry.out_hw),
+                         load_target("arm_cpu"), tmp_path)
+    np.testing.assert_array_equal(got, _torch_reference(x, layer))
+
+
+@pytest.mark.arm
+def test_products_are_rounded_before_the_sum_on_aarch64(arm_device, tmp_path):
+    layer, x = _tie_case(8)
+    call = multipoint.instantiate(layer, layer_geometry(layer, x.shape))
+    got = _run_on_device(connect(arm_device), call, x, x.shape, load_target("arm_cpu"), tmp_path)
+    np.testing.assert_array_equal(got, _torch_reference(x, layer))
