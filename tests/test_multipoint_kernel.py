@@ -91,7 +91,7 @@ def test_kernel_equals_reference(shape, wbits, abits, host_target):
 
 def test_single_point_layer_needs_one_row_per_channel(host_target):
     rows = _check(SHAPES[2], 3, 3, 1, 5, host_target.tvm_target)
-    assert rows.rowmap.shape == (24, 1) and len(rows.codes) == 32 and rows.extra_rows == 0
+    assert rows.rowmap.shape == (24, 1) and len(rows.codes) == 24 and rows.extra_rows == 0
 
 
 def test_expanded_rows_skip_zero_rows_and_keep_point_order():
@@ -99,7 +99,7 @@ def test_expanded_rows_skip_zero_rows_and_keep_point_order():
     rows = multipoint.expand_rows(layer)
     used = layer.weight.coeffs != 0
     assert rows.extra_rows == used.sum() - used.shape[1]
-    assert len(rows.codes) % multipoint.ROW_LANES == 0
+    assert len(rows.codes) % multipoint.ROW_PAD == 0
     for o in range(layer.weight.out_channels):
         points = np.flatnonzero(used[:, o])
         np.testing.assert_array_equal(rows.codes[rows.rowmap[o, : len(points)]], layer.weight.codes[points, o].reshape(len(points), -1))

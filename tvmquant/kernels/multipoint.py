@@ -5,7 +5,7 @@ per point, combine[p, o] and out[o] = float32(sum_p combine[p, o] * I_p[o]) * sc
 ascending from 0). Most channels use one point, so the P matrices are mostly zero rows. We stack only the
 rows that exist (point p of channel o with T_p[o] not all zero; an all-zero row adds exactly +0) into R >= O
 expanded rows: row o is channel o's first point, the extra points follow, and zero rows pad R to a multiple
-of the vector width. One bit-serial popcount GEMM (`bitserial.bitserial_conv2d_int`) gives I for every row,
+of 8 (the vector width). One bit-serial popcount GEMM (`bitserial.bitserial_conv2d_int`) gives I for every row,
 and the combination stage gathers each channel's rows through a (O, S) row map, S the most points any
 channel uses, padded with weight 0 (adds exactly +0 because every I is finite):
 
@@ -31,7 +31,8 @@ from .geometry import ConvGeometry
 
 FAMILY = "multipoint"
 TUNABLE = True
-ROW_LANES = 16  # expanded rows are padded to this, the vector width the popcount GEMM keeps over rows
+ROW_PAD = 8  # expanded rows are padded to a multiple of this: 8 u64 lanes = one AVX-512 / four NEON registers
+ROW_LANES = 16  # the widest vector the popcount GEMM keeps over rows, where the row count allows
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def _channel_points(matrices: np.ndarray) -> list[list[int]]:
     return [list(np.flatnonzero(nonzero[:, o])) or [0] for o in range(nonzero.shape[1])]
 
 
-def expand_rows(layer: LayerScheme, lanes: int = ROW_LANES) -> ExpandedRows:
+def expand_rows(layer: LayerScheme, pad: int = ROW_PAD) -> ExpandedRows:
     """Stack the existing (point, channel) rows: row o is channel o's first point, extra points follow."""
     w, core = layer.weight, integer_core(layer)
     points, out = core.combine.shape
@@ -89,7 +90,7 @@ def expand_rows(layer: LayerScheme, lanes: int = ROW_LANES) -> ExpandedRows:
             rowmap[o, s] = len(order)
             combine[o, s] = core.combine[p, o]
             order.append((p, o))
-    rows = -(-len(order) // lanes) * lanes
+    rows = -(-len(order) // pad) * pad
     row_codes = np.zeros((rows, codes.shape[2]), np.uint8)
     row_zw2 = np.zeros(rows, np.int32)
     for r, (p, o) in enumerate(order):
@@ -109,10 +110,15 @@ def multipoint_conv2d(
     """float32 output (N, O, OH, OW) from float32 x (N, C, H, W); the weights as in bitserial (R rows)."""
     core = bitserial.bitserial_conv2d_int(x, wplanes, wsum, zw2, cfg.gemm, inv_scale, zero_point)
 
+    def term(n, o, y, z, s):
+        # clamped: MetaSchedule measures candidates on random inputs, a random row map must stay in bounds
+        row = tirx.min(tirx.max(rowmap[o, s], 0), cfg.rows - 1)
+        return _product(combine[o, s], core[n, row, y, z].astype("float64"))
+
     def combined(n, o, y, z):
-        acc = _product(combine[o, 0], core[n, rowmap[o, 0], y, z].astype("float64"))
+        acc = term(n, o, y, z, 0)
         for s in range(1, cfg.slots):
-            acc = acc + _product(combine[o, s], core[n, rowmap[o, s], y, z].astype("float64"))
+            acc = acc + term(n, o, y, z, s)
         return acc.astype("float32") * scale[o]
 
     return te.compute((cfg.batch, cfg.out_channels, *cfg.out_hw), combined, name="combine")
@@ -130,14 +136,14 @@ def reference(
 
 
 def _schedule_gemm(sch: Schedule) -> None:
-    """The bit-serial blocks, as bitserial.schedule does: 16 rows in vector lanes, threads over pixels."""
+    """The bit-serial blocks, as bitserial.schedule does: 16 (or 8) rows in vector lanes, threads over pixels."""
     quant = sch.get_sblock("quantize")
     sch.parallel(sch.fuse(*sch.get_loops(quant)[:2]))
     n, y, *_ = sch.get_loops(sch.get_sblock("pack_act"))
     sch.parallel(sch.fuse(n, y))
     dot = sch.get_sblock("popcount_dot")
     n, o, y, z, r, s, i, j, wd = sch.get_loops(dot)
-    oo, oi = sch.split(o, [None, ROW_LANES])
+    oo, oi = sch.split(o, [None, _lanes(int(sch.get(o).extent), ROW_LANES)])
     sch.reorder(n, y, z, oo, r, s, i, j, wd, oi)
     sch.parallel(sch.fuse(n, y, z, oo))
     sch.vectorize(oi)
