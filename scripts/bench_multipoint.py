@@ -2,7 +2,7 @@
 
 One process, interleaved repetitions, medians; ratios are what count on a shared machine.
 
-    PYTHONPATH=. python scripts/bench_multipoint.py [--reps 7]
+    PYTHONPATH=. python scripts/bench_multipoint.py [--reps 11]
 """
 
 from __future__ import annotations
@@ -45,15 +45,15 @@ def layers(shape, wbits: int, abits: int, extra: float, rng) -> tuple[LayerSchem
     return (LayerScheme("mp", op, mp, act, stride, padding), LayerScheme("uni", op, uni, act, stride, padding))
 
 
-def compiled(family, layer: LayerScheme, shape, target):
-    """(callable on a device tensor x, output tensor) for one family's default kernel."""
+def compiled(family, layer: LayerScheme, shape, target, number: int = 5):
+    """(seconds per call on a device tensor x, the output for x) for one family's default kernel."""
     geometry = layer_geometry(layer, shape[:4])
     call = family.instantiate(layer, geometry)
     lib = tvm.compile(tvm.IRModule({"main": call.prim}), target)
     dev = tvm.cpu()
     consts = [tvm.runtime.tensor(np.ascontiguousarray(c), dev) for c in call.consts]
     out = tvm.runtime.tensor(np.zeros((shape[0], geometry.out_channels, *geometry.out_hw), np.float32), dev)
-    timer = lib.time_evaluator("main", dev, number=1, repeat=1)
+    timer = lib.mod.time_evaluator("main", dev, number=number, repeat=1)
     return (lambda x: timer(x, *consts, out).mean), (lambda x: (lib(x, *consts, out), out.numpy())[1])
 
 
@@ -82,7 +82,7 @@ def bench(case: str, shape, wbits: int, abits: int, extra: float, reps: int, tar
     np.testing.assert_array_equal(out_mp(xd).reshape(want.shape), want)
     variants = {
         "multipoint": run_mp,
-        "dequant": compiled(dequant, mp_layer, shape, target)[0],
+        "dequant": compiled(dequant, mp_layer, shape, target, number=1)[0],
         "bitserial P=1": compiled(bitserial, uni_layer, shape, target)[0],
         "torch fp32": (lambda f: lambda _: timed(f, xt, 3))(torch_fp32(mp_layer, shape)),
     }
@@ -95,7 +95,7 @@ def bench(case: str, shape, wbits: int, abits: int, extra: float, reps: int, tar
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--reps", type=int, default=11)
     args = parser.parse_args()
     torch.set_num_threads(2)
     target = load_target("x86").tvm_target
