@@ -41,7 +41,8 @@ def layers(shape, wbits: int, abits: int, extra: float, rng) -> tuple[LayerSchem
     op = "conv2d" if kernel != (1, 1) else "linear"
     mp = WeightQuant(WeightKind.MULTIPOINT, wbits, codes.astype(np.uint8), scale=scale,
                      zero_point=np.full((2, o), float(m)), coeffs=coeffs)
-    uni = WeightQuant(WeightKind.UNIFORM, wbits, codes[0].astype(np.uint8), scale=scale[0], zero_point=np.full(o, float(m)))
+    uni = WeightQuant(WeightKind.UNIFORM, wbits, codes[0].astype(np.uint8), scale=scale[0],
+                      zero_point=np.full(o, float(m)))
     return (LayerScheme("mp", op, mp, act, stride, padding), LayerScheme("uni", op, uni, act, stride, padding))
 
 
@@ -106,8 +107,9 @@ def main() -> None:
             for extra in (0.1, 0.5):
                 t = bench(case, shape, wbits, abits, extra, args.reps, target)
                 mp = t["multipoint"]
-                print(f"{case} | W{wbits}A{abits} | {extra:.0%} | {mp:.3f} | {t['dequant']:.2f} | {t['bitserial P=1']:.3f} | "
-                      f"{t['torch fp32']:.3f} | {t['dequant'] / mp:.1f}x | {mp / t['bitserial P=1']:.2f} | "
+                print(f"{case} | W{wbits}A{abits} | {extra:.0%} | {mp:.3f} | {t['dequant']:.2f} | "
+                      f"{t['bitserial P=1']:.3f} | {t['torch fp32']:.3f} | {t['dequant'] / mp:.1f}x | "
+                      f"{mp / t['bitserial P=1']:.2f} | "
                       f"{t['torch fp32'] / mp:.2f}x", flush=True)
 
 

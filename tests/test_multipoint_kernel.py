@@ -102,15 +102,16 @@ def test_expanded_rows_skip_zero_rows_and_keep_point_order():
     assert len(rows.codes) % multipoint.ROW_PAD == 0
     for o in range(layer.weight.out_channels):
         points = np.flatnonzero(used[:, o])
-        np.testing.assert_array_equal(rows.codes[rows.rowmap[o, : len(points)]], layer.weight.codes[points, o].reshape(len(points), -1))
+        want = layer.weight.codes[points, o].reshape(len(points), -1)
+        np.testing.assert_array_equal(rows.codes[rows.rowmap[o, : len(points)]], want)
         assert (rows.combine[o, len(points):] == 0).all()
 
 
 def test_supports_only_multipoint():
     layer = make_layer(SHAPES[0], 2, 2, 2, np.random.default_rng(0))
     assert multipoint.supports(layer) is None
-    uniform = LayerScheme("u", "conv2d", WeightQuant(WeightKind.UNIFORM, 2, np.zeros((1, 1, 1, 1)), np.ones(1), np.ones(1)),
-                          layer.act)
+    codes = np.zeros((1, 1, 1, 1))
+    uniform = LayerScheme("u", "conv2d", WeightQuant(WeightKind.UNIFORM, 2, codes, np.ones(1), np.ones(1)), layer.act)
     assert "not multipoint" in multipoint.supports(uniform)
 
 

@@ -63,8 +63,9 @@ class ExpandedRows:
 
     @property
     def extra_rows(self) -> int:
-        """Rows beyond one per channel that carry a point (padding rows not counted)."""
-        return int((self.combine[:, 1:] != 0).sum())
+        """Rows beyond one per channel that carry a point: extra slots point past the first O rows, padding
+        slots back at the channel's own first row."""
+        return int((self.rowmap[:, 1:] >= len(self.rowmap)).sum())
 
 
 def _channel_points(matrices: np.ndarray) -> list[list[int]]:
