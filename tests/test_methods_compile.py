@@ -30,8 +30,8 @@ def test_every_method_compiles_and_matches_reference(method, source, tmp_path, h
     kinds = {layer.weight.kind.value for layer in result.scheme.layers.values()}
     assert kinds <= KINDS[method] and kinds & KINDS[method]
     for name, layer in result.scheme.layers.items():
-        want = {"uniform": "bitserial", "pow2": "shift", "codebook": "lut" if layer.weight.bits <= 4 else "dequant"}
-        want = want.get(layer.weight.kind.value, "dequant")
+        want = {"uniform": "bitserial", "pow2": "shift", "multipoint": "multipoint",
+                "codebook": "lut" if layer.weight.bits <= 4 else "dequant"}[layer.weight.kind.value]
         assert result.kernels[name] == want
     compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
     ref = result.reference_outputs

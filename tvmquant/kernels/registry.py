@@ -10,9 +10,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..scheme import LayerScheme, WeightKind
-from . import bitserial, dequant, lut, shift
+from . import bitserial, dequant, lut, multipoint, shift
 
-FAMILIES: dict[str, ModuleType] = {m.FAMILY: m for m in (bitserial, dequant, lut, shift)}
+FAMILIES: dict[str, ModuleType] = {m.FAMILY: m for m in (bitserial, shift, lut, multipoint, dequant)}
 CHOICES = ("auto", *FAMILIES)
 PREFERRED = {
     WeightKind.UNIFORM: "bitserial",
