@@ -202,7 +202,7 @@ def _widest_pixel_tile() -> int:
     return 1 if target is not None and "arm_cpu" in target.keys else 8
 
 
-def _lanes(extent: int, widest: int = 16) -> int:
+def vector_lanes(extent: int, widest: int = 16) -> int:
     """The widest power-of-two vector width up to `widest` that divides `extent`."""
     lanes = widest
     while extent % lanes:
@@ -237,7 +237,7 @@ def _schedule_dot(sch: Schedule) -> None:
     n, y, z, o, wd, r, s, i, j = sch.get_loops(dot)
     tiled = z if int(sch.get(z).extent) > 1 else n
     po, pi = sch.split(tiled, [None, _pixel_tile(int(sch.get(tiled).extent), _widest_pixel_tile())])
-    oo, oi = sch.split(o, [None, _lanes(int(sch.get(o).extent))])
+    oo, oi = sch.split(o, [None, vector_lanes(int(sch.get(o).extent))])
     if tiled is z:
         sch.reorder(n, y, po, oo, wd, r, s, i, j, pi, oi)
         pixels = sch.fuse(n, y, po)
@@ -269,10 +269,7 @@ def _vectorize_tile_epilogue(sch: Schedule, epilogue) -> None:
 
 
 def _schedule_epilogue(sch: Schedule) -> None:
-    """act_sum per output pixel, then the last correction (+ rescale) streaming over contiguous pixels."""
-    asum = sch.get_sblock("act_sum")
-    n, y, *_ = sch.get_loops(asum)
-    sch.parallel(sch.fuse(n, y))
+    """The last correction (+ rescale) streaming over contiguous pixels."""
     core = sch.get_sblock("integer_core")
     consumers = sch.get_consumers(core)
     if consumers:
@@ -281,14 +278,23 @@ def _schedule_epilogue(sch: Schedule) -> None:
     n, o, y, z = sch.get_loops(core)
     sch.parallel(sch.fuse(n, o))
     pixels = sch.fuse(y, z)
-    sch.vectorize(sch.split(pixels, [None, _lanes(int(sch.get(pixels).extent))])[1])
+    sch.vectorize(sch.split(pixels, [None, vector_lanes(int(sch.get(pixels).extent))])[1])
+
+
+def schedule_gemm(sch: Schedule) -> None:
+    """Packing and the register-tiled popcount GEMM with its act_sum; shared by kernels built on
+    `bitserial_conv2d_int` (multipoint), which schedule their own consumer of the integer core."""
+    _schedule_packing(sch)
+    _schedule_dot(sch)
+    asum = sch.get_sblock("act_sum")
+    n, y, *_ = sch.get_loops(asum)
+    sch.parallel(sch.fuse(n, y))
 
 
 def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """Default CPU schedule (no tuning needed): vectorized packing, register-tiled popcount GEMM, 2 threads."""
     sch = Schedule(func)
-    _schedule_packing(sch)
-    _schedule_dot(sch)
+    schedule_gemm(sch)
     _schedule_epilogue(sch)
     return sch.mod["main"]
 

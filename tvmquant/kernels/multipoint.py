@@ -32,7 +32,6 @@ from .geometry import ConvGeometry
 FAMILY = "multipoint"
 TUNABLE = True
 ROW_PAD = 8  # expanded rows are padded to a multiple of this: 8 u64 lanes = one AVX-512 / four NEON registers
-ROW_LANES = 16  # the widest vector the popcount GEMM keeps over rows, where the row count allows
 
 
 @dataclass(frozen=True)
@@ -136,41 +135,17 @@ def reference(
     return acc.astype(np.float32) * rows.scale[None, :, None, None]
 
 
-def _schedule_gemm(sch: Schedule) -> None:
-    """The bit-serial blocks, as bitserial.schedule does: 16 (or 8) rows in vector lanes, threads over pixels."""
-    quant = sch.get_sblock("quantize")
-    sch.parallel(sch.fuse(*sch.get_loops(quant)[:2]))
-    n, y, *_ = sch.get_loops(sch.get_sblock("pack_act"))
-    sch.parallel(sch.fuse(n, y))
-    dot = sch.get_sblock("popcount_dot")
-    n, o, y, z, r, s, i, j, wd = sch.get_loops(dot)
-    oo, oi = sch.split(o, [None, _lanes(int(sch.get(o).extent), ROW_LANES)])
-    sch.reorder(n, y, z, oo, r, s, i, j, wd, oi)
-    sch.parallel(sch.fuse(n, y, z, oo))
-    sch.vectorize(oi)
-    sch.decompose_reduction(dot, r)
-    n, y, *_ = sch.get_loops(sch.get_sblock("act_sum"))
-    sch.parallel(sch.fuse(n, y))
-
-
-def _lanes(extent: int, widest: int) -> int:
-    """The widest power-of-two vector width up to `widest` that divides `extent`."""
-    lanes = widest
-    while extent % lanes:
-        lanes //= 2
-    return lanes
-
-
 def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """Default CPU schedule: the popcount GEMM as in bitserial; the combination (with the integer core inlined)
-    parallel over (batch, channel, row) and vectorized along the output row, where the gathered I are contiguous."""
+    """Default CPU schedule: bitserial's packing and register-tiled popcount GEMM over the expanded rows; the
+    combination (with the integer core inlined) parallel over (batch, channel, row) and vectorized along the
+    output row, where the gathered I are contiguous."""
     sch = Schedule(func)
-    _schedule_gemm(sch)
+    bitserial.schedule_gemm(sch)
     sch.compute_inline(sch.get_sblock("integer_core"))
     n, o, y, z = sch.get_loops(sch.get_sblock("combine"))
     sch.parallel(sch.fuse(n, o, y))
     width = int(sch.get(z).extent)
-    lanes = _lanes(width, 8)
+    lanes = bitserial.vector_lanes(width, 8)
     if lanes > 1:
         sch.vectorize(sch.split(z, [None, lanes])[1])
     return sch.mod["main"]
