@@ -1,7 +1,19 @@
 """Small models with awkward shapes, shared by the tests."""
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+# Kernel test shapes (N, C, H, W, O, kernel, stride, padding), awkward on purpose: K not a multiple of a word,
+# a vector or a group, odd channel counts, stride 2, padding, batch > 1, dense layers (1x1 conv on a 1x1 image)
+# with K = 70 and K = 130.
+KERNEL_SHAPES = [
+    (1, 3, 7, 9, 5, (3, 3), (2, 2), (1, 1)),
+    (3, 70, 1, 1, 13, (1, 1), (1, 1), (0, 0)),
+    (2, 17, 6, 5, 24, (3, 3), (1, 1), (1, 1)),
+    (1, 9, 8, 8, 7, (3, 3), (2, 2), (0, 0)),
+    (2, 130, 1, 1, 33, (1, 1), (1, 1), (0, 0)),
+]
 
 
 class Awkward(torch.nn.Module):
@@ -69,3 +81,11 @@ def save_tiny(folder) -> tuple[str, str]:
     torch.export.save(torch.export.export(model, (x,)), pt2)
     np.save(calib, np.random.default_rng(0).standard_normal((8, 1, 6, 6)).astype(np.float32))
     return str(pt2), str(calib)
+
+
+def awkward_source(seed: int, batch: int = 1, evaluate: int = 4):
+    """The Awkward model with random BatchNorm statistics, ready to compile, with 8 random calibration inputs."""
+    from tvmquant.compile import load_source
+
+    calib = np.random.default_rng(seed).standard_normal((8, 3, 9, 4)).astype(np.float32)
+    return load_source(randomize_bn(Awkward(), seed=3), (batch, 3, 9, 4), calib=calib, eval_x=calib[:evaluate])

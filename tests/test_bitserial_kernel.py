@@ -8,14 +8,9 @@ from tvm import te
 from tvmquant.kernels import bitserial
 from tvmquant.kernels.bitserial import BitserialConv2dConfig
 
-# (N, C, H, W, O, kernel, stride, padding): awkward on purpose — K not a multiple of 64, odd channel
-# counts, stride 2, padding, a 1x1 "dense" case with K = 70 and M = 3, a K that spans several words.
-SHAPES = [
-    (1, 3, 7, 9, 5, (3, 3), (2, 2), (1, 1)),
-    (3, 70, 1, 1, 13, (1, 1), (1, 1), (0, 0)),
-    (2, 17, 6, 5, 24, (3, 3), (1, 1), (1, 1)),
-    (1, 9, 8, 8, 7, (3, 3), (2, 2), (0, 0)),
-    (1, 130, 1, 1, 33, (1, 1), (1, 1), (0, 0)),
+from models_for_tests import KERNEL_SHAPES
+
+SHAPES = KERNEL_SHAPES + [
     (2, 64, 5, 16, 40, (3, 3), (1, 1), (1, 1)),  # full 8-pixel tiles along OW, 8-lane channel blocks
     (16, 130, 1, 1, 32, (1, 1), (1, 1), (0, 0)),  # dense: pixel tiles along the batch
 ]

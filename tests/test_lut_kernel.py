@@ -7,7 +7,7 @@ import torch
 import tvm
 
 from tvmquant.batching import run_batched
-from tvmquant.compile import compile_model, load_source
+from tvmquant.compile import compile_model
 from tvmquant.kernels import lut, registry
 from tvmquant.kernels.geometry import ConvGeometry
 from tvmquant.kernels.lut import LutConv2dConfig
@@ -17,18 +17,10 @@ from tvmquant.rpc import DeviceModule, connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import load_target
 
-from models_for_tests import Awkward, randomize_bn
+from models_for_tests import KERNEL_SHAPES, awkward_source
 from test_arm_device import arm_device  # noqa: F401  (the emulated device fixture)
 
-# (N, C, H, W, O, kernel, stride, padding): C not a multiple of the group (4) or of 16 output lanes, odd
-# channel counts, stride 2, padding with a nonzero zero point, batch > 1, dense (1x1 conv on a 1x1 image).
-SHAPES = [
-    (1, 3, 7, 9, 5, (3, 3), (2, 2), (1, 1)),
-    (3, 70, 1, 1, 13, (1, 1), (1, 1), (0, 0)),
-    (2, 17, 6, 5, 24, (3, 3), (1, 1), (1, 1)),
-    (1, 9, 8, 8, 7, (3, 3), (2, 2), (0, 0)),
-    (1, 130, 1, 1, 33, (1, 1), (1, 1), (0, 0)),
-]
+SHAPES = KERNEL_SHAPES
 BITS = [(1, 8), (2, 8), (2, 2), (3, 4), (4, 8)]
 
 
@@ -104,8 +96,7 @@ def test_supports_low_bit_codebooks_only():
 
 @pytest.fixture(scope="module")
 def awkward():
-    calib = np.random.default_rng(5).standard_normal((8, 3, 9, 4)).astype(np.float32)
-    return load_source(randomize_bn(Awkward(), seed=3), (1, 3, 9, 4), calib=calib, eval_x=calib[:4])
+    return awkward_source(5)
 
 
 @pytest.mark.parametrize("kernel", ["auto", "lut"])

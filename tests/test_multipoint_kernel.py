@@ -7,7 +7,7 @@ import torch
 import tvm
 
 from tvmquant.batching import run_batched
-from tvmquant.compile import compile_model, load_source
+from tvmquant.compile import compile_model
 from tvmquant.kernels import multipoint
 from tvmquant.kernels.family import layer_geometry
 from tvmquant.quantize import QuantConfig
@@ -16,18 +16,10 @@ from tvmquant.rpc import DeviceModule, connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import load_target
 
-from models_for_tests import Awkward, randomize_bn
+from models_for_tests import KERNEL_SHAPES, awkward_source
 from test_arm_device import arm_device  # noqa: F401 (the emulated aarch64 device fixture)
 
-# (N, C, H, W, O, kernel, stride, padding): K not a multiple of 64, odd channel counts, stride 2, padding,
-# batch > 1, dense = 1x1 conv on a 1x1 image (K = 70, 130: several words).
-SHAPES = [
-    (1, 3, 7, 9, 5, (3, 3), (2, 2), (1, 1)),
-    (3, 70, 1, 1, 13, (1, 1), (1, 1), (0, 0)),
-    (2, 17, 6, 5, 24, (3, 3), (1, 1), (1, 1)),
-    (1, 9, 8, 8, 7, (3, 3), (2, 2), (0, 0)),
-    (2, 130, 1, 1, 33, (1, 1), (1, 1), (0, 0)),
-]
+SHAPES = KERNEL_SHAPES
 BITS = [(2, 2), (3, 4), (4, 4), (2, 8), (8, 3)]
 
 
@@ -117,8 +109,7 @@ def test_supports_only_multipoint():
 
 @pytest.fixture(scope="module")
 def awkward_multipoint():
-    calib = np.random.default_rng(1).standard_normal((8, 3, 9, 4)).astype(np.float32)
-    return load_source(randomize_bn(Awkward(), seed=3), (2, 3, 9, 4), calib=calib, eval_x=calib)
+    return awkward_source(1, batch=2, evaluate=8)
 
 
 @pytest.mark.parametrize("kernel", ["auto", "multipoint"])

@@ -9,7 +9,7 @@ import tvm
 from tvm.support import cc
 
 from tvmquant.batching import run_batched
-from tvmquant.compile import compile_model, load_source
+from tvmquant.compile import compile_model
 from tvmquant.kernels import registry, shift
 from tvmquant.kernels.family import layer_geometry
 from tvmquant.quantize import QuantConfig
@@ -18,18 +18,10 @@ from tvmquant.rpc import DeviceModule, connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant, integer_core
 from tvmquant.target import load_target
 
-from models_for_tests import Awkward, randomize_bn
+from models_for_tests import KERNEL_SHAPES, awkward_source
 from test_arm_device import arm_device  # noqa: F401  (the shared emulated-device fixture)
 
-# (N, C, H, W, O, kernel, stride, padding): K not a multiple of 16, odd channel counts (O = 5, 13, 7, 33: a
-# padded last block of lanes), stride 2, padding, batch > 1, dense = 1x1 conv on a 1x1 image (N = 3 rows).
-SHAPES = [
-    (1, 3, 7, 9, 5, (3, 3), (2, 2), (1, 1)),
-    (3, 70, 1, 1, 13, (1, 1), (1, 1), (0, 0)),
-    (2, 17, 6, 5, 24, (3, 3), (1, 1), (1, 1)),
-    (1, 9, 8, 8, 7, (3, 3), (2, 2), (0, 0)),
-    (1, 130, 1, 1, 33, (1, 1), (1, 1), (0, 0)),
-]
+SHAPES = KERNEL_SHAPES
 # (weight bits, activation bits, largest exponent index used): 6 bits with indices up to 25 is span 24 with
 # 8-bit activations, which needs the int64 accumulator.
 BITS = [(2, 2, 1), (3, 4, 3), (4, 8, 7), (5, 3, 15), (6, 8, 25)]
@@ -121,22 +113,21 @@ def test_auto_picks_shift_for_pow2():
 
 
 @pytest.fixture(scope="module")
-def awkward_source():
-    calib = np.random.default_rng(0).standard_normal((8, 3, 9, 4)).astype(np.float32)
-    return load_source(randomize_bn(Awkward(), seed=3), (1, 3, 9, 4), calib=calib, eval_x=calib[:4])
+def awkward_inq():
+    return awkward_source(0)
 
 
 @pytest.mark.parametrize("kernel", ["auto", "shift"])
-def test_inq_model_compiles_to_shift_and_matches_reference(awkward_source, kernel, tmp_path, host_target):
+def test_inq_model_compiles_to_shift_and_matches_reference(awkward_inq, kernel, tmp_path, host_target):
     config = QuantConfig(3, 4, 8, method="inq")
-    result = compile_model(awkward_source, config, host_target, tmp_path / "m.so", kernel=kernel)
+    result = compile_model(awkward_inq, config, host_target, tmp_path / "m.so", kernel=kernel)
     assert set(result.kernels.values()) == {"shift"}, result.kernels
-    compiled = run_batched(DeviceModule.local(result.artifact), awkward_source.eval_x, 1)
+    compiled = run_batched(DeviceModule.local(result.artifact), awkward_inq.eval_x, 1)
     np.testing.assert_array_equal(compiled, result.reference_outputs)
 
 
-def test_kernel_shift_on_uniform_layers_falls_back_to_their_family(awkward_source, tmp_path, host_target):
-    result = compile_model(awkward_source, QuantConfig(2, 2, 8), host_target, tmp_path / "m.so", kernel="shift")
+def test_kernel_shift_on_uniform_layers_falls_back_to_their_family(awkward_inq, tmp_path, host_target):
+    result = compile_model(awkward_inq, QuantConfig(2, 2, 8), host_target, tmp_path / "m.so", kernel="shift")
     assert set(result.kernels.values()) == {"bitserial"}
 
 

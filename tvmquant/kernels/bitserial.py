@@ -42,10 +42,6 @@ class BitserialConv2dConfig(ConvGeometry):
     abits: int
 
     @property
-    def reduction(self) -> int:
-        return self.in_channels * self.kernel[0] * self.kernel[1]
-
-    @property
     def words(self) -> int:
         """64-bit words per pixel and bit-plane (channels are packed; taps are a reduction axis)."""
         return num_words(self.in_channels)

@@ -19,6 +19,11 @@ class ConvGeometry:
     padding: tuple[int, int]
 
     @property
+    def reduction(self) -> int:
+        """K: the length of each output's dot product (C * KH * KW)."""
+        return self.in_channels * self.kernel[0] * self.kernel[1]
+
+    @property
     def out_hw(self) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         return (self.height + 2 * ph - kh) // sh + 1, (self.width + 2 * pw - kw) // sw + 1

@@ -70,10 +70,6 @@ class LutConv2dConfig(ConvGeometry):
         return -(-self.out_channels // LANES) * LANES
 
     @property
-    def reduction(self) -> int:
-        return self.in_channels * self.kernel[0] * self.kernel[1]
-
-    @property
     def acc_dtype(self) -> str:
         """int32 unless the worst-case |S_l| (every centred activation at its extreme) could overflow it."""
         worst = self.reduction * ((1 << self.abits) - 1)

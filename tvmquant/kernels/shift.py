@@ -51,10 +51,6 @@ class ShiftConv2dConfig(ConvGeometry):
     max_shift: int
 
     @property
-    def reduction(self) -> int:
-        return self.in_channels * self.kernel[0] * self.kernel[1]
-
-    @property
     def blocks(self) -> int:
         """Output-channel blocks of LANES channels (the last one padded with zero weights)."""
         return -(-self.out_channels // LANES)
