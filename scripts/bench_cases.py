@@ -175,4 +175,4 @@ def all_cases() -> list[Case]:
     ]
 
 
-QUICK = ("conv7", "gemv", "digits")  # --quick: one of each kind, small
+QUICK = ("conv7", "dense", "digits")  # --quick: one of each kind, the small ones

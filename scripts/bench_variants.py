@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import logging
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -132,7 +133,8 @@ def torch_int8(ctx: Context) -> Prepared:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if ctx.case.kind == "linear":
-            quantized = tq.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+            # wrapped: quantize_dynamic swaps children only, never the module it is given
+            quantized = tq.quantize_dynamic(torch.nn.Sequential(module), {torch.nn.Linear}, dtype=torch.qint8)
             how = "dynamic"
         else:
             quantized, how = _torch_static_int8(module, ctx), "static"
@@ -267,7 +269,7 @@ def ort_int4(ctx: Context) -> Prepared:
     """com.microsoft MatMulNBits: 4-bit weights in blocks of 32 along K (symmetric, zero point 8, one float32
     scale per block), activations quantized to int8 inside the op (accuracy_level 4, its fast path)."""
     if ctx.case.kind != "linear":
-        raise Unavailable("N/A (MatMulNBits is a MatMul op; no 4-bit conv in ORT)")
+        raise Unavailable("MatMulNBits is a MatMul op; ORT has no 4-bit conv")
     _ort()
     import onnx
     from onnx import helper, numpy_helper
@@ -361,6 +363,7 @@ def tune_fp32(mod, params, fqn, src: ModelSource, ctx: Context, trials: int):
     from tvmquant import tune as tq
     from tvm.s_tir import meta_schedule as ms
 
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its per-round task tables
     log_dir = tuning_dir(ctx)
     marker = log_dir / "bench_trials.json"
     tvm_target = ctx.target.tvm_target
@@ -376,7 +379,10 @@ def tune_fp32(mod, params, fqn, src: ModelSource, ctx: Context, trials: int):
                 total=total, unit="trial", desc=f"tuning TVM fp32 {ctx.case.name} ({len(tasks)} tasks)",
                 disable=not ctx.progress, leave=False,
             ) as bar, tq._without_tensor_intrin():
-                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir)
+                # TVM's generic LLVM rules: the x86 default adds VNNI (int8) tiling, no use for fp32, and needs the
+                # tensor-intrinsic registry whose import stalls every builder worker (see tvmquant.tune)
+                space = ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm", mutator_probs="llvm")
+                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir, space=space)
                 ms.tune.tune_tasks(
                     tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=total,
                     max_trials_per_task=per_task, num_trials_per_iter=min(per_task, 16),
@@ -445,14 +451,17 @@ PEERS = [
 
 def our_variants(case: Case, quick: bool) -> list[Variant]:
     """Bit-serial W1A1/W2A2/W4A4 everywhere; POW2 (inq), CODEBOOK (uniq) and MULTIPOINT at 2 bits, so whatever
-    kernel tvmquant has for those kinds is measured; W2A8 on linear layers (the LUT-GEMV goal). Models: W2A2."""
+    kernel tvmquant has for those kinds is measured (MULTIPOINT on convs only); W2A8 on linear layers (the
+    LUT-GEMV goal). Models: W2A2."""
     if quick:
         configs = [Ours("uniform", 2, 2), Ours("uniq", 2, 2)]
     elif case.kind == "model":
         configs = [Ours("uniform", 2, 2)]
     else:
         configs = [Ours("uniform", 1, 1), Ours("uniform", 2, 2), Ours("uniform", 4, 4),
-                   Ours("inq", 2, 2), Ours("uniq", 2, 2), Ours("multipoint", 2, 2)]
-        if case.kind == "linear":
+                   Ours("inq", 2, 2), Ours("uniq", 2, 2)]
+        if case.kind == "conv":  # multipoint's PTQ of a 1024- or 4096-wide linear layer takes many minutes here
+            configs.append(Ours("multipoint", 2, 2))
+        else:
             configs += [Ours("uniform", 2, 8), Ours("uniq", 2, 8)]
     return [Variant(c.key, c.label, "ours", c.setup) for c in configs]
