@@ -16,14 +16,10 @@ Writes OUT/BENCHMARKS.md, OUT/benchmarks.json and OUT/benchmarks.png.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import resource
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
