@@ -73,6 +73,10 @@ def setup_all(variants: list[Variant], ctx: Context, progress: bool) -> tuple[di
         except CheckFailed as exc:
             status[variant.key] = f"CHECK FAILED: {exc}"
             tqdm.write(f"!!! {ctx.case.name} / {variant.label}: CHECK FAILED: {exc}", file=sys.stderr)
+        except Exception as exc:  # one broken variant must not lose the whole run; it still fails it
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            status[variant.key] = f"ERROR: {type(exc).__name__}: {first}"
+            tqdm.write(f"!!! {ctx.case.name} / {variant.label}: {status[variant.key]}", file=sys.stderr)
     return prepared, status
 
 
@@ -188,9 +192,9 @@ def run(args: argparse.Namespace, command: str) -> int:
         case.pop("input")
     _write(data, started, args.out)
     failed = [f"{c}/{r['label']}" for c, case in results.items() for r in case["variants"].values()
-              if r["status"].startswith("CHECK FAILED")]
+              if r["status"].startswith(("CHECK FAILED", "ERROR"))]
     print(bench_report.summary(data))
     if failed:
-        print(f"!!! correctness check FAILED for: {', '.join(failed)}", file=sys.stderr)
+        print(f"!!! FAILED (check or error): {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
