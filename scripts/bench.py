@@ -41,7 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tuning-log", type=Path, help="a `tvmquant tune` folder whose records schedule our kernels")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--spin-wait", action="store_true",
+                        help="keep the libraries' default spin-waiting thread pools (default: all wait passively)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--from-json", type=Path, metavar="JSON",
+                        help="only re-render the report (md, png) from a benchmarks.json of an earlier run")
     parser.add_argument("--memory-child", nargs=3, metavar=("KIND", "ARTIFACT", "INPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.e2e_trials is None:
@@ -54,9 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # Thread counts must be set before TVM's thread pool and torch start.
+    # Thread counts and wait policies must be set before TVM's thread pool and torch's OpenMP start. Idle pool
+    # threads that spin steal the cores from the next variant in an interleaved round (and, on a shared
+    # machine, from each other): measured here, PyTorch's 3x3 conv ran 5x slower with OpenMP's default spinning.
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if not args.spin_wait:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+        os.environ["TVMQUANT_BENCH_ORT_NO_SPIN"] = "1"
     sys.path.insert(0, str(SCRIPTS))
     import torch
 
@@ -64,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_interop_threads(1)
     if args.memory_child:
         return memory_child(*args.memory_child)
+    if args.from_json:
+        import bench_report
+
+        bench_report.write(json.loads(args.from_json.read_text()), args.out)
+        return 0
     import bench_run
 
     return bench_run.run(args, " ".join(["python", "scripts/bench.py", *(argv if argv is not None else sys.argv[1:])]))
@@ -90,6 +105,8 @@ def memory_child(kind: str, artifact: str, input_path: str) -> int:
     elif kind == "onnx":
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        if os.environ.get("TVMQUANT_BENCH_ORT_NO_SPIN"):
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(artifact, options, providers=["CPUExecutionProvider"])
         run = lambda: session.run(None, {"x": x})  # noqa: E731
     else:

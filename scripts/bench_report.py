@@ -43,7 +43,7 @@ def _fmt_mb(row: dict) -> str:
 
 
 def case_table(case: dict) -> list[str]:
-    head = ["variant", "kernel / kind", "median ms"] + [f"vs {label}" for _, label in PEER_COLUMNS]
+    head = ["variant", "kernel / kind", "median ms", "min ms"] + [f"vs {label}" for _, label in PEER_COLUMNS]
     head += ["weight bytes", "peak MB", "check"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, row in case["variants"].items():
@@ -51,7 +51,7 @@ def case_table(case: dict) -> list[str]:
             lines.append(f"| {row['label']} | {row['status']} |" + " |" * (len(head) - 2))
             continue
         ratios = [_fmt_ratio(ratio(case, peer, key)) if peer != key else "1" for peer, _ in PEER_COLUMNS]
-        cells = [row["label"], row["family"], f"{row['median_ms']:.3f}", *ratios, _fmt_bytes(row["weight_bytes"]),
+        cells = [row["label"], row["family"], f"{row['median_ms']:.3f}", f"{min(row['times_ms']):.3f}", *ratios, _fmt_bytes(row["weight_bytes"]),
                  _fmt_mb(row), row["check"]]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -154,13 +154,19 @@ def markdown(data: dict) -> str:
         "",
         f"- Machine: {env['cpu']} ({env['cores']} cores visible, L3 {env['l3']}, AVX-512 VPOPCNTDQ: "
         f"{'yes' if env['flags_avx512_vpopcntdq'] else 'no'}), LLVM mcpu `{env['llvm_mcpu']}`, Python {env['python']}.",
-        f"- Threads: {env['threads']} for everything (torch.set_num_threads, TVM_NUM_THREADS, ORT intra_op_num_threads).",
+        f"- Threads: {env['threads']} for everything (torch.set_num_threads, TVM_NUM_THREADS, ORT intra_op_num_threads); "
+        + ("thread pools spin-wait as each library does by default (--spin-wait)."
+           if env.get("spin_wait") else
+           "idle pool threads wait passively in all three (OMP_WAIT_POLICY=PASSIVE, TVM_THREAD_POOL_SPIN_COUNT=0, "
+           "ORT allow_spinning=0), so that one variant's spinning threads do not steal the cores from the next "
+           "in an interleaved round (with default spinning, PyTorch's 3x3 conv measured 5x slower here under load)."),
         f"- Load average (1/5/15 min) at start {_load(env['loadavg_start'])}, at end {_load(env['loadavg_end'])}: "
         "other jobs shared this machine; ratios of interleaved medians are meaningful, absolute times less so.",
         f"- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         f"- Timing: all variants of a case in one process, {env['rounds']} interleaved rounds (every variant timed once "
-        f"per round, rotating order), each timing = calls repeated for ≥ {env['min_time_s'] * 1e3:.0f} ms; medians; "
-        "ratios are speed-ups (peer median / variant median, > 1 = faster than that peer).",
+        f"per round, rotating order), each timing = calls repeated for ≥ {env['min_time_s'] * 1e3:.0f} ms; medians "
+        "(and the fastest round, less disturbed by other load); ratios are speed-ups of medians (peer median / "
+        "variant median, > 1 = faster than that peer).",
         f"- TVM fp32: " + (f"MetaSchedule (XGBoost cost model), {env['trials']} trials per task on single layers, "
                            f"{env['e2e_trials']} trials in total per model (gradient task scheduler)"
                            if env["trials"] > 0 else "untuned (--trials 0): TVM's default Relax pipeline")

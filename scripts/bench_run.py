@@ -153,6 +153,7 @@ def environment(args: argparse.Namespace, command: str) -> dict:
         "trials": args.trials,
         "e2e_trials": args.e2e_trials,
         "min_time_s": args.min_time,
+        "spin_wait": args.spin_wait,
         "tuning_log": str(args.tuning_log) if args.tuning_log else None,
         "loadavg_start": os.getloadavg(),
     }

@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -218,6 +219,8 @@ def _ort_session(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if os.environ.get("TVMQUANT_BENCH_ORT_NO_SPIN"):  # bench.py: every library's pool waits passively
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
