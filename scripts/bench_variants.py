@@ -361,7 +361,8 @@ def tuning_dir(ctx: Context) -> Path:
 
 def tune_fp32(mod, params, fqn, src: ModelSource, ctx: Context, trials: int):
     """MetaSchedule over the fp32 model's fused tasks. Single layers: `trials` per task. Models: a global budget
-    of `trials` spread by TVM's gradient task scheduler (at most 64 per task). Done once per budget: a marker
+    of `trials` spread by TVM's gradient task scheduler (at most 64 per task, each gets its first round).
+    Done once per budget: a marker
     file in the cache folder records it."""
     from tvmquant import tune as tq
     from tvm.s_tir import meta_schedule as ms
@@ -377,6 +378,7 @@ def tune_fp32(mod, params, fqn, src: ModelSource, ctx: Context, trials: int):
             tasks = ms.relax_integration.extract_tasks(lowered, tvm_target)
             per_task = min(trials, 64) if ctx.case.kind == "model" else trials
             total = trials if ctx.case.kind == "model" else trials * len(tasks)
+            per_iter = max(1, min(16, total // len(tasks)))  # so that a thin model budget still reaches every task
             database = open_database(log_dir)
             with tempfile.TemporaryDirectory(prefix="bench-tune-") as work_dir, tqdm(
                 total=total, unit="trial", desc=f"tuning TVM fp32 {ctx.case.name} ({len(tasks)} tasks)",
@@ -388,9 +390,9 @@ def tune_fp32(mod, params, fqn, src: ModelSource, ctx: Context, trials: int):
                 contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir, space=space)
                 ms.tune.tune_tasks(
                     tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=total,
-                    max_trials_per_task=per_task, num_trials_per_iter=min(per_task, 16),
+                    max_trials_per_task=per_task, num_trials_per_iter=per_iter,
                     builder=tq.make_builder(ctx.target, 60.0), runner=tq.make_runner(None, 60.0, 1),
-                    database=database, cost_model=ms.cost_model.XGBModel(num_warmup_samples=16, verbose_eval=0),
+                    database=database, cost_model=ms.cost_model.XGBModel(num_warmup_samples=per_iter, verbose_eval=0),
                     measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), tq._Progress(bar)],
                     task_scheduler="gradient",
                 )
