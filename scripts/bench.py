@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--spin-wait", action="store_true",
-                        help="keep the libraries' default spin-waiting thread pools (default: all wait passively)")
+                        help="keep PyTorch's and ORT's default spin-waiting thread pools (default: they wait passively)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--from-json", type=Path, metavar="JSON",
                         help="only re-render the report (md, png) from a benchmarks.json of an earlier run")
@@ -59,13 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Thread counts and wait policies must be set before TVM's thread pool and torch's OpenMP start. Idle pool
-    # threads that spin steal the cores from the next variant in an interleaved round (and, on a shared
+    # threads that busy-spin steal the cores from the next variant in an interleaved round (and, on a shared
     # machine, from each other): measured here, PyTorch's 3x3 conv ran 5x slower with OpenMP's default spinning.
+    # TVM's pool is left alone: its spin loop yields the core, and TVM_THREAD_POOL_SPIN_COUNT=0 made TVM 0.27's
+    # pool lose a wake-up here (a worker asleep, the caller yielding forever).
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if not args.spin_wait:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
         os.environ["TVMQUANT_BENCH_ORT_NO_SPIN"] = "1"
     sys.path.insert(0, str(SCRIPTS))
     import torch

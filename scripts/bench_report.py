@@ -157,9 +157,10 @@ def markdown(data: dict) -> str:
         f"- Threads: {env['threads']} for everything (torch.set_num_threads, TVM_NUM_THREADS, ORT intra_op_num_threads); "
         + ("thread pools spin-wait as each library does by default (--spin-wait)."
            if env.get("spin_wait") else
-           "idle pool threads wait passively in all three (OMP_WAIT_POLICY=PASSIVE, TVM_THREAD_POOL_SPIN_COUNT=0, "
-           "ORT allow_spinning=0), so that one variant's spinning threads do not steal the cores from the next "
-           "in an interleaved round (with default spinning, PyTorch's 3x3 conv measured 5x slower here under load)."),
+           "idle pool threads of PyTorch and ORT wait passively (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0), so "
+           "that one variant's busy-spinning threads do not steal the cores from the next in an interleaved round "
+           "(with default spinning, PyTorch's 3x3 conv measured 5x slower here under load); TVM's pool keeps its "
+           "default (its spin loop yields the core; a spin count of 0 hung TVM 0.27's pool on a lost wake-up)."),
         f"- Load average (1/5/15 min) at start {_load(env['loadavg_start'])}, at end {_load(env['loadavg_end'])}: "
         "other jobs shared this machine; ratios of interleaved medians are meaningful, absolute times less so.",
         f"- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
