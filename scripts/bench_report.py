@@ -182,9 +182,10 @@ def markdown(data: dict) -> str:
         "- Weight bytes: PyTorch fp32 = parameters; PyTorch int8 = int8 weights + float32 per-channel scales + "
         "biases; ORT = sum of initializers; TVM and ours = sum of the Relax constants of the lowered module "
         "(our bit-planes, per-channel sums/scales, biases; the dequant fallback holds float64 weights).",
-        "- Peak MB: a fresh process per variant loads the saved artifact (torch.save module, .onnx, exported TVM "
-        ".so) and runs it 5 times; reported is its peak RSS (ru_maxrss) minus the same process's peak before "
-        "loading (after importing torch, tvm, onnxruntime and reading the input). Measured in a pass after timing.",
+        "- Peak MB: a fresh process per variant loads the saved artifact (torch.save module, TorchScript trace for "
+        "PyTorch int8, .onnx, exported TVM .so) and runs it 5 times; reported is its peak RSS (VmHWM, reset with "
+        "clear_refs after importing torch, tvm, onnxruntime and reading the input) minus its RSS at that point. "
+        "Measured in a pass after timing.",
         "",
     ]
     for name, case in cases.items():

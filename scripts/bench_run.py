@@ -112,8 +112,8 @@ def run_case(case: Case, args: argparse.Namespace, workdir: Path) -> dict:
 
 
 def memory_pass(results: dict, threads: int, progress: bool) -> None:
-    """Peak RSS of a fresh process that loads each saved variant and runs it 5 times, minus the same process's
-    peak just before loading (imports of torch, tvm and onnxruntime and the input: the same for all)."""
+    """Peak RSS of a fresh process that loads each saved variant and runs it 5 times, minus its RSS just before
+    loading (after importing torch, tvm and onnxruntime and reading the input; the peak mark is reset there)."""
     jobs = [(c, k, r) for c, case in results.items() for k, r in case["variants"].items() if "artifact" in r]
     for case_name, key, row in tqdm(jobs, desc="peak memory (one process each)", disable=not progress):
         kind, path = row["artifact"]

@@ -143,8 +143,10 @@ def torch_int8(ctx: Context) -> Prepared:
     run = _no_grad(quantized, x)
     check = check_peer(run().numpy(), ctx, "int8")
     path = ctx.workdir / f"{ctx.case.name}-torch_int8.pt"
-    torch.save(quantized, path)
-    return Prepared(run, _torch_quantized_bytes(quantized), f"fbgemm int8 ({how})", check, ("torch", path))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(quantized, (x,)), str(path))  # quantized modules do not unpickle
+    return Prepared(run, _torch_quantized_bytes(quantized), f"fbgemm int8 ({how})", check, ("torchscript", path))
 
 
 def _torch_static_int8(module: torch.nn.Module, ctx: Context) -> torch.nn.Module:
