@@ -437,7 +437,7 @@ class Ours:
             untuned = {k: v["untuned_ms"] for k, v in load_task_state(ctx.tuning_log).items() if "untuned_ms" in v}
         built = build(mod, params, fqn, src.layers, scheme, ctx.target, database, untuned)
         reference = ReferenceModel(src.gm, src.layers, scheme)(ctx.x)
-        families = sorted(set(built.kernels.values())) or ["float32 (nothing quantized)"]
+        families = sorted(set(built.lowered.kernels.values())) or ["float32 (nothing quantized)"]
         family = "+".join(families) if ctx.case.kind == "model" else families[0]
         if ctx.case.kind == "model":
             edge = "first/last W8A8, " if len(scheme.layers) > 2 else ""
