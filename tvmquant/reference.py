@@ -37,11 +37,10 @@ class CoreOperands:
 
 def core_operands(layer: LayerScheme) -> CoreOperands:
     core = integer_core(layer)
-    terms = []
-    for j in range(core.terms):
-        matrix = core.term(j)
-        if matrix.any() or (not terms and j == core.terms - 1):  # an all-zero T_j adds exactly +0
-            terms.append((torch.from_numpy(matrix.astype(np.float64)), torch.from_numpy(core.combine[j])))
+    terms = [
+        (torch.from_numpy(core.term(j).astype(np.float64)), torch.from_numpy(core.combine[j]))
+        for j in core.nonzero_terms()
+    ]
     return CoreOperands(terms, torch.from_numpy(core.scale))
 
 

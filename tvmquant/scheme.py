@@ -157,6 +157,10 @@ class IntegerCore:
     def terms(self) -> int:
         return len(self.combine)
 
+    def nonzero_terms(self) -> list[int]:
+        """The j whose T_j is not all zero (the others add exactly +0), or [0] if every T_j is zero."""
+        return [j for j in range(self.terms) if self.term(j).any()] or [0]
+
     def term(self, j: int) -> np.ndarray:
         """T_j as an (O, K) int64 matrix."""
         if self.matrices is not None:
@@ -175,7 +179,7 @@ def integer_core(layer: LayerScheme) -> IntegerCore:
     if w.kind is WeightKind.UNIFORM:
         codes = w.codes.reshape(out, -1).astype(np.int64)
         zw2 = 2 * np.asarray(w.zero_point, np.float64)
-        if np.allclose(zw2, np.round(zw2)):
+        if half_integers(w.zero_point):
             matrix = 2 * codes - np.round(zw2).astype(np.int64)[:, None]
             return IntegerCore(ones, (s_a * np.asarray(w.scale, np.float64) / 2).astype(np.float32), matrix[None])
         sw = np.asarray(w.scale, np.float64)
@@ -199,12 +203,18 @@ def integer_core(layer: LayerScheme) -> IntegerCore:
         points = len(w.codes)
         codes = w.codes.reshape(points, out, -1).astype(np.int64)
         zw2 = 2 * np.asarray(w.zero_point, np.float64)
-        if not np.allclose(zw2, np.round(zw2)):
+        if not half_integers(w.zero_point):
             raise ValueError(f"layer {layer.name}: multipoint zero points must be multiples of 1/2")
         matrices = 2 * codes - np.round(zw2).astype(np.int64)[:, :, None]
         combine = np.asarray(w.coeffs, np.float64) * np.asarray(w.scale, np.float64) / 2
         return IntegerCore(combine, np.full(out, s_a, np.float32), matrices)
     raise AssertionError(w.kind)
+
+
+def half_integers(zero_point: np.ndarray) -> bool:
+    """Whether weight zero points are multiples of 1/2, so that 2 * (code - zero point) is an integer."""
+    twice = 2 * np.asarray(zero_point, np.float64)
+    return bool(np.allclose(twice, np.round(twice)))
 
 
 def pow2_fields(codes: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:

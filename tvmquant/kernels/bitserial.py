@@ -26,7 +26,7 @@ from tvm import te, tirx
 from tvm.s_tir import Schedule
 
 from ..packing import WORD_BITS, num_words, pack_bitplanes
-from ..scheme import LayerScheme, WeightKind, integer_core
+from ..scheme import LayerScheme, WeightKind, half_integers, integer_core
 from .family import KernelCall
 from .geometry import ConvGeometry
 
@@ -326,7 +326,7 @@ def supports(layer: LayerScheme) -> str | None:
     w = layer.weight
     if w.kind is not WeightKind.UNIFORM:
         return f"{w.kind.value} weights are not uniform codes"
-    if not np.allclose(2 * np.asarray(w.zero_point), np.round(2 * np.asarray(w.zero_point))):
+    if not half_integers(w.zero_point):
         return "weight zero points are not multiples of 1/2"
     return None
 

@@ -99,7 +99,7 @@ def supports(layer: LayerScheme) -> str | None:
 def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
     """Every kind; the terms that are zero everywhere are dropped (they add exactly +0)."""
     core = integer_core(layer)
-    kept = [j for j in range(core.terms) if core.term(j).any()] or [0]
+    kept = core.nonzero_terms()
     cfg = DequantConv2dConfig(**vars(geometry), abits=layer.act.bits, terms=len(kept))
     shape = (cfg.out_channels, cfg.in_channels, *cfg.kernel)
     terms = np.stack([core.term(j).reshape(shape) for j in kept]).astype(np.float64)

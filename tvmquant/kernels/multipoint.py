@@ -23,7 +23,7 @@ import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
 
-from ..scheme import LayerScheme, WeightKind, integer_core
+from ..scheme import LayerScheme, WeightKind, half_integers, integer_core
 from . import bitserial
 from .bitserial import BitserialConv2dConfig
 from .family import KernelCall
@@ -178,7 +178,7 @@ def supports(layer: LayerScheme) -> str | None:
     w = layer.weight
     if w.kind is not WeightKind.MULTIPOINT:
         return f"{w.kind.value} weights are not multipoint"
-    if not np.allclose(2 * np.asarray(w.zero_point), np.round(2 * np.asarray(w.zero_point))):
+    if not half_integers(w.zero_point):
         return "weight zero points are not multiples of 1/2"
     if not np.isfinite(integer_core(layer).combine).all():
         return "non-finite point coefficients"

@@ -96,7 +96,8 @@ class _Rewriter(relax.PyExprMutator):
     def _kernel(self, x: relax.Expr, layer: LayerScheme, shape: tuple[int, int, int, int]) -> relax.Expr:
         family, note = registry.choose(layer, self.owner.kernel)
         tuned = self.owner.tunable and family.TUNABLE
-        call = family.instantiate(layer, layer_geometry(layer, shape), scheduled=not tuned)
+        geometry = layer_geometry(layer, shape)
+        call = family.instantiate(layer, geometry, scheduled=not tuned)
         prim = call.prim
         if self.owner.tunable:  # opaque: fusion keeps each kernel whole, a task of its own or pre-scheduled
             prim = prim.with_attr("op_pattern", OPAQUE)
@@ -107,7 +108,6 @@ class _Rewriter(relax.PyExprMutator):
         self.owner.const_bytes[layer.name] = call.const_bytes
         if note:
             self.owner.notes[layer.name] = note
-        geometry = layer_geometry(layer, shape)
         out_ty = relax.TensorType((shape[0], geometry.out_channels, *geometry.out_hw), "float32")
         return relax.call_tir(gv, [x, *(relax.const(np.ascontiguousarray(v), str(v.dtype)) for v in call.consts)], out_ty)
 
