@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_args(parser: argparse.ArgumentParser, methods, kernels) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
     parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="load --model with torch's full loader, which can run code stored in the archive: only "
+                        "for archives you made yourself (default: refuse anything but plain tensors and aten ops)")
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
     parser.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
     parser.add_argument("--bits", type=int, default=2, help="weight and activation bits, 1-8 (default: 2)")
@@ -158,7 +161,7 @@ def _compile(args: argparse.Namespace) -> int:
         raise UserError("--train-data is only used with --train")
     eval_x = load_array(args.eval_data, "evaluation data") if args.eval_data else None
     eval_y = load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
-    source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y)
+    source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y, args.trust_model)
     output = args.output or Path("tvmquant_out") / (
         f"{source.name if args.model else BUILTIN}-{target.name}-w{config.wbits}a{config.abits}.so"
     )
@@ -206,7 +209,7 @@ def _tune(args: argparse.Namespace) -> int:
         workers = tracker_servers(args.rpc_tracker, args.rpc_key)
         tracker = Tracker(*parse_address(args.rpc_tracker), args.rpc_key)
         print(f"measuring on {workers} server(s) under key '{args.rpc_key}' at {args.rpc_tracker}")
-    source = load_source(args.model, args.input_shape, _calib(args))
+    source = load_source(args.model, args.input_shape, _calib(args), trust_model=args.trust_model)
     log_dir = args.log_dir or default_tuning_log(target)
     results = tune(source, config, target, log_dir, args.trials, tracker, args.timeout, workers, kernel=args.kernel)
     print_tune_summary(results, target.name, log_dir)

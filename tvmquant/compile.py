@@ -69,8 +69,10 @@ def load_source(
     calib: np.ndarray | None = None,
     eval_x: np.ndarray | None = None,
     eval_y: np.ndarray | None = None,
+    trust_model: bool = False,
 ) -> ModelSource:
-    """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data."""
+    """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data; a .pt2 is
+    loaded as untrusted unless `trust_model` (see safe_load)."""
     eval_label = "the evaluation data"
     if model is None:
         from .models import digits
@@ -87,7 +89,7 @@ def load_source(
             raise UserError("input_shape is required for an nn.Module")
         name, ep = type(model).__name__, frontend.export_module(model, input_shape)
     else:
-        name, ep = Path(model).stem, frontend.load_exported(model)
+        name, ep = Path(model).stem, frontend.load_exported(model, trust_model)
     input_shape = frontend.input_shape_of(ep, input_shape)
     if calib is None:
         raise UserError(f"model '{name}' needs calibration data: pass --calib FILE.npy of shape (N, {_dims(input_shape)})")

@@ -7,7 +7,6 @@ sides see: the FX graph as `get_attr` targets and Relax as parameter names via t
 
 from __future__ import annotations
 
-import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from . import safe_load
 from .errors import UserError
 
 _CONV = torch.ops.aten.conv2d.default
@@ -36,31 +36,31 @@ class LayerInfo:
     unsupported: str | None = None
 
 
-def load_exported(path: str | Path) -> torch.export.ExportedProgram:
-    """Load a `.pt2` written by torch.export.save, with errors a user can act on."""
+def load_exported(path: str | Path, trust: bool = False) -> torch.export.ExportedProgram:
+    """Load a `.pt2` written by torch.export.save, with errors a user can act on; untrusted (the default)
+    archives are checked first so that they cannot run code (see `safe_load`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
     if not zipfile.is_zipfile(path):
         raise UserError(f"{path} is not a torch.export archive (.pt2 written by torch.export.save)")
     try:
-        return torch.export.load(path)
+        return safe_load.load_exported(path, trust)
+    except UserError:
+        raise
     except Exception as exc:  # torch raises many types for foreign or damaged archives
-        raise UserError(f"{path} is not a readable torch.export archive: {type(exc).__name__}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{path} is not a readable torch.export archive: {type(exc).__name__}: {first}") from exc
 
 
 def export_module(module: torch.nn.Module, input_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
     """torch.export a module for one float32 input of a fixed shape."""
-    fake_tensor_log = logging.getLogger("torch._subclasses.fake_tensor")
-    level = fake_tensor_log.level
-    fake_tensor_log.setLevel(logging.CRITICAL)  # it logs a full traceback before raising; we report one line
     try:
-        return torch.export.export(module.eval(), (torch.zeros(input_shape),))
+        with safe_load.quiet_loggers("torch._subclasses.fake_tensor"):
+            return torch.export.export(module.eval(), (torch.zeros(input_shape),))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"torch.export failed for input shape {tuple(input_shape)}: {first}") from exc
-    finally:
-        fake_tensor_log.setLevel(level)
 
 
 def input_shape_of(ep: torch.export.ExportedProgram, override: tuple[int, ...] | None) -> tuple[int, ...]:
