@@ -12,6 +12,7 @@ import pytest
 
 from tvmquant.compile import compile_model, load_source
 from tvmquant.database import RECORDS, WORKLOADS, open_database, read_database
+from tvmquant.outputs import sidecar_paths
 from tvmquant.quantize import QuantConfig
 
 from models_for_tests import save_tiny
@@ -172,8 +173,8 @@ def test_no_server_under_the_key_is_a_one_line_error(empty_tracker, command, tmp
     else:
         artifact = tmp_path / "m.so"
         artifact.write_bytes(b"")
-        artifact.with_suffix(".json").write_text(json.dumps({"target": "arm_cpu", "input_shape": [1, 1, 6, 6], "model": "m"}))
-        np.savez(artifact.with_suffix(".npz"), inputs=np.zeros(1))
+        sidecar_paths(artifact)[0].write_text(json.dumps({"target": "arm_cpu", "input_shape": [1, 1, 6, 6], "model": "m"}))
+        np.savez(sidecar_paths(artifact)[1], inputs=np.zeros(1))
         args = ["deploy", str(artifact)]
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "tvmquant", *args, "--rpc-tracker", empty_tracker, "--rpc-key", "nobody"],

@@ -13,9 +13,9 @@ from .errors import UserError
 EPILOG = """examples:
   python -m tvmquant compile --target arm_cpu --bits 2        built-in digits CNN, W2A2, for 64-bit ARM
   python -m tvmquant compile --model net.pt2 --calib x.npy --wbits 2 --abits 4 -o net.so
-  python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2.so
+  python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
   python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8
-  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2.so
+  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
 """
 
 
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--eval-labels", help="integer labels for --eval-data, .npy, to report accuracy")
     comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: tuning_logs/TARGET/ if it has records)")
     comp.add_argument("--rpc", help="HOST:PORT of a TVM RPC server to evaluate a non-local target on (default: the target's)")
-    comp.add_argument("-o", "--output", type=Path, help="artifact path (default: tvmquant_out/MODEL-TARGET-wWaA.so)")
+    comp.add_argument("-o", "--output", type=Path, help="artifact path; its sidecars are OUTPUT.json and OUTPUT.npz beside it "
+                      "(default: tvmquant_out/MODEL-TARGET-wWaA-METHOD[-KERNEL].so)")
 
     tune = sub.add_parser(
         "tune",
@@ -149,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .compile import BUILTIN, compile_model, default_tuning_log, load_array, load_source, load_train_data
+    from .compile import BUILTIN, compile_model, default_tuning_log, load_source, load_train_data
     from .database import has_records
+    from .outputs import check_output, default_output
     from .train import TrainConfig
+    from .validate import load_npy
     from .report import print_compile_summary
     from .target import load_target
 
@@ -159,15 +162,15 @@ def _compile(args: argparse.Namespace) -> int:
     train = TrainConfig(epochs=args.epochs, lr=args.lr) if args.train else None
     if args.train_data and not args.train:
         raise UserError("--train-data is only used with --train")
-    eval_x = load_array(args.eval_data, "evaluation data") if args.eval_data else None
-    eval_y = load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
-    source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y, args.trust_model)
-    output = args.output or Path("tvmquant_out") / (
-        f"{source.name if args.model else BUILTIN}-{target.name}-w{config.wbits}a{config.abits}.so"
-    )
     tuning_log = args.tuning_log
     if tuning_log is None and has_records(default_tuning_log(target)):
         tuning_log = default_tuning_log(target)
+    model_name = Path(args.model).stem if args.model else BUILTIN
+    output = args.output or default_output(model_name, target.name, config.wbits, config.abits, config.method, args.kernel)
+    check_output(output, [args.model, args.calib, args.eval_data, args.eval_labels, args.train_data, tuning_log])
+    eval_x = load_npy(args.eval_data, "evaluation data") if args.eval_data else None
+    eval_y = load_npy(args.eval_labels, "evaluation labels") if args.eval_labels else None
+    source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y, args.trust_model)
     train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
     result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel)
     print_compile_summary(result, args.rpc or target.default_rpc)
@@ -187,9 +190,9 @@ def _config(args: argparse.Namespace):
 
 
 def _calib(args: argparse.Namespace):
-    from .compile import load_array
+    from .validate import load_npy
 
-    return load_array(args.calib, "calibration") if args.calib else None
+    return load_npy(args.calib, "calibration") if args.calib else None
 
 
 def _tune(args: argparse.Namespace) -> int:

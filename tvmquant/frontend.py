@@ -11,7 +11,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import fx
 
@@ -218,13 +217,3 @@ def _unsupported_op(exc: Exception) -> str:
     if marker in text:
         return "unsupported operator(s) " + text[text.index(marker) + len(marker):].strip(" :")
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def as_numpy_input(batch: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
-    """Check that calibration/eval data matches the model input (ignoring batch size) and make it float32."""
-    if batch.ndim != len(input_shape) or tuple(batch.shape[1:]) != tuple(input_shape[1:]):
-        raise UserError(
-            f"data of shape {tuple(batch.shape)} does not fit the model input {tuple(input_shape)} "
-            f"(expected (N, {', '.join(map(str, input_shape[1:]))}))"
-        )
-    return np.ascontiguousarray(batch, dtype=np.float32)

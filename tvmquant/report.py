@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .compile import CompileResult, evaluate, weight_bytes
+from .outputs import sidecar_paths
 
 if TYPE_CHECKING:
     from .tune import TaskResult
@@ -101,8 +102,9 @@ def print_compile_summary(result: CompileResult, rpc_address: str | None) -> Non
               f" ({c.max_rel_diff:.2g} relative)")
         print(f"  latency: {ev.latency_ms:.3f} ms per batch of {src.batch_size} (TVM time evaluator, median)")
     size = result.artifact.stat().st_size
+    meta, data = sidecar_paths(result.artifact)
     print(f"\nartifact: {result.artifact} ({size / 1024:.0f} KB, weights inside; metadata and check data in "
-          f"{result.artifact.with_suffix('.json').name}, {result.artifact.with_suffix('.npz').name})")
+          f"{meta.name}, {data.name})")
     if result.target.runs == "rpc":
         print(f"run it:   python -m tvmquant run --target {result.target.name} --rpc {rpc_address or 'HOST:PORT'} {result.artifact}")
 

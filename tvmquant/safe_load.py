@@ -83,24 +83,28 @@ def check_archive(data: bytes, shown: str) -> None:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise UserError(f"{shown} is not a torch.export archive (.pt2 written by torch.export.save): {exc}") from None
+        raise _not_export(shown, str(exc)) from None
     prefix = _check_members(infos, len(data), shown)
     members = {info.filename[len(prefix):]: info for info in infos}
     missing = sorted({"archive_format", "models/model.json", "data/sample_inputs/model.pt"} - set(members))
     if missing:
-        raise UserError(f"{shown} is not a torch.export archive (.pt2 written by torch.export.save): no {missing[0]}")
+        raise _not_export(shown, f"no {missing[0]}")
 
     def read(name: str) -> bytes:
         return archive.read(members[name])
 
     if read("archive_format").strip() != b"pt2":
-        raise UserError(f"{shown} is not a torch.export archive: archive_format is not 'pt2'")
+        raise _not_export(shown, "archive_format is not 'pt2'")
     for kind in ("weights", "constants"):
         config = f"data/{kind}/model_{kind}_config.json"
         if config in members:
             _check_payload_config(_json(read(config), config, shown), kind, members, shown)
     _check_program(_json(read("models/model.json"), "models/model.json", shown), shown)
     _check_sample_inputs(read("data/sample_inputs/model.pt"), shown)
+
+
+def _not_export(shown: str, why: str) -> UserError:
+    return UserError(f"{shown} is not a readable torch.export archive (.pt2 written by torch.export.save): {why}")
 
 
 def _refuse(shown: str, what: str) -> UserError:
@@ -110,7 +114,7 @@ def _refuse(shown: str, what: str) -> UserError:
 def _check_members(infos: list[zipfile.ZipInfo], archive_bytes: int, shown: str) -> str:
     """Names, sizes and compression; returns the one top-level folder torch puts every member under."""
     if not infos or len(infos) > MAX_MEMBERS:
-        raise UserError(f"{shown} is not a torch.export archive: {len(infos)} members")
+        raise _not_export(shown, f"{len(infos)} members")
     prefixes, total = set(), 0
     for info in infos:
         name = info.filename
@@ -126,7 +130,7 @@ def _check_members(infos: list[zipfile.ZipInfo], archive_bytes: int, shown: str)
             raise _refuse(shown, f"member {name!r} declares {info.file_size} bytes, more than the archive holds")
         prefixes.add(parts[0])
     if len(prefixes) != 1 or any("/" not in info.filename for info in infos):
-        raise UserError(f"{shown} is not a torch.export archive (.pt2 written by torch.export.save): no single top folder")
+        raise _not_export(shown, "no single top folder")
     prefix = prefixes.pop() + "/"
     for info in infos:
         name = info.filename[len(prefix):]
