@@ -19,7 +19,8 @@ def export_so(mod, cross_compiler: str) -> str:
 
     from tvm.support import cc
 
-    path = os.path.join(tempfile.mkdtemp(prefix="tvmquant-ms-"), "candidate.so")
+    # named after the tune process (this worker's parent), so a later run can remove it if tune is killed
+    path = os.path.join(tempfile.mkdtemp(prefix=f"tvmquant-ms-{os.getppid()}-"), "candidate.so")
     mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
     return path
 

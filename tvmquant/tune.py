@@ -14,7 +14,6 @@ import sys
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from . import _ms_workers, frontend
+from . import _ms_workers, frontend, tempdirs
 from .build import legalize, lower
 from .compile import ModelSource
 from .database import load_task_state, locked, open_database, save_task_state, task_key
@@ -164,7 +163,8 @@ def tune(
     tasks = extract_tasks(source, config, target, kernel)
     builder = make_builder(target, timeout)
     runner = make_runner(tracker, timeout, workers)
-    with locked(log_dir):
+    tempdirs.clean_stale()
+    with tempdirs.exit_cleanly_on_termination(), locked(log_dir):
         database = open_database(log_dir)
         state = load_task_state(log_dir)
         keys = [task_key(task.task_name, task.dispatched[0]) for task in tasks]
@@ -178,7 +178,7 @@ def tune(
         had = [sum(1 for r in _records(database, task.dispatched[0]) if _seconds(r) is not None) for task in tasks]
         todo = [i for i in range(len(tasks)) if had[i] < trials and not state.get(keys[i], {}).get("exhausted")]
         results = []
-        with tempfile.TemporaryDirectory(prefix="tvmquant-tune-") as work_dir, tqdm(
+        with tempdirs.private_dir("tune") as work_dir, tqdm(
             total=sum(trials - had[i] for i in todo), unit="trial", desc=f"tuning {target.name}",
             disable=not progress,
         ) as bar:
@@ -186,7 +186,7 @@ def tune(
             for i in todo:
                 bar.set_description(f"tuning {tasks[i].task_name}")
                 callback = _Progress(bar)
-                _tune_one(tasks[i], trials - had[i], target, work_dir, builder, runner, database, callback)
+                _tune_one(tasks[i], trials - had[i], target, str(work_dir), builder, runner, database, callback)
                 counts[i] = (callback.measured, callback.failed)
                 if callback.measured < trials - had[i]:  # the search found no new candidates to try
                     state.setdefault(keys[i], {})["exhausted"] = True
