@@ -12,9 +12,9 @@ import pytest
 from tvmquant.database import (LOCK, RECORDS, TASKS, WORKLOADS, load_task_state, locked, open_database,
                                read_database, save_task_state)
 from tvmquant.errors import UserError
-from tvmquant.target import TUNING_LOGS_DIR
+from tvmquant.resources import shipped_tuning_dir
 
-SHIPPED = TUNING_LOGS_DIR / "x86"
+SHIPPED = shipped_tuning_dir("x86")
 
 
 @pytest.fixture
