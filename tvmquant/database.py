@@ -41,7 +41,7 @@ def locked(log_dir: Path, timeout: float | None = None) -> Iterator[None]:
     followed if it is a link, and names the holder's pid: a pid that is no longer running (a `tune` killed with
     SIGKILL) is reported and its lock taken over; the kernel released the flock itself when it died.
     """
-    log_dir.mkdir(parents=True, exist_ok=True)
+    safe_fs.make_dir(log_dir)
     with os.fdopen(safe_fs.open_fd(log_dir / LOCK, os.O_RDWR | os.O_CREAT), "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -130,7 +130,7 @@ def _write_atomic(path: Path, lines: list[str]) -> None:
 
 def open_database(log_dir: Path) -> ms.database.JSONDatabase:
     """The folder's JSONDatabase for writing, after `repair` in place; the caller holds `locked(log_dir)`."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+    safe_fs.make_dir(log_dir)
     for problem in repair(log_dir):
         warnings.warn(problem, stacklevel=2)
     _refuse_links(log_dir)  # TVM appends to these by name

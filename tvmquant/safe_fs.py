@@ -72,3 +72,11 @@ def write_atomic(path: Path, text: str) -> None:
         except OSError:
             pass  # the error that brought us here is the one to report
         raise
+
+
+def make_dir(path: Path) -> None:
+    """mkdir -p, with a one-line error when something in the way is a file or cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot use {path} as a folder: {exc.strerror}") from None
