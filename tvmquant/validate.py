@@ -46,7 +46,8 @@ def model_input(batch: np.ndarray, input_shape: tuple[int, ...], what: str = "da
         raise UserError(f"{what} is empty (shape {tuple(batch.shape)}); give at least one sample")
     if not (np.issubdtype(batch.dtype, np.integer) or np.issubdtype(batch.dtype, np.floating) or batch.dtype == bool):
         raise UserError(f"{what} has dtype {batch.dtype}; expected real numbers (float or integer)")
-    data = np.ascontiguousarray(batch, dtype=np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become Inf and are reported just below
+        data = np.ascontiguousarray(batch, dtype=np.float32)
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise UserError(f"{what} has {bad} non-finite value(s) (NaN, Inf, or beyond float32) of {data.size}")
