@@ -1,8 +1,8 @@
 """tvmquant's folders in the system temp dir, named `tvmquant-KIND-PID-xxxx` after the process they serve, so
 that the next run can tell which ones a killed run left behind and remove them.
 
-A `tune` ended by SIGTERM or SIGHUP exits through its `finally` blocks (and removes its folders); one killed by
-SIGKILL cannot, and its folders go at the next `tune` or `compile`. MetaSchedule's builder workers name their
+A `tune` ended by SIGTERM or SIGHUP removes its folders before it exits; one killed by SIGKILL cannot, and
+its folders go at the next `tune` or `compile`. MetaSchedule's builder workers name their
 `tvmquant-ms-*` folders after the `tune` process that started them (see _ms_workers.export_so).
 """
 
@@ -34,6 +34,10 @@ def pid_alive(pid: int) -> bool:
 
 def clean_stale(root: Path | None = None) -> list[Path]:
     """Remove our temp folders whose process is gone; only real folders owned by this user, never via links."""
+    return _remove_matching(lambda pid: not pid_alive(pid), root)
+
+
+def _remove_matching(select, root: Path | None = None) -> list[Path]:
     root = Path(root or tempfile.gettempdir())
     removed = []
     try:
@@ -42,7 +46,7 @@ def clean_stale(root: Path | None = None) -> list[Path]:
         return removed
     for entry in entries:
         match = _NAME.match(entry.name)
-        if match is None or pid_alive(int(match.group(1))):
+        if match is None or not select(int(match.group(1))):
             continue
         try:
             info = entry.stat(follow_symlinks=False)
@@ -65,12 +69,18 @@ def private_dir(kind: str) -> Iterator[Path]:
 
 
 def _exit_on_signal(signum, _frame):
-    raise SystemExit(128 + signum)
+    """Remove this process's temp folders and exit at once. Raising instead would cross TVM's C++ frames
+    (MetaSchedule calls back into Python), which turn it into a RuntimeError or abort; records need no
+    clean-up (a line cut short is repaired by the next run) and the kernel releases the folder's flock."""
+    mine = os.getpid()
+    _remove_matching(lambda pid: pid == mine)
+    os.write(2, f"\ntvmquant: terminated by {signal.Signals(signum).name}; the records written so far are kept\n".encode())
+    os._exit(128 + signum)
 
 
 @contextmanager
 def exit_cleanly_on_termination() -> Iterator[None]:
-    """SIGTERM / SIGHUP raise SystemExit for the duration, so `finally` blocks (locks, temp folders) run."""
+    """For the duration, SIGTERM / SIGHUP remove this process's temp folders and exit (see _exit_on_signal)."""
     signals = [signal.SIGTERM, signal.SIGHUP]
     try:
         previous = [signal.signal(s, _exit_on_signal) for s in signals]
