@@ -125,3 +125,28 @@ def test_stale_temp_folders_removed_live_and_linked_ones_kept(tmp_path):
     removed = tempdirs.clean_stale(root)
     assert sorted(removed) == sorted(stale)
     assert live.is_dir() and other.is_dir() and (precious / "keep").is_file()
+
+
+def test_sigterm_removes_own_temp_folders_and_exits(tmp_path):
+    """What a SIGTERMed `tune` does, without the tune: its folders go, an unrelated process's stay."""
+    import signal
+    import sys
+    import time
+
+    root = tmp_path / "tmp"
+    root.mkdir()
+    other = root / f"tvmquant-tune-{os.getpid()}-keep"
+    other.mkdir()
+    script = ("import time\nfrom tvmquant import tempdirs\n"
+              "with tempdirs.exit_cleanly_on_termination(), tempdirs.private_dir('tune') as d:\n"
+              "    (d / 'work').mkdir()\n    print(d, flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "TMPDIR": str(root)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = proc.stdout.readline().strip()
+    assert os.path.isdir(folder)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "terminated by SIGTERM" in err and "Traceback" not in err
+    assert not os.path.exists(folder) and other.is_dir()
