@@ -277,3 +277,19 @@ def test_trust_model_loads_what_untrusted_refuses(tmp_path, plain):
         frontend.load_exported(path)
     ep = frontend.load_exported(path, trust=True)
     torch.testing.assert_close(ep.state_dict["c.bias"], torch.tensor([0.5, -0.5]))
+
+
+def test_dynamic_shape_archive_with_guards_still_loads(tmp_path):
+    """torch writes sympy srepr strings and guard code for dynamic dimensions: plain ones are accepted."""
+
+    class Reshaping(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.pad(x.reshape(x.shape[0] * 2, -1), (0, 1)) * (x.shape[1] ** 0.5)
+
+    batch, half = torch.export.Dim("batch", min=2, max=64), torch.export.Dim("half", min=2, max=32)
+    ep = torch.export.export(Reshaping(), (torch.zeros(4, 6),), dynamic_shapes=({0: batch, 1: 2 * half},))
+    assert ep._guards_code, "the case needs guard code to mean anything"
+    path = tmp_path / "dyn.pt2"
+    torch.export.save(ep, path)
+    loaded = frontend.load_exported(path)
+    torch.testing.assert_close(loaded.module()(torch.ones(6, 4)), ep.module()(torch.ones(6, 4)))

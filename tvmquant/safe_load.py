@@ -45,15 +45,19 @@ _MEMBER = re.compile(
     r"|data/weights/(model_weights_config\.json|weight_\d+)|data/constants/(model_constants_config\.json|tensor_\d+)"
 )
 _PAYLOAD = re.compile(r"(weight|tensor)_\d+")
-# sympy.sympify evaluates its string: allow only numbers, operators and known names (shape symbols, sympy functions)
-_EXPR_TOKEN = re.compile(r"\s+|\d+(\.\d+)?(e-?\d+)?|[A-Za-z_][A-Za-z0-9_]*|\*\*|//|[-+*/%(),<>=!]")
+# sympy.sympify evaluates its string (torch writes sympy's srepr: "Mul(Integer(2), Symbol('s7', integer=True))"),
+# and guard code is exec'ed: allow only numbers, short quoted symbol names or decimals, operators, known names
+_EXPR_TOKEN = re.compile(r"\s+|\d+(\.\d+)?(e-?\d+)?|'[a-z]*\d*(\.\d+)?'|[A-Za-z_][A-Za-z0-9_]*|//|==|!=|<=|>=|[-+*/%(),<>=]")
 _EXPR_NAMES = {
-    "Max", "Min", "Mod", "PythonMod", "FloorDiv", "CeilDiv", "CleanDiv", "IntTrueDiv", "FloatTrueDiv", "ToFloat",
-    "TruncToInt", "TruncToFloat", "FloorToInt", "CeilToInt", "RoundToInt", "Pow", "PowByNatural", "FloatPow",
-    "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "True", "False", "oo", "sqrt", "floor", "ceiling",
-    "Identity", "OpaqueUnaryFn_sqrt", "Abs", "Integer", "Float", "Rational", "Symbol",
+    "Add", "Mul", "Pow", "Integer", "Float", "Rational", "Symbol", "Max", "Min", "Abs", "Mod", "PythonMod",
+    "FloorDiv", "CeilDiv", "CleanDiv", "IntTrueDiv", "FloatTrueDiv", "ToFloat", "TruncToInt", "TruncToFloat",
+    "FloorToInt", "CeilToInt", "RoundToInt", "RoundDecimal", "PowByNatural", "FloatPow", "Identity", "sqrt",
+    "floor", "ceiling", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "True", "False", "oo",
+    "positive", "integer", "nonnegative", "real", "finite", "precision", "and", "or", "not",
 }
-_SYMBOL = re.compile(r"[a-z]+\d+")
+# a guard reads input sizes as L['x'].size()[0]: each such read is checked as if it were a symbol
+_GUARD_READ = re.compile(r"L(\[(\d+|'[A-Za-z_]\w*')\])+\.(size\(\)\[\d+\]|stride\(\)\[\d+\]|storage_offset\(\))")
+_SYMBOL = re.compile(r"[a-z]+\d+|OpaqueUnaryFn_[a-z0-9]+")
 _OP = re.compile(r"torch\.ops\.(aten|prims)\.(?!__)(?P<op>\w+)(\.(?!_)\w+)?")
 _DENIED_OPS = {"save", "from_file"}  # a graph node would write or map a named file
 
@@ -189,8 +193,8 @@ def _check_program(program: Any, shown: str) -> None:
     """The serialized graph: operators, names, symbolic expressions and guards (see module doc)."""
     if not isinstance(program, dict) or not isinstance(program.get("graph_module"), dict):
         raise UserError(f"{shown}: models/model.json is not a serialized ExportedProgram")
-    if program.get("guards_code"):
-        raise _refuse(shown, "it carries guard code, which is executed as Python")
+    for guard in program.get("guards_code") or []:  # exec'ed as Python by ep.module()
+        _check_expr(_GUARD_READ.sub("s0", guard) if isinstance(guard, str) else guard, shown)
     for key in program.get("range_constraints") or {}:
         _check_expr(key, shown)
     module = program["graph_module"]
