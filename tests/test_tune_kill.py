@@ -3,7 +3,9 @@ again and again on one log folder. After every kill the database parses and hold
 before; a SIGTERMed run removes its own temp folders, and a SIGKILLed run's are removed by the next start;
 a final uninterrupted run completes and leaves no temp folder behind.
 
-The default suite runs a short variant (2 kills); the 20-kill loop is `slow` (tens of minutes on 2 cores).
+Half the kills land at a random time (often start-up or the untuned measurements), half within two seconds
+after a record was written (the next trials' build, measurement or database write). The default suite runs a
+short variant (2 kills); the 20-kill loop is `slow` (tens of minutes on 2 cores).
 """
 
 import json
@@ -12,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -50,6 +53,27 @@ def _complete_records(log_dir) -> set[tuple[str, str]]:
     return kept
 
 
+def _record_lines(log_dir) -> int:
+    try:
+        return (log_dir / RECORDS).read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _wait_for_kill_point(proc, log_dir, rng, window, after_record: bool) -> bool:
+    """True when it is time to kill `proc`, False if it ended first. Bounded by RUN_TIMEOUT."""
+    deadline = time.monotonic() + (RUN_TIMEOUT if after_record else rng.uniform(*window))
+    start_lines = _record_lines(log_dir)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if after_record and _record_lines(log_dir) > start_lines:
+            time.sleep(rng.uniform(0.0, 2.0))  # somewhere in the next trials' build, run or write
+            return proc.poll() is None
+        time.sleep(0.05)
+    return proc.poll() is None
+
+
 def _ours(tmp_root) -> list[str]:
     return sorted(name for name in os.listdir(tmp_root) if name.startswith("tvmquant-"))
 
@@ -66,14 +90,14 @@ def _kill_loop(tmp_path, kills: int, window: tuple[float, float], seed: int) -> 
     for i in range(kills):
         proc = _tune(model, calib, log_dir, trials, env)
         sig = signal.SIGTERM if i % 3 == 2 else signal.SIGKILL
-        try:
-            proc.wait(timeout=rng.uniform(*window))
-            stats["finished"] += 1
-            trials += 2  # give the next run something to do
-        except subprocess.TimeoutExpired:
+        # odd runs die at a random time (often start-up), even ones just after a record was written
+        if _wait_for_kill_point(proc, log_dir, rng, window, after_record=i % 2 == 1):
             proc.send_signal(sig)
             proc.wait(timeout=RUN_TIMEOUT)
             stats["killed"] += 1
+        else:
+            stats["finished"] += 1
+            trials += 2  # give the next run something to do
         proc.stderr.close()
         with warnings.catch_warnings():  # a line cut short is repaired with a warning: that is expected
             warnings.simplefilter("ignore")
