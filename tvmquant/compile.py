@@ -43,6 +43,7 @@ class ModelSource:
     eval_x: np.ndarray
     eval_y: np.ndarray | None
     eval_label: str
+    notes: list[str] = field(default_factory=list)  # what the loader changed, for the summary
 
     @property
     def batch_size(self) -> int:
@@ -71,7 +72,7 @@ def load_source(
     eval_y: np.ndarray | None = None,
 ) -> ModelSource:
     """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data."""
-    eval_label = "the evaluation data"
+    eval_label, notes = "the evaluation data", []
     if model is None:
         from .models import digits
 
@@ -86,6 +87,12 @@ def load_source(
         if input_shape is None:
             raise UserError("input_shape is required for an nn.Module")
         name, ep = type(model).__name__, frontend.export_module(model, input_shape)
+    elif Path(model).suffix.lower() == ".onnx":
+        from .onnx_import import load_onnx
+
+        onnx_model = load_onnx(model, input_shape)
+        name, notes = Path(model).stem, onnx_model.notes
+        ep = frontend.export_module(onnx_model.module, onnx_model.input_shape)
     else:
         name, ep = Path(model).stem, frontend.load_exported(model)
     input_shape = frontend.input_shape_of(ep, input_shape)
@@ -101,7 +108,7 @@ def load_source(
     layers = frontend.find_layers(gm)
     if not layers:
         raise UserError(f"model '{name}' has no conv2d or linear layer with parameter weights to quantize")
-    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label)
+    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label, notes)
 
 
 def _dims(shape: tuple[int, ...]) -> str:

@@ -62,6 +62,8 @@ def print_compile_summary(result: CompileResult, rpc_address: str | None) -> Non
     print(f"\n{src.name} -> {result.target.name}: {cfg.method} W{cfg.wbits}A{cfg.abits} (first/last layer: {first_last})")
     if src.folded_bn:
         print(f"BatchNorm folded into: {', '.join(src.folded_bn)}")
+    for note in src.notes:
+        print(f"note: {note}")
     sizes = {name: (fp32, packed) for name, fp32, packed in weight_bytes(result)}
     print(f"\n  {'layer':<14}{'op':<8}{'weight':<16}{'quantized as':<18}{'kernel':<12}{'fp32':>11}{'deployed':>11}")
     for info in src.layers:
