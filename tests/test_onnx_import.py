@@ -105,7 +105,7 @@ def _helper_model(opset=17, extra_node=None, check=True):
     w1 = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
     b1 = rng.standard_normal(6).astype(np.float32)
     w2 = rng.standard_normal((4, 6, 1, 1)).astype(np.float32)
-    gemm_b = rng.standard_normal(((4 + 6) * 4 * 3, 3)).astype(np.float32)  # (in, out): transB = 0
+    gemm_b = 0.05 * rng.standard_normal(((4 + 6) * 4 * 3, 3)).astype(np.float32)  # (in, out): transB = 0
     gemm_c = rng.standard_normal((1, 3)).astype(np.float32)
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[0, 1, 1, 0]),
