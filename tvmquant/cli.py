@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserError
+from .json_output import HELP as JSON_HELP
 
 EPILOG = """examples:
   python -m tvmquant compile --target arm_cpu --bits 2        built-in digits CNN, W2A2, for 64-bit ARM
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", required=True, help="the target it was compiled for")
     run.add_argument("--rpc", help="HOST:PORT of the device's TVM RPC server (default: the target's; unused for local targets)")
     run.add_argument("--repeat", type=int, default=5, help="timing repeats (default: 5)")
+    for command in (comp, tune, deploy, run):
+        command.add_argument("--json", action="store_true", help=JSON_HELP)
     return parser
 
 
@@ -136,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run}
+        if getattr(args, "json", False):
+            from .json_output import stdout_to_stderr
+
+            with stdout_to_stderr():
+                return commands[args.command](args)
         return commands[args.command](args)
     except UserError as exc:
         print(f"tvmquant: error: {exc}", file=sys.stderr)
@@ -167,7 +175,11 @@ def _compile(args: argparse.Namespace) -> int:
         tuning_log = default_tuning_log(target)
     train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
     result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel)
-    print_compile_summary(result, args.rpc or target.default_rpc)
+    evaluation = print_compile_summary(result, args.rpc or target.default_rpc)
+    if args.json:
+        from .json_output import compile_record, emit
+
+        emit(compile_record(result, evaluation))
     return 0
 
 
@@ -210,6 +222,10 @@ def _tune(args: argparse.Namespace) -> int:
     log_dir = args.log_dir or default_tuning_log(target)
     results = tune(source, config, target, log_dir, args.trials, tracker, args.timeout, workers, kernel=args.kernel)
     print_tune_summary(results, target.name, log_dir)
+    if args.json:
+        from .json_output import emit, tune_record
+
+        emit(tune_record(results, source, config, target.name, log_dir))
     return 0
 
 
@@ -224,11 +240,12 @@ def _deploy(args: argparse.Namespace) -> int:
         if not args.rpc_key:
             raise UserError("--rpc-tracker needs --rpc-key")
         where = f"{target.name} device '{args.rpc_key}' via tracker {args.rpc_tracker}"
-        return run_artifact(args.artifact, target, lambda: request(args.rpc_tracker, args.rpc_key), where, args.repeat)
+        return run_artifact(args.artifact, target, lambda: request(args.rpc_tracker, args.rpc_key), where, args.repeat,
+                            "deploy" if args.json else None)
     if not args.rpc:
         raise UserError("give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
     where = f"{target.name} device at {args.rpc}"
-    return run_artifact(args.artifact, target, lambda: connect(args.rpc), where, args.repeat)
+    return run_artifact(args.artifact, target, lambda: connect(args.rpc), where, args.repeat, "deploy" if args.json else None)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -238,12 +255,14 @@ def _run(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     if target.runs == "rpc":
         address = args.rpc or target.default_rpc
-        return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}", args.repeat)
-    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat)
+        return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}",
+                            args.repeat, "run" if args.json else None)
+    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat, "run" if args.json else None)
 
 
-def run_artifact(artifact: Path, target, session: Callable | None, where: str, repeat: int) -> int:
-    """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy."""
+def run_artifact(artifact: Path, target, session: Callable | None, where: str, repeat: int, json_for: str | None = None) -> int:
+    """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy.
+    `json_for`: the command name to emit a --json record for."""
     from .batching import run_batched
     from .compile import read_sidecar
     from .report import compare, print_comparison
@@ -258,7 +277,12 @@ def run_artifact(artifact: Path, target, session: Callable | None, where: str, r
         outputs = run_batched(module, data["inputs"], batch, f"running on {where}")
         latency = module.latency_ms(data["inputs"][:batch], repeat=repeat)
     print(f"{artifact}  ({meta['model']}, {target.name})")
-    print_comparison(compare(outputs, data["reference"], data.get("labels")), meta["eval_label"])
+    comparison = compare(outputs, data["reference"], data.get("labels"))
+    print_comparison(comparison, meta["eval_label"])
     print(f"latency on {where}: {latency:.3f} ms per batch of {batch} (median of {repeat} repeats)")
+    if json_for:
+        from .json_output import emit, run_record
+
+        emit(run_record(json_for, artifact, meta, comparison, latency, where))
     return 0
 

@@ -240,6 +240,8 @@ def sidecar_paths(artifact: Path) -> tuple[Path, Path]:
 
 def write_sidecar(result: CompileResult) -> None:
     """What `tvmquant run` needs to check an artifact on a device without PyTorch or the original model."""
+    from .json_output import layer_rows
+
     meta_path, data_path = sidecar_paths(result.artifact)
     src = result.source
     meta = {
@@ -252,6 +254,7 @@ def write_sidecar(result: CompileResult) -> None:
         "kept_float": result.scheme.kept_float,
         "eval_label": src.eval_label,
         "tuned_functions": result.tuned,
+        "layer_table": layer_rows(result),  # what `run --json` reports per layer
     }
     meta_path.write_text(json.dumps(meta, indent=2))
     arrays = {"inputs": src.eval_x, "reference": result.reference_outputs}
