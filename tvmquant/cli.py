@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: tuning_logs/TARGET/ if it has records)")
     comp.add_argument("--rpc", help="HOST:PORT of a TVM RPC server to evaluate a non-local target on (default: the target's)")
     comp.add_argument("-o", "--output", type=Path, help="artifact path (default: tvmquant_out/MODEL-TARGET-wWaA.so)")
+    comp.add_argument("--report", type=Path, metavar="REPORT.html",
+                      help="also write one self-contained HTML page: layers, accuracy, weight histograms, bytes and time per layer")
 
     tune = sub.add_parser(
         "tune",
@@ -161,6 +163,10 @@ def _compile(args: argparse.Namespace) -> int:
     from .target import load_target
 
     target, config = load_target(args.target), _config(args)
+    if args.report:
+        from .html_report import check_report_path
+
+        check_report_path(args.report)
     train = TrainConfig(epochs=args.epochs, lr=args.lr) if args.train else None
     if args.train_data and not args.train:
         raise UserError("--train-data is only used with --train")
@@ -176,10 +182,14 @@ def _compile(args: argparse.Namespace) -> int:
     train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
     result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel)
     evaluation = print_compile_summary(result, args.rpc or target.default_rpc)
+    if args.report:
+        from .html_report import write_compile_report
+
+        print(f"report:   {write_compile_report(args.report, result, evaluation)} (one HTML file; open it in a browser)")
     if args.json:
         from .json_output import compile_record, emit
 
-        emit(compile_record(result, evaluation))
+        emit(compile_record(result, evaluation, args.report))
     return 0
 
 

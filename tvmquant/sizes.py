@@ -34,13 +34,12 @@ def layout_reason(kernel: str, op: str, weight_shape: tuple[int, ...], bits: int
 
 def size_note(name: str, kernel: str, op: str, weight_shape: tuple[int, ...], bits: int,
               fp32_bytes: int, deployed: int) -> str | None:
-    """A note when the deployed constants are larger than the fp32 weights or more than twice the codes."""
-    numel = math.prod(weight_shape)
-    codes = code_bytes(numel, bits)
-    if deployed <= fp32_bytes and deployed <= 2 * codes:
+    """A note when the deployed constants are larger than the fp32 weights (the codes column shows the rest)."""
+    if deployed <= fp32_bytes:
         return None
-    bigger = "larger than its fp32 weights" if deployed > fp32_bytes else f"{deployed / codes:.1f}x its {bits}-bit codes"
-    return f"{name} deploys {deployed} B, {bigger} ({codes} B of codes): {layout_reason(kernel, op, weight_shape, bits)}"
+    codes = code_bytes(math.prod(weight_shape), bits)
+    return (f"{name} deploys {deployed} B, more than its {fp32_bytes} B of fp32 weights ({codes} B of {bits}-bit codes): "
+            f"{layout_reason(kernel, op, weight_shape, bits)}")
 
 
 def ratio_text(fp32_bytes: int, deployed: int) -> str:
