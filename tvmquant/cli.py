@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from . import cli_eval_bench
 from .errors import UserError
 from .json_output import HELP as JSON_HELP
 from .names import KERNELS, METHODS, QAT_METHODS
@@ -18,7 +19,21 @@ EPILOG = """examples:
   python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2.so
   python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8
   python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2.so
+  python -m tvmquant eval --methods uniform,inq --bits 2,4      accuracy against bits, table and plot
+  python -m tvmquant bench tvmquant_out/digits_cnn-x86-w2a2.so  against PyTorch fp32 and ONNX Runtime int8
 """
+
+EXAMPLES = {  # each subcommand's --help ends with these
+    "compile": """  python -m tvmquant compile --target arm_cpu --bits 2
+  python -m tvmquant compile --model net.onnx --calib x.npy --wbits 2 --abits 4 --method uniq -o net.so
+  python -m tvmquant compile --bits 4 --report report.html --json > compile.json""",
+    "tune": """  python -m tvmquant tune --target x86 --trials 16
+  python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8 --json""",
+    "deploy": """  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2.so
+  python -m tvmquant deploy --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2.so --json""",
+    "run": """  python -m tvmquant run --target x86 tvmquant_out/digits_cnn-x86-w2a2.so
+  python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2.so --json""",
+}
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -132,12 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repeat", type=int, default=5, help="timing repeats (default: 5)")
     for command in (comp, tune, deploy, run):
         command.add_argument("--json", action="store_true", help=JSON_HELP)
+    for name, examples in EXAMPLES.items():
+        sub.choices[name].epilog = "examples:\n" + examples
+        sub.choices[name].formatter_class = argparse.RawDescriptionHelpFormatter
+    cli_eval_bench.add_parsers(sub, _first_last, _shape)
     return parser
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
-    parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
+    parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save) or an ONNX model (.onnx); "
+                        "default: built-in digits CNN")
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
     parser.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
     parser.add_argument("--bits", type=_bits, default=2, help="weight and activation bits, 1-8 (default: 2)")
@@ -160,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
     try:
         args = build_parser().parse_args(argv)
-        commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run}
+        commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run,
+                    "eval": cli_eval_bench.run_eval, "bench": cli_eval_bench.run_bench}
         if getattr(args, "json", False):
             from .json_output import stdout_to_stderr
 
