@@ -25,7 +25,8 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 from . import _ms_workers, frontend
-from .console import metaschedule_log, progress, quiet_metaschedule_console
+from .console import metaschedule_log, quiet_metaschedule_console
+from .console import progress as progress_bar
 from .build import legalize, lower
 from .compile import ModelSource
 from .database import load_task_state, locked, open_database, save_task_state, task_key
@@ -178,7 +179,7 @@ def tune(
         had = [sum(1 for r in _records(database, task.dispatched[0]) if _seconds(r) is not None) for task in tasks]
         todo = [i for i in range(len(tasks)) if had[i] < trials and not state.get(keys[i], {}).get("exhausted")]
         results = []
-        with tempfile.TemporaryDirectory(prefix="tvmquant-tune-") as work_dir, progress(
+        with tempfile.TemporaryDirectory(prefix="tvmquant-tune-") as work_dir, progress_bar(
             total=sum(trials - had[i] for i in todo), unit="trial", desc=f"tuning {target.name}",
             disable=not progress,
         ) as bar:
