@@ -37,14 +37,14 @@ class BenchResult:
 
 
 def time_call(fn: Callable[[], object], min_time: float) -> float:
-    """Milliseconds per call: as many calls as fit in `min_time` seconds (at least one)."""
+    """Seconds per call: calls repeated until min_time has passed (at least one)."""
     calls, start = 0, time.perf_counter()
     while True:
         fn()
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_time:
-            return 1e3 * elapsed / calls
+            return elapsed / calls
 
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, min_time: float) -> dict[str, float]:
@@ -53,7 +53,7 @@ def interleaved(variants: dict[str, Callable[[], object]], rounds: int, min_time
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            samples[name].append(time_call(variants[name], min_time))
+            samples[name].append(1e3 * time_call(variants[name], min_time))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
