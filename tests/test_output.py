@@ -27,10 +27,12 @@ LAYER_KEYS = {"name", "method", "kind", "wbits", "abits", "kernel", "bytes"}
 
 def test_json_compile_and_run_print_one_object_on_stdout(tmp_path):
     model, calib = save_tiny(tmp_path)
-    out = tmp_path / "tiny.so"
-    proc = _cli("compile", "--model", model, "--calib", calib, "-o", str(out), "--json")
+    out, page = tmp_path / "tiny.so", tmp_path / "tiny.html"
+    proc = _cli("compile", "--model", model, "--calib", calib, "-o", str(out), "--json", "--report", str(page))
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(proc.stdout)  # the whole of stdout is one JSON document
+    assert record["report"] == str(page) and '<table id="layers">' in page.read_text()
+    assert f"report:   {page}" in proc.stderr  # the summary points at it
     assert record["artifact"] == str(out) and record["target"] == "x86" and record["command"] == "compile"
     assert [layer["name"] for layer in record["layers"]] == ["conv", "fc"]
     for layer in record["layers"]:
@@ -46,6 +48,26 @@ def test_json_compile_and_run_print_one_object_on_stdout(tmp_path):
     assert [layer["name"] for layer in record["layers"]] == ["conv", "fc"]
     assert all(LAYER_KEYS <= set(layer) for layer in record["layers"])
     assert "agreement with the quantized reference" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["compile", "tune", "run", "deploy", "eval", "bench"])
+def test_every_subcommand_help_shows_an_example(command, capsys):
+    from tvmquant.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and f"python -m tvmquant {command}" in text
+
+
+def test_report_path_must_be_html_one_line_nothing_written(tmp_path, capsys):
+    from tvmquant.cli import main
+
+    assert main(["compile", "--report", str(tmp_path / "r.txt"), "-o", str(tmp_path / "out" / "m.so")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tvmquant: error: --report wants an .html file path") and "\n" not in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_json_error_is_one_line_on_stderr_and_nothing_on_stdout(tmp_path):
