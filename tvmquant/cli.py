@@ -8,7 +8,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from . import cli_eval_bench
 from .errors import UserError
+from .json_output import HELP as JSON_HELP
 from .names import KERNELS, METHODS, QAT_METHODS
 
 EPILOG = """examples:
@@ -17,7 +19,21 @@ EPILOG = """examples:
   python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
   python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8
   python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
+  python -m tvmquant eval --methods uniform,inq --bits 2,4      accuracy against bits, table and plot
+  python -m tvmquant bench tvmquant_out/digits_cnn-x86-w2a2-uniform.so  against PyTorch fp32 and ONNX Runtime int8
 """
+
+EXAMPLES = {  # each subcommand's --help ends with these
+    "compile": """  python -m tvmquant compile --target arm_cpu --bits 2
+  python -m tvmquant compile --model net.onnx --calib x.npy --wbits 2 --abits 4 --method uniq -o net.so
+  python -m tvmquant compile --bits 4 --report report.html --json > compile.json""",
+    "tune": """  python -m tvmquant tune --target x86 --trials 16
+  python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8 --json""",
+    "deploy": """  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
+  python -m tvmquant deploy --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so --json""",
+    "run": """  python -m tvmquant run --target x86 tvmquant_out/digits_cnn-x86-w2a2-uniform.so
+  python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so --json""",
+}
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -87,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--rpc", help="HOST:PORT of a TVM RPC server to evaluate a non-local target on (default: the target's)")
     comp.add_argument("-o", "--output", type=Path, help="artifact path; its sidecars are OUTPUT.json and OUTPUT.npz beside it "
                       "(default: tvmquant_out/MODEL-TARGET-wWaA-METHOD[-KERNEL].so)")
+    comp.add_argument("--report", type=Path, metavar="REPORT.html",
+                      help="also write one self-contained HTML page: layers, accuracy, weight histograms, bytes and time per layer")
 
     tune = sub.add_parser(
         "tune",
@@ -128,12 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", required=True, help="the target it was compiled for")
     run.add_argument("--rpc", help="HOST:PORT of the device's TVM RPC server (default: the target's; unused for local targets)")
     run.add_argument("--repeat", type=int, default=5, help="timing repeats (default: 5)")
+    for command in (comp, tune, deploy, run):
+        command.add_argument("--json", action="store_true", help=JSON_HELP)
+    for name, examples in EXAMPLES.items():
+        sub.choices[name].epilog = "examples:\n" + examples
+        sub.choices[name].formatter_class = argparse.RawDescriptionHelpFormatter
+    cli_eval_bench.add_parsers(sub, _first_last, _shape)
     return parser
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
-    parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
+    parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save) or an ONNX model (.onnx); "
+                        "default: built-in digits CNN")
     parser.add_argument("--trust-model", action="store_true",
                         help="load --model with torch's full loader, which can run code stored in the archive: only "
                         "for archives you made yourself (default: refuse anything but plain tensors and aten ops)")
@@ -159,7 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
     try:
         args = build_parser().parse_args(argv)
-        commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run}
+        commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run,
+                    "eval": cli_eval_bench.run_eval, "bench": cli_eval_bench.run_bench}
+        if getattr(args, "json", False):
+            from .json_output import stdout_to_stderr
+
+            with stdout_to_stderr():
+                return commands[args.command](args)
         return commands[args.command](args)
     except UserError as exc:
         print(f"tvmquant: error: {exc}", file=sys.stderr)
@@ -178,6 +209,10 @@ def _compile(args: argparse.Namespace) -> int:
     from .target import load_target
 
     target, config = load_target(args.target), _config(args)
+    if args.report:
+        from .html_report import check_report_path
+
+        check_report_path(args.report)
     train = TrainConfig(epochs=args.epochs, lr=args.lr) if args.train else None
     if args.train_data and not args.train:
         raise UserError("--train-data is only used with --train")
@@ -191,7 +226,15 @@ def _compile(args: argparse.Namespace) -> int:
     source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y, args.trust_model)
     train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
     result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel)
-    print_compile_summary(result, args.rpc or target.default_rpc)
+    evaluation = print_compile_summary(result, args.rpc or target.default_rpc)
+    if args.report:
+        from .html_report import write_compile_report
+
+        print(f"report:   {write_compile_report(args.report, result, evaluation)} (one HTML file; open it in a browser)")
+    if args.json:
+        from .json_output import compile_record, emit
+
+        emit(compile_record(result, evaluation, args.report))
     return 0
 
 
@@ -235,6 +278,10 @@ def _tune(args: argparse.Namespace) -> int:
     log_dir = args.log_dir or user_tuning_dir(target.name)
     results = tune(source, config, target, log_dir, args.trials, tracker, args.timeout, workers, kernel=args.kernel)
     print_tune_summary(results, target.name, log_dir)
+    if args.json:
+        from .json_output import emit, tune_record
+
+        emit(tune_record(results, source, config, target.name, log_dir))
     return 0
 
 
@@ -249,11 +296,12 @@ def _deploy(args: argparse.Namespace) -> int:
         if not args.rpc_key:
             raise UserError("--rpc-tracker needs --rpc-key")
         where = f"{target.name} device '{args.rpc_key}' via tracker {args.rpc_tracker}"
-        return run_artifact(args.artifact, target, lambda: request(args.rpc_tracker, args.rpc_key), where, args.repeat)
+        return run_artifact(args.artifact, target, lambda: request(args.rpc_tracker, args.rpc_key), where, args.repeat,
+                            "deploy" if args.json else None)
     if not args.rpc:
         raise UserError("give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
     where = f"{target.name} device at {args.rpc}"
-    return run_artifact(args.artifact, target, lambda: connect(args.rpc), where, args.repeat)
+    return run_artifact(args.artifact, target, lambda: connect(args.rpc), where, args.repeat, "deploy" if args.json else None)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -263,12 +311,14 @@ def _run(args: argparse.Namespace) -> int:
     target = load_target(args.target)
     if target.runs == "rpc":
         address = args.rpc or target.default_rpc
-        return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}", args.repeat)
-    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat)
+        return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}",
+                            args.repeat, "run" if args.json else None)
+    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat, "run" if args.json else None)
 
 
-def run_artifact(artifact: Path, target, session: Callable | None, where: str, repeat: int) -> int:
-    """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy."""
+def run_artifact(artifact: Path, target, session: Callable | None, where: str, repeat: int, json_for: str | None = None) -> int:
+    """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy.
+    `json_for`: the command name to emit a --json record for."""
     from .batching import run_batched
     from .compile import read_sidecar
     from .report import compare, print_comparison
@@ -283,7 +333,12 @@ def run_artifact(artifact: Path, target, session: Callable | None, where: str, r
         outputs = run_batched(module, data["inputs"], batch, f"running on {where}")
         latency = module.latency_ms(data["inputs"][:batch], repeat=repeat)
     print(f"{artifact}  ({meta['model']}, {target.name})")
-    print_comparison(compare(outputs, data["reference"], data.get("labels")), meta["eval_label"])
+    comparison = compare(outputs, data["reference"], data.get("labels"))
+    print_comparison(comparison, meta["eval_label"])
     print(f"latency on {where}: {latency:.3f} ms per batch of {batch} (median of {repeat} repeats)")
+    if json_for:
+        from .json_output import emit, run_record
+
+        emit(run_record(json_for, artifact, meta, comparison, latency, where))
     return 0
 

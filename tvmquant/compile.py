@@ -45,6 +45,7 @@ class ModelSource:
     eval_x: np.ndarray
     eval_y: np.ndarray | None
     eval_label: str
+    notes: list[str] = field(default_factory=list)  # what the loader changed, for the summary
 
     @property
     def batch_size(self) -> int:
@@ -69,7 +70,7 @@ def load_source(
 ) -> ModelSource:
     """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data; a .pt2 is
     loaded as untrusted unless `trust_model` (see safe_load)."""
-    eval_label = "the evaluation data"
+    eval_label, notes = "the evaluation data", []
     if model is None:
         from .models import digits
 
@@ -84,6 +85,12 @@ def load_source(
         if input_shape is None:
             raise UserError("input_shape is required for an nn.Module")
         name, ep = type(model).__name__, frontend.export_module(model, input_shape)
+    elif Path(model).suffix.lower() == ".onnx":
+        from .onnx_import import load_onnx
+
+        onnx_model = load_onnx(model, input_shape)
+        name, notes = Path(model).stem, onnx_model.notes
+        ep = frontend.export_module(onnx_model.module, onnx_model.input_shape)
     else:
         name, ep = Path(model).stem, frontend.load_exported(model, trust_model)
     input_shape = frontend.input_shape_of(ep, input_shape)
@@ -99,7 +106,7 @@ def load_source(
     layers = frontend.find_layers(gm)
     if not layers:
         raise UserError(f"model '{name}' has no conv2d or linear layer with parameter weights to quantize")
-    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label)
+    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label, notes)
 
 
 def _dims(shape: tuple[int, ...]) -> str:
@@ -231,6 +238,8 @@ def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
 
 def write_sidecar(result: CompileResult, meta_path: Path, data_path: Path) -> None:
     """What `tvmquant run` needs to check an artifact on a device without PyTorch or the original model."""
+    from .json_output import layer_rows
+
     src = result.source
     meta = {
         "model": src.name,
@@ -242,6 +251,7 @@ def write_sidecar(result: CompileResult, meta_path: Path, data_path: Path) -> No
         "kept_float": result.scheme.kept_float,
         "eval_label": src.eval_label,
         "tuned_functions": result.tuned,
+        "layer_table": layer_rows(result),  # what `run --json` reports per layer
     }
     meta_path.write_text(json.dumps(meta, indent=2))
     arrays = {"inputs": src.eval_x, "reference": result.reference_outputs}
