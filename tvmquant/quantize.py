@@ -3,6 +3,8 @@ QuantScheme out."""
 
 from __future__ import annotations
 
+import copy
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -19,7 +21,8 @@ from .scheme import ActQuant, LayerScheme, QuantScheme, WeightQuant
 from .train import TrainConfig, train_quantized
 
 METHODS = ("uniform", "uniq", "inq", "balanced", "multipoint", "qnet")
-QAT_METHODS = ("uniq", "inq", "balanced", "qnet")
+QAT_METHODS = ("uniform", "uniq", "inq", "balanced", "qnet")
+RECAL = os.environ.get("RECAL", "1") == "1"
 
 
 @dataclass(frozen=True)
@@ -127,17 +130,32 @@ def quantize_model(
     return assemble(chosen, quantize_weights(gm, chosen, acts, calib, config, batch_size), acts, scheme)
 
 
+def with_weights(gm: fx.GraphModule, layers: list[LayerInfo], weights: dict[str, WeightQuant]) -> fx.GraphModule:
+    """A copy of `gm` whose quantized layers hold their dequantized weights (the network as it will run)."""
+    gm = copy.deepcopy(gm)
+    with torch.no_grad():
+        for layer in layers:
+            if layer.name in weights:
+                param = gm.get_parameter(layer.weight)
+                param.copy_(torch.from_numpy(weights[layer.name].dequantize()).to(param.dtype))
+    return gm
+
+
 def quantize_with_training(
     gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray, config: QuantConfig, batch_size: int,
-    train: TrainConfig, data: tuple[np.ndarray, np.ndarray],
+    train: TrainConfig, data: tuple[np.ndarray, np.ndarray], options: dict | None = None,
 ) -> tuple[QuantScheme, fx.GraphModule]:
-    """QAT: activations calibrated on the float model, weights fine-tuned by the method, activations
-    re-calibrated on the trained graph; returns the scheme and the trained graph (its biases changed too)."""
+    """QAT: activations calibrated on the float model, weights fine-tuned by the method (`options`: the method's
+    training keyword arguments, qat.py), then activations re-calibrated on the trained graph with its quantized
+    weights in place (training moved the biases and the activation ranges); returns the scheme and the trained
+    graph (its biases changed too)."""
     if config.method not in QAT_METHODS:
         raise UserError(f"method '{config.method}' is post-training only; --train works with {', '.join(QAT_METHODS)}")
     scheme = QuantScheme()
     chosen = plan_layers(layers, config, scheme)
     acts = calibrate_activations(gm, chosen, calib, batch_size)
     bits = {layer.name: wbits for layer, wbits, _ in chosen}
-    trained, weights = train_quantized(gm, layers, bits, acts, config.method, data, batch_size, train)
+    trained, weights = train_quantized(gm, layers, bits, acts, config.method, data, batch_size, train, options)
+    if RECAL:
+        acts = calibrate_activations(with_weights(trained, layers, weights), chosen, calib, batch_size)
     return assemble(chosen, weights, acts, scheme), trained

@@ -31,12 +31,21 @@ def quantize_weight(weight: np.ndarray, bits: int) -> WeightQuant:
         err = ((scale[:, None] * (codes - zero_point) - flat) ** 2).sum(axis=1)
         better = err < best_err
         best_err[better], best_scale[better] = err[better], scale[better]
-    codes = np.clip(np.rint(flat / best_scale[:, None] + zero_point), 0, qmax)
+    return quantize_with_scale(weight, bits, best_scale)
+
+
+def quantize_with_scale(weight: np.ndarray, bits: int, scale: np.ndarray) -> WeightQuant:
+    """Per-output-channel uniform codes for given per-channel scales (the rounding half of quantize_weight)."""
+    out_channels = weight.shape[0]
+    flat = weight.reshape(out_channels, -1).astype(np.float64)
+    qmax = (1 << bits) - 1
+    zero_point = qmax / 2
+    codes = np.clip(np.rint(flat / scale[:, None] + zero_point), 0, qmax)
     return WeightQuant(
         kind=WeightKind.UNIFORM,
         bits=bits,
         codes=codes.reshape(weight.shape).astype(np.uint8),
-        scale=best_scale,
+        scale=np.asarray(scale, dtype=np.float64),
         zero_point=np.full(out_channels, zero_point),
     )
 
