@@ -4,7 +4,6 @@ QuantScheme out."""
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -22,7 +21,6 @@ from .train import TrainConfig, train_quantized
 
 METHODS = ("uniform", "uniq", "inq", "balanced", "multipoint", "qnet")
 QAT_METHODS = ("uniform", "uniq", "inq", "balanced", "qnet")
-RECAL = os.environ.get("RECAL", "1") == "1"
 
 
 @dataclass(frozen=True)
@@ -156,6 +154,5 @@ def quantize_with_training(
     acts = calibrate_activations(gm, chosen, calib, batch_size)
     bits = {layer.name: wbits for layer, wbits, _ in chosen}
     trained, weights = train_quantized(gm, layers, bits, acts, config.method, data, batch_size, train, options)
-    if RECAL:
-        acts = calibrate_activations(with_weights(trained, layers, weights), chosen, calib, batch_size)
+    acts = calibrate_activations(with_weights(trained, layers, weights), chosen, calib, batch_size)
     return assemble(chosen, weights, acts, scheme), trained
