@@ -100,7 +100,7 @@ def _gemm_program(cfg, dram, x, w, shift, lo, hi, rows):
     p.alu(AluOp.MIN, zero, (1, 1), (0, 0), imm=hi, push_next=1)
     p.store(0, out_addr // cfg.out_elem_bytes, 1, rows, rows, pop_prev=1, push_prev=1)
     p.finish()
-    p.link(dram)
+    p.link(dram.place(p.uop_bytes()))
     return p, out_addr
 
 
@@ -137,7 +137,7 @@ def test_load_padding_fills_zeros_and_alu_tensor_operands():
     p.alu(AluOp.SHR, k, (1, 1), (0, 0))  # acc[0] >>= acc[1] (tensor operand)
     p.alu(AluOp.ADD, p.uop_kernel([(2, 0, 0)]), (1, 1), (0, 0))  # acc[2] += acc[0]
     p.add(Op.FINISH)
-    p.link(dram)
+    p.link(dram.place(p.uop_bytes()))
     sim = Simulator(CFG, dram)
     sim.run(p.insns)
     block = sim.inp[10:10 + 5 * 4].reshape(5, 4, 16)

@@ -94,12 +94,12 @@ class Program:
         self.add(Op.FINISH)
         self.check_balanced()
 
-    def link(self, dram) -> None:
-        """Place the micro-op buffer in `dram` and load it first (compute module, before any GEMM/ALU)."""
+    def link(self, uop_address: int) -> None:
+        """Load the micro-op buffer (placed at physical byte address `uop_address`) first, on the compute
+        module, before any GEMM/ALU uses it."""
         if self.insns and self.insns[0].op is Op.LOAD and self.insns[0]["mem_type"] == Mem.UOP and self.insns[0]["x_size"]:
             raise ProgramError("program already linked")
-        base = dram.place(self.uop_bytes()) // self.config.uop_elem_bytes if self.uops else 0
-        n = len(self.uops)
+        base, n = uop_address // self.config.uop_elem_bytes, len(self.uops)
         self.insns.insert(0, Insn(Op.LOAD, {"mem_type": int(Mem.UOP), "dram_base": base, "y_size": 1,
                                             "x_size": n, "x_stride": n}))
 
