@@ -46,6 +46,21 @@ class VtaLayer:
     act_qmax: int
 
 
+@dataclass
+class HostQuant:
+    """What the host needs around a VTA layer: quantize its input, dequantize its output codes."""
+
+    op: str
+    act_inv_scale: np.float32
+    act_zero_point: int
+    act_qmax: int
+    step: np.ndarray
+
+    @staticmethod
+    def of(layer: VtaLayer) -> HostQuant:
+        return HostQuant(layer.op, layer.act_inv_scale, layer.act_zero_point, layer.act_qmax, layer.step)
+
+
 def unsupported(layer: LayerScheme, config: VtaConfig) -> str | None:
     """Why VTA cannot run this layer exactly, or None."""
     act = layer.act
@@ -63,7 +78,7 @@ def unsupported(layer: LayerScheme, config: VtaConfig) -> str | None:
     return None
 
 
-def input_codes(x: np.ndarray, layer: VtaLayer) -> np.ndarray:
+def input_codes(x: np.ndarray, layer: VtaLayer | HostQuant) -> np.ndarray:
     """Signed activation codes, quantized exactly as the reference does (float32 multiply, round half even)."""
     scaled = np.rint(np.asarray(x, np.float32) * layer.act_inv_scale)
     return (np.clip(scaled + np.float32(layer.act_zero_point), 0, layer.act_qmax) - layer.act_zero_point).astype(np.int64)
@@ -90,7 +105,7 @@ def requantize(acc: np.ndarray, layer: VtaLayer) -> np.ndarray:
     return np.minimum(np.maximum(total >> _per_channel(layer.shift, acc.ndim), layer.lo), layer.hi)
 
 
-def dequantize(y: np.ndarray, layer: VtaLayer) -> np.ndarray:
+def dequantize(y: np.ndarray, layer: VtaLayer | HostQuant) -> np.ndarray:
     return y.astype(np.float32) * _per_channel(layer.step, y.ndim)
 
 
