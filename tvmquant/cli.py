@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: tuning_logs/TARGET/ if it has records)")
     comp.add_argument("--rpc", help="HOST:PORT of a TVM RPC server to evaluate a non-local target on (default: the target's)")
     comp.add_argument("-o", "--output", type=Path, help="artifact path (default: tvmquant_out/MODEL-TARGET-wWaA.so)")
+    comp.add_argument("--eval-limit", type=int, help="vta: check only the first N evaluation samples on the simulator")
 
     tune = sub.add_parser(
         "tune",
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", required=True, help="the target it was compiled for")
     run.add_argument("--rpc", help="HOST:PORT of the device's TVM RPC server (default: the target's; unused for local targets)")
     run.add_argument("--repeat", type=int, default=5, help="timing repeats (default: 5)")
+    run.add_argument("--eval-limit", type=int, help="vta: run only the first N saved inputs on the simulator")
     return parser
 
 
@@ -127,6 +129,11 @@ def _model_args(parser: argparse.ArgumentParser, methods, kernels) -> None:
                         help="kernel family for the quantized layers: auto picks by weight kind (uniform -> bitserial, "
                         "pow2 -> shift, codebook -> lut, multipoint -> multipoint); a family runs every layer it can, "
                         "the others keep auto's choice and the summary says why (default: auto)")
+    parser.add_argument("--act-scale", default="mse", choices=("mse", "pow2"),
+                        help="activation scales: least squared error, or powers of two with signed codes (default: "
+                        "mse; --target vta always uses pow2)")
+    parser.add_argument("--vta-config", help="vta: a vta_config.json, or a name in targets/ (default, w4, w2, i4w4; "
+                        "default: the target's)")
     parser.add_argument("--calib", help="calibration inputs, .npy of shape (N, ...) (default: the built-in model's held-out calibration digits)")
 
 
@@ -159,6 +166,11 @@ def _compile(args: argparse.Namespace) -> int:
     eval_x = load_array(args.eval_data, "evaluation data") if args.eval_data else None
     eval_y = load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
     source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y)
+    from .vta.commands import compile_command, is_vta
+
+    if is_vta(args.target):
+        train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
+        return compile_command(args, source, config, train, train_data)
     output = args.output or Path("tvmquant_out") / (
         f"{source.name if args.model else BUILTIN}-{target.name}-w{config.wbits}a{config.abits}.so"
     )
@@ -180,6 +192,7 @@ def _config(args: argparse.Namespace):
         first_last_bits=args.first_last_bits,
         method=args.method,
         budget=args.budget,
+        act_scale=args.act_scale,
     )
 
 
@@ -196,9 +209,13 @@ def _tune(args: argparse.Namespace) -> int:
     from .target import load_target
     from .tune import Tracker, tune
 
+    from .vta.commands import is_vta, tune_command
+
     target, config = load_target(args.target), _config(args)
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
+    if is_vta(args.target):
+        return tune_command(args, load_source(args.model, args.input_shape, _calib(args)), config)
     tracker, workers = None, 1
     if args.rpc_tracker or target.runs == "rpc":
         if not (args.rpc_tracker and args.rpc_key):
@@ -234,7 +251,10 @@ def _deploy(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .rpc import connect
     from .target import load_target
+    from .vta.commands import is_vta, run_command
 
+    if is_vta(args.target):
+        return run_command(args)
     target = load_target(args.target)
     if target.runs == "rpc":
         address = args.rpc or target.default_rpc

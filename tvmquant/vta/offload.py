@@ -43,8 +43,8 @@ class _Rewriter(relax.PyExprMutator):
         self.owner = owner
 
     def _weight_layer(self, weight: relax.Expr) -> str | None:
-        if isinstance(weight, relax.Var) and weight.name_hint in self.owner.layer_of_weight:
-            return self.owner.layer_of_weight[weight.name_hint]
+        if isinstance(weight, relax.Var) and weight.name in self.owner.layer_of_weight:
+            return self.owner.layer_of_weight[weight.name]
         if isinstance(weight, relax.Var):
             bound = self.lookup_binding(weight)
             if isinstance(bound, relax.Call) and getattr(bound.op, "name", None) == "relax.permute_dims":
@@ -61,7 +61,7 @@ class _Rewriter(relax.PyExprMutator):
     def _is_param(self, expr: relax.Expr, name: str | None) -> bool:
         if name is None or not isinstance(expr, relax.Var):
             return False
-        if expr.name_hint == name:
+        if expr.name == name:
             return True
         bound = self.lookup_binding(expr)
         return (isinstance(bound, relax.Call) and getattr(bound.op, "name", None) == "relax.reshape"
@@ -74,8 +74,7 @@ class _Rewriter(relax.PyExprMutator):
             layer = self._weight_layer(call.args[1])
             if layer is not None:
                 self.owner.offloaded.append(layer)
-                return relax.call_dps_packed(relax.ExternFunc(packed_name(layer)), [call.args[0]],
-                                             out_sinfo=call.struct_info)
+                return relax.call_dps_packed(packed_name(layer), relax.Tuple([call.args[0]]), call.ty)
         if op == "relax.add":
             for a, b in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
                 layer = self._offloaded_layer(a)
