@@ -157,3 +157,27 @@ def test_cli_compile_run_and_bad_config(tmp_path, capsys):
     assert main(["compile", "--target", "vta", "--vta-config", str(bad), "-o", str(tmp_path / "x.so")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "micro-op must fit 32 bits" in err[0] and not (tmp_path / "x.so").exists()
+
+
+def test_relocated_programs_run_the_same_and_pynq_needs_the_board():
+    """The Pynq path rebases instructions onto the board's buffer addresses: check it on the simulator."""
+    from tvmquant.errors import UserError
+    from tvmquant.vta.pynq import PynqRunner, relocate
+    from tvmquant.vta.runtime import pack_input, unpack_output
+    from tvmquant.vta.simulator import Dram, Simulator
+
+    cfg = load_config("w4")
+    layer, a = random_layer(cfg, KERNEL_SHAPES[2], np.random.default_rng(3), relu=True)
+    prog = compile_layer(layer, a.shape, cfg)
+    dram = Dram()
+    images = prog.images | {"inp": pack_input(a, "conv2d", cfg)}
+    addresses = {}
+    for name in reversed(list(prog.plan)):  # other addresses, other order
+        addresses[name] = dram.alloc(prog.plan[name][1] + 4096) + 4096
+        if name in images:
+            dram.write(addresses[name], images[name])
+    Simulator(cfg, dram).run(relocate(prog.insns, prog.plan, cfg, addresses))
+    got = unpack_output(dram.read(addresses["out"], prog.plan["out"][1]), prog.host, prog.geometry, cfg)
+    np.testing.assert_array_equal(got, arith.requantize(arith.accumulate(a, layer), layer))
+    with pytest.raises(UserError, match="pynq"):
+        PynqRunner(None, "vta.bit")
