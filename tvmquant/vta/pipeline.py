@@ -30,7 +30,9 @@ from .cycles import Counters
 from .lower import geometry
 from .model import VtaReference, plan_model
 from .offload import OffloadToVta, packed_name
+from .program import MODULES
 from .runtime import VtaProgram, compile_layer, run_float
+from .simulator import START_ORDERS
 from .tune import load_tilings
 
 
@@ -144,13 +146,14 @@ class LayerStats:
     counters: Counters = field(default_factory=Counters)
 
 
-def register(programs: dict[str, VtaProgram]) -> dict[str, LayerStats]:
-    """Install the packed functions the host library calls; each runs its layer on the simulator."""
+def register(programs: dict[str, VtaProgram], order: list[tuple[str, ...]]) -> dict[str, LayerStats]:
+    """Install the packed functions the host library calls; each runs its layer on the simulator, with the
+    modules started in order[0] (a list, so the caller can change it between runs)."""
     stats = {name: LayerStats() for name in programs}
 
     def make(name: str, prog: VtaProgram):
         def run(x, out):
-            y, counters = run_float(prog, x.numpy())
+            y, counters = run_float(prog, x.numpy(), order[0])
             stats[name].calls += 1
             stats[name].counters.add(counters)
             out.copyfrom(np.ascontiguousarray(y, np.float32))
@@ -166,8 +169,20 @@ class VtaModule:
 
     def __init__(self, artifact_path: Path):
         self.config, self.programs = artifact.read(artifact_path)
-        self.stats = register(self.programs)
+        self.order = [MODULES]
+        self.stats = register(self.programs, self.order)
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact_path)), tvm.cpu())
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x, np.float32))).numpy()
+
+    def same_under_every_start_order(self, x: np.ndarray) -> bool:
+        """Run x with the load/compute/store modules started in each of the 6 orders: same output bytes?"""
+        outputs = []
+        for order in START_ORDERS:
+            self.order[0] = order
+            outputs.append(self(x))
+        self.order[0] = MODULES
+        for s in self.stats.values():  # the counters report the evaluation runs only
+            s.calls, s.counters = 0, Counters()
+        return all(np.array_equal(o, outputs[0]) for o in outputs)

@@ -89,7 +89,7 @@ def execute(prog: VtaProgram, codes: np.ndarray, order: tuple[str, ...] = MODULE
     return unpack_output(dram.read(*prog.plan["out"]), prog.host, prog.geometry, prog.config), counters
 
 
-def run_float(prog: VtaProgram, x: np.ndarray) -> tuple[np.ndarray, Counters]:
+def run_float(prog: VtaProgram, x: np.ndarray, order: tuple[str, ...] = MODULES) -> tuple[np.ndarray, Counters]:
     """The layer on float input, as the host calls it: quantize, simulate, dequantize."""
-    codes, counters = execute(prog, input_codes(x, prog.host))
+    codes, counters = execute(prog, input_codes(x, prog.host), order)
     return dequantize(codes, prog.host), counters
