@@ -35,11 +35,11 @@ def vta_config(target: str, override: str | None) -> VtaConfig:
 
 def compile_command(args: argparse.Namespace, source, config, train, train_data) -> int:
     """`compile --target vta`: writes OUT.so, OUT.json/.npz and OUT.vta/, then checks it on the simulator."""
-    from .pipeline import compile_vta
+    from .pipeline import compile_vta, vta_quant_config
 
     target, vta = load_target(args.target), vta_config(args.target, args.vta_config)
-    output = args.output or Path("tvmquant_out") / (
-        f"{source.name}-{vta.name}-w{config.wbits}a{config.abits}.so")
+    held, _ = vta_quant_config(config, vta)
+    output = args.output or Path("tvmquant_out") / f"{source.name}-{vta.name}-w{held.wbits}a{held.abits}.so"
     log = args.tuning_log or DEFAULT_LOG
     out = compile_vta(source, config, target, vta, output, log, train, train_data, args.kernel)
     for note in out.notes:
