@@ -37,11 +37,11 @@ def main() -> int:
     if args.model == "digits":
         source = load_source(None)
     else:
-        from vta_resnet18 import ResNet18, randomized
+        from vta_resnet18 import ResNet18, randomize_bn
 
         shape = (1, 3, args.size, args.size)
         calib = np.random.default_rng(0).standard_normal((4,) + shape[1:]).astype(np.float32)
-        source = load_source(randomized(ResNet18()), shape, calib=calib)
+        source = load_source(randomize_bn(ResNet18()), shape, calib=calib)
     print(f"{args.model}: {'config':28s} {'bits':>6s} {'wgt bytes':>10s} {'cycles':>10s} {'tuned':>10s} {'util':>6s} {'ms':>7s}")
     for name in ("default", "w4", "w2", "i4w4"):
         vta = load_config(name)

@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from models_for_tests import randomize_bn  # noqa: E402
 
 from tvmquant.compile import load_source  # noqa: E402
 from tvmquant.quantize import QuantConfig  # noqa: E402
@@ -64,18 +67,6 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-    return model.eval()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=224)
@@ -88,7 +79,7 @@ def main() -> int:
     torch.manual_seed(0)
     shape = (1, 3, args.size, args.size)
     calib = np.random.default_rng(0).standard_normal((4,) + shape[1:]).astype(np.float32)
-    source = load_source(randomized(ResNet18()), shape, calib=calib, eval_x=calib[: args.samples])
+    source = load_source(randomize_bn(ResNet18()), shape, calib=calib, eval_x=calib[: args.samples])
     vta = load_config(args.config)
     start = time.perf_counter()
     out = compile_vta(source, QuantConfig(args.bits, args.bits, args.bits), load_target("vta"), vta, args.output,
