@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserError
+from .names import KERNELS, METHODS, QAT_METHODS
 
 EPILOG = """examples:
   python -m tvmquant compile --target arm_cpu --bits 2        built-in digits CNN, W2A2, for 64-bit ARM
@@ -29,20 +30,35 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _bits(text: str) -> int:
+    try:
+        bits = int(text)
+    except ValueError:
+        bits = 0
+    if not 1 <= bits <= 8:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 8, got '{text}'")
+    return bits
+
+
 def _first_last(text: str) -> int | None:
     if text == "fp32":
         return None
     try:
-        return int(text)
-    except ValueError:
+        return _bits(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected 1..8 or fp32, got '{text}'") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .kernels.registry import CHOICES
-    from .quantize import METHODS, QAT_METHODS
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line and exit code 2, like every other user error."""
 
-    parser = argparse.ArgumentParser(
+    def error(self, message: str):
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; imports nothing heavy, so --help and usage errors are instant."""
+    parser = _Parser(
         prog="tvmquant",
         description="Quantize a trained PyTorch model to 1-8 bits and compile it with Apache TVM.",
         epilog=EPILOG,
@@ -55,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantize and compile a model into one shared library",
         description="Quantize a model (default: the built-in digits CNN), compile it for a target, write one "
         "shared library with the weights inside, and report accuracy of fp32 vs quantized reference vs "
-        "compiled module. Tuning records in tuning_logs/TARGET/ (or --tuning-log) are applied; compile never tunes.",
+        "compiled module. Tuning records (shipped ones and your own tune runs', or --tuning-log) are applied; "
+        "compile never tunes.",
     )
-    _model_args(comp, METHODS, CHOICES)
+    _model_args(comp)
     comp.add_argument("--train", action="store_true",
                       help=f"quantization-aware fine-tuning ({', '.join(QAT_METHODS)}); otherwise post-training")
     comp.add_argument("--epochs", type=int, default=3, help="--train: epochs (default: 3)")
@@ -65,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--train-data", help="--train: .npz with arrays x (N, ...) and y (N,) labels (default: built-in digits train split)")
     comp.add_argument("--eval-data", help="evaluation inputs, .npy (default: built-in test digits, else the calibration data)")
     comp.add_argument("--eval-labels", help="integer labels for --eval-data, .npy, to report accuracy")
-    comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: tuning_logs/TARGET/ if it has records)")
+    comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: the records shipped for "
+                      "TARGET plus your own in ~/.cache/tvmquant/tuning_logs/TARGET/)")
     comp.add_argument("--rpc", help="HOST:PORT of a TVM RPC server to evaluate a non-local target on (default: the target's)")
     comp.add_argument("-o", "--output", type=Path, help="artifact path (default: tvmquant_out/MODEL-TARGET-wWaA.so)")
     comp.add_argument("--eval-limit", type=int, help="vta: check only the first N evaluation samples on the simulator")
@@ -75,13 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="autotune the model's kernels with MetaSchedule (XGBoost cost model), on the device over RPC",
         description="Extract the model's tunable tasks (bit-serial kernels and the remaining fp32 ops), tune each "
         "with MetaSchedule and the XGBoost cost model, measuring on the device through an RPC tracker (or here for "
-        "x86), and add the records to TVM's JSON database in tuning_logs/TARGET/. A second run resumes.",
+        "x86), and add the records to TVM's JSON database in --log-dir (default ~/.cache/tvmquant/tuning_logs/TARGET/). "
+        "A second run resumes.",
     )
-    _model_args(tune, METHODS, CHOICES)
+    _model_args(tune)
     tune.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the device(s) registered with (needed for non-local targets)")
     tune.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker")
     tune.add_argument("--trials", type=int, default=16, help="measured trials per task, in total over runs (default: 16)")
-    tune.add_argument("--log-dir", type=Path, help="database folder (default: tuning_logs/TARGET/)")
+    tune.add_argument("--log-dir", type=Path, help="database folder to add records to (default: "
+                      "~/.cache/tvmquant/tuning_logs/TARGET/, which compile applies by itself)")
     tune.add_argument("--timeout", type=float, default=60.0, help="seconds per build and per measurement before it counts as failed (default: 60)")
 
     deploy = sub.add_parser(
@@ -112,20 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_args(parser: argparse.ArgumentParser, methods, kernels) -> None:
+def _model_args(parser: argparse.ArgumentParser) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
     parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
     parser.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
-    parser.add_argument("--bits", type=int, default=2, help="weight and activation bits, 1-8 (default: 2)")
-    parser.add_argument("--wbits", type=int, help="weight bits, overrides --bits")
-    parser.add_argument("--abits", type=int, help="activation bits, overrides --bits")
+    parser.add_argument("--bits", type=_bits, default=2, help="weight and activation bits, 1-8 (default: 2)")
+    parser.add_argument("--wbits", type=_bits, help="weight bits, overrides --bits")
+    parser.add_argument("--abits", type=_bits, help="activation bits, overrides --bits")
     parser.add_argument("--first-last-bits", type=_first_last, default=8, metavar="{1..8,fp32}",
                         help="precision of the first and last layer, which hurt accuracy most (default: 8)")
-    parser.add_argument("--method", default="uniform", help=f"quantization method: {', '.join(methods)} (default: uniform)")
+    parser.add_argument("--method", default="uniform", choices=METHODS, help="quantization method (default: uniform)")
     parser.add_argument("--budget", type=float, default=0.1,
                         help="multipoint: extra weight rows allowed, as a fraction of all output channels (default: 0.1)")
-    parser.add_argument("--kernel", default="auto", choices=kernels,
+    parser.add_argument("--kernel", default="auto", choices=KERNELS,
                         help="kernel family for the quantized layers: auto picks by weight kind (uniform -> bitserial, "
                         "pow2 -> shift, codebook -> lut, multipoint -> multipoint); a family runs every layer it can, "
                         "the others keep auto's choice and the summary says why (default: auto)")
@@ -140,8 +160,8 @@ def _model_args(parser: argparse.ArgumentParser, methods, kernels) -> None:
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run}
         return commands[args.command](args)
     except UserError as exc:
@@ -153,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .compile import BUILTIN, compile_model, default_tuning_log, load_array, load_source, load_train_data
-    from .database import has_records
+    from .compile import BUILTIN, compile_model, default_tuning_logs, load_array, load_source, load_train_data
     from .train import TrainConfig
     from .report import print_compile_summary
     from .target import load_target
@@ -174,9 +193,7 @@ def _compile(args: argparse.Namespace) -> int:
     output = args.output or Path("tvmquant_out") / (
         f"{source.name if args.model else BUILTIN}-{target.name}-w{config.wbits}a{config.abits}.so"
     )
-    tuning_log = args.tuning_log
-    if tuning_log is None and has_records(default_tuning_log(target)):
-        tuning_log = default_tuning_log(target)
+    tuning_log = args.tuning_log or default_tuning_logs(target)
     train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
     result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel)
     print_compile_summary(result, args.rpc or target.default_rpc)
@@ -203,7 +220,8 @@ def _calib(args: argparse.Namespace):
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .compile import default_tuning_log, load_source
+    from .compile import load_source
+    from .resources import user_tuning_dir
     from .report import print_tune_summary
     from .rpc import parse_address, tracker_servers
     from .target import load_target
@@ -224,7 +242,7 @@ def _tune(args: argparse.Namespace) -> int:
         tracker = Tracker(*parse_address(args.rpc_tracker), args.rpc_key)
         print(f"measuring on {workers} server(s) under key '{args.rpc_key}' at {args.rpc_tracker}")
     source = load_source(args.model, args.input_shape, _calib(args))
-    log_dir = args.log_dir or default_tuning_log(target)
+    log_dir = args.log_dir or user_tuning_dir(target.name)
     results = tune(source, config, target, log_dir, args.trials, tracker, args.timeout, workers, kernel=args.kernel)
     print_tune_summary(results, target.name, log_dir)
     return 0

@@ -17,14 +17,15 @@ from torch import fx
 from . import frontend
 from .batching import run_batched
 from .build import Lowered, build
-from .database import load_task_state, read_database
+from .database import has_records, load_task_state, read_databases
 from .errors import UserError
 from .frontend import LayerInfo
 from .quantize import QuantConfig, quantize_model, quantize_with_training
 from .reference import ReferenceModel
 from .scheme import QuantScheme, WeightKind
 from .rpc import DeviceModule, connect, device_errors, is_listening
-from .target import TargetSpec, TUNING_LOGS_DIR
+from .resources import shipped_tuning_dir, user_tuning_dir
+from .target import TargetSpec
 from .train import TrainConfig
 
 BUILTIN = "digits_cnn"
@@ -117,29 +118,33 @@ class CompileResult:
     lowered: Lowered
     artifact: Path
     reference_outputs: np.ndarray = field(repr=False)
-    tuning_log: Path | None = None  # the database whose records were applied
+    tuning_logs: list[Path] = field(default_factory=list)  # the databases whose records were applied
     tuned: list[str] = field(default_factory=list)  # functions scheduled by a tuning record
     untuned_faster: list[str] = field(default_factory=list)  # records not applied: the untuned build was faster
+    linked_with: str = ""  # the linker that made the artifact (system cross compiler or pip zig)
 
     @property
     def kernels(self) -> dict[str, str]:
         return self.lowered.kernels
 
 
-def default_tuning_log(target: TargetSpec) -> Path:
-    """Where `tune` writes and `compile` looks by default: tuning_logs/<target>/ beside targets/."""
-    return TUNING_LOGS_DIR / target.name
+def default_tuning_logs(target: TargetSpec) -> list[Path]:
+    """What `compile` applies by default: the records shipped for the target, then the user's own `tune`
+    records (user_tuning_dir); those that exist and hold records."""
+    return [d for d in (shipped_tuning_dir(target.name), user_tuning_dir(target.name)) if has_records(d)]
 
 
 def compile_model(
-    source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path, tuning_log: Path | None = None,
+    source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path,
+    tuning_log: Path | list[Path] | None = None,
     train: TrainConfig | None = None, train_data: tuple[np.ndarray, np.ndarray] | None = None,
     kernel: str = "auto",
 ) -> CompileResult:
     """Quantize (post-training, or with QAT when `train` is given), lower, compile and export; writes the
     artifact and its sidecar files. QAT data defaults to the built-in model's training split.
 
-    `tuning_log`: a `tune` log folder whose matching records schedule the kernels (no tuning happens here).
+    `tuning_log`: `tune` log folder(s) whose matching records schedule the kernels (no tuning happens here);
+    with several, the fastest record of each function wins.
     `kernel`: "auto" (each layer's scheme kind picks its kernel family) or a family to use wherever it applies.
     """
     gm = source.gm
@@ -151,16 +156,16 @@ def compile_model(
             gm, source.layers, source.calib, config, source.batch_size, train, data
         )
     mod, params, param_fqn = frontend.to_relax(gm, source.input_shape)
-    database, untuned = None, {}
-    if tuning_log:
-        database = read_database(tuning_log)
-        untuned = {k: v["untuned_ms"] for k, v in load_task_state(tuning_log).items() if "untuned_ms" in v}
+    logs = [tuning_log] if isinstance(tuning_log, Path) else list(tuning_log or [])
+    database, untuned = (read_databases(logs), {}) if logs else (None, {})
+    for log in logs:
+        untuned.update({k: v["untuned_ms"] for k, v in load_task_state(log).items() if "untuned_ms" in v})
     built = build(mod, params, param_fqn, source.layers, scheme, target, database, untuned, kernel)
     reference = ReferenceModel(gm, source.layers, scheme)
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
     result = CompileResult(source, config, target, scheme, built.lowered, output, reference_outputs,
-                           tuning_log, built.tuned, built.untuned_faster)
-    target.export(built.executable, output)
+                           logs, built.tuned, built.untuned_faster)
+    result.linked_with = target.export(built.executable, output)
     write_sidecar(result)
     return result
 

@@ -16,11 +16,9 @@ from .calibrate import record_input_grams, record_layer_inputs
 from .errors import UserError
 from .frontend import LayerInfo
 from .methods import balanced, inq, multipoint, qnet, uniform, uniq
+from .names import METHODS, QAT_METHODS
 from .scheme import ActQuant, LayerScheme, QuantScheme, WeightQuant
 from .train import TrainConfig, train_quantized
-
-METHODS = ("uniform", "uniq", "inq", "balanced", "multipoint", "qnet")
-QAT_METHODS = ("uniq", "inq", "balanced", "qnet")
 
 
 @dataclass(frozen=True)

@@ -72,9 +72,9 @@ def extract_tasks(
 
 
 def make_builder(target: TargetSpec, timeout: float) -> ms.builder.LocalBuilder:
-    f_export = None
-    if target.cross_compiler:
-        f_export = functools.partial(_ms_workers.export_so, cross_compiler=target.cross_compiler)
+    f_export, linker = None, target.linker()
+    if linker is not None:
+        f_export = functools.partial(_ms_workers.export_so, link_command=list(linker.command))
     return ms.builder.LocalBuilder(f_build=_ms_workers.build, f_export=f_export, timeout_sec=timeout)
 
 
