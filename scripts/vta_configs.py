@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tvmquant.compile import load_source  # noqa: E402
 from tvmquant.quantize import QuantConfig, quantize_model  # noqa: E402
-from tvmquant.vta.commands import DEFAULT_LOG  # noqa: E402
+from tvmquant.resources import shipped_tuning_dir  # noqa: E402
 from tvmquant.vta.config import load_config  # noqa: E402
 from tvmquant.vta.lower import geometry  # noqa: E402
 from tvmquant.vta.model import plan_model  # noqa: E402
@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("--model", default="digits", choices=("digits", "resnet18"))
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--bits", type=int, default=8)
-    parser.add_argument("--log", type=Path, default=DEFAULT_LOG)
+    parser.add_argument("--log", type=Path, default=shipped_tuning_dir("vta"))
     args = parser.parse_args()
     if args.model == "digits":
         source = load_source(None)
@@ -49,7 +49,7 @@ def main() -> int:
         scheme = quantize_model(source.gm, source.layers, source.calib, qc, source.batch_size)
         layers, _ = plan_model(source.gm, source.layers, scheme, vta, source.calib)
         shapes = _input_shapes(source, set(layers))
-        tilings = load_tilings(args.log, vta)
+        tilings = load_tilings([args.log], vta)
         wgt = cycles = tuned = gemm = 0
         for lname, layer in layers.items():
             base = estimate(vta, compile_layer(layer, shapes[lname], vta).insns)

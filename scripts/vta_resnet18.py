@@ -83,7 +83,7 @@ def main() -> int:
     vta = load_config(args.config)
     start = time.perf_counter()
     out = compile_vta(source, QuantConfig(args.bits, args.bits, args.bits), load_target("vta"), vta, args.output,
-                      args.tune_log)
+                      [args.tune_log] if args.tune_log else [])
     print(f"compiled {len(out.programs)} VTA layers ({len(out.host_reasons)} on the host: {out.host_reasons}) "
           f"in {time.perf_counter() - start:.0f} s")
     start = time.perf_counter()

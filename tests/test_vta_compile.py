@@ -135,7 +135,7 @@ def test_tuning_beats_default_and_is_applied(tmp_path):
     result = tune_layer(g, cfg, trials=16)
     assert result.cycles < result.default_cycles
     save(tmp_path, cfg, [result])
-    assert load_tilings(tmp_path, cfg) == {g.key(): result.tiling}
+    assert load_tilings([tmp_path], cfg) == {g.key(): result.tiling}
     got, _ = execute(compile_layer(layer, a.shape, cfg, result.tiling), a)
     np.testing.assert_array_equal(got, arith.requantize(arith.accumulate(a, layer), layer))
 

@@ -10,10 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..target import TARGETS_DIR, TUNING_LOGS_DIR, load_target
+from ..resources import shipped_tuning_dir, user_tuning_dir
+from ..target import TARGETS_DIR, load_target
 from .config import VtaConfig, load_config
 
-DEFAULT_LOG = TUNING_LOGS_DIR / "vta"
+
+def tuning_logs(target: str, given: Path | None) -> list[Path]:
+    """Where compile looks for VTA tiling records: --tuning-log, else the shipped ones and the user's own."""
+    name = Path(target).stem
+    return [given] if given else [shipped_tuning_dir(name), user_tuning_dir(name)]
 
 
 def is_vta(target: str) -> bool:
@@ -40,8 +45,8 @@ def compile_command(args: argparse.Namespace, source, config, train, train_data)
     target, vta = load_target(args.target), vta_config(args.target, args.vta_config)
     held, _ = vta_quant_config(config, vta)
     output = args.output or Path("tvmquant_out") / f"{source.name}-{vta.name}-w{held.wbits}a{held.abits}.so"
-    log = args.tuning_log or DEFAULT_LOG
-    out = compile_vta(source, config, target, vta, output, log, train, train_data, args.kernel)
+    out = compile_vta(source, config, target, vta, output, tuning_logs(args.target, args.tuning_log), train,
+                      train_data, args.kernel)
     for note in out.notes:
         print(f"note: {note}")
     r = out.result
@@ -146,6 +151,6 @@ def tune_command(args: argparse.Namespace, source, config) -> int:
         print(f"  {name:12s} {r.default_cycles:10.0f} {r.cycles:10.0f} {r.default_cycles / r.cycles:7.2f}x  "
               f"{r.measured:4d}/{r.candidates:<6d}  th{t.th} tw{t.tw} tco{t.tco} tci{t.tci} vt{t.vt}")
         results.append(r)
-    path = save(args.log_dir or DEFAULT_LOG, vta, results)
+    path = save(args.log_dir or user_tuning_dir(Path(args.target).stem), vta, results)
     print(f"records in {path}")
     return 0

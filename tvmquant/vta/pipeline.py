@@ -99,7 +99,8 @@ def _input_shapes(source: ModelSource, names: set[str]) -> dict[str, tuple[int, 
 
 
 def compile_vta(source: ModelSource, config: QuantConfig, target: TargetSpec, vta: VtaConfig, output: Path,
-                tuning_log: Path | None = None, train=None, train_data=None, kernel: str = "auto") -> VtaCompileResult:
+                tuning_logs: list[Path] = (), train=None, train_data=None, kernel: str = "auto") -> VtaCompileResult:
+    """`tuning_logs`: folders of VTA tiling records (tune.py) to apply."""
     config, notes = vta_quant_config(config, vta)
     gm = source.gm
     if train is None:
@@ -112,7 +113,7 @@ def compile_vta(source: ModelSource, config: QuantConfig, target: TargetSpec, vt
         source = replace(source, gm=gm)
     vta_layers, host_reasons = plan_model(gm, source.layers, scheme, vta, source.calib)
     shapes = _input_shapes(source, set(vta_layers))
-    tilings = load_tilings(tuning_log, vta) if tuning_log else {}
+    tilings = load_tilings(list(tuning_logs), vta)
     programs, tuned = {}, []
     for name, layer in vta_layers.items():
         key = geometry(layer, shapes[name], vta.block).key()
@@ -133,7 +134,7 @@ def compile_vta(source: ModelSource, config: QuantConfig, target: TargetSpec, vt
                       {**built.lowered.notes, **host_reasons})
     reference = VtaReference(gm, source.layers, scheme, vta_layers)
     ref_out = run_batched(reference, source.eval_x, source.batch_size, "quantized reference (VTA arithmetic)")
-    result = CompileResult(source, config, target, scheme, lowered, output, ref_out, tuning_log, tuned)
+    result = CompileResult(source, config, target, scheme, lowered, output, ref_out, list(tuning_logs), tuned)
     target.export(built.executable, output)
     write_sidecar(result)
     artifact.write(output, programs, vta)

@@ -4,7 +4,8 @@ The knobs are the output tile (rows `th`, columns `tw`, output-channel blocks `t
 per step (`tci`) and virtual threads (`vt`, 1 or 2 = double buffering), every combination that fits the
 SRAMs. A candidate is measured by building its program and running the cycle model (timing only, exact for
 the model). XGBoost regresses log-cycles on tile features; each round measures the candidates it predicts
-fastest plus one random one. Records: tuning_logs/vta/<config>.json, one per layer geometry, with the default
+fastest plus one random one. Records: <log folder>/<config>.json (tune writes to the user folder,
+compile also reads the shipped tuning_logs/vta/), one per layer geometry, with the default
 tiling's cycles beside the best, so `compile` takes only a tiling that measured faster.
 """
 
@@ -119,7 +120,11 @@ def _read(path: Path) -> dict[str, dict]:
         raise UserError(f"{path}: damaged VTA tuning log: {exc}") from exc
 
 
-def load_tilings(folder: Path, config: VtaConfig) -> dict[str, Tiling]:
-    """{geometry key: tiling} of records that beat the default tiling."""
-    return {k: Tiling(**r["tiling"]) for k, r in _read(log_path(folder, config)).items()
-            if r["cycles"] < r["default_cycles"]}
+def load_tilings(folders: list[Path], config: VtaConfig) -> dict[str, Tiling]:
+    """{geometry key: tiling} of the fastest record per geometry over `folders`, if it beat the default."""
+    best: dict[str, dict] = {}
+    for folder in folders:
+        for key, r in _read(log_path(folder, config)).items():
+            if r["cycles"] < r["default_cycles"] and (key not in best or r["cycles"] < best[key]["cycles"]):
+                best[key] = r
+    return {k: Tiling(**r["tiling"]) for k, r in best.items()}
