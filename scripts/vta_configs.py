@@ -1,7 +1,7 @@
 """Compare VTA configurations on one model: weight bytes moved, estimated cycles (default and tuned tilings)
 and GEMM utilisation, from the cycle model over each layer's real program (no host build, no data).
 
-    python scripts/vta_configs.py [--model digits|resnet18] [--size 64] [--bits 8]
+    python scripts/vta_configs.py [--model digits|resnet18] [--size 64] [--bits 8] [--tune TRIALS]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tvmquant.vta.model import plan_model  # noqa: E402
 from tvmquant.vta.pipeline import _input_shapes, vta_quant_config  # noqa: E402
 from tvmquant.vta.runtime import compile_layer  # noqa: E402
 from tvmquant.vta.simulator import estimate  # noqa: E402
-from tvmquant.vta.tune import load_tilings  # noqa: E402
+from tvmquant.vta.tune import load_tilings, save, tune_layer  # noqa: E402
 
 
 def main() -> int:
@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--bits", type=int, default=8)
     parser.add_argument("--log", type=Path, default=shipped_tuning_dir("vta"))
+    parser.add_argument("--tune", type=int, metavar="TRIALS", help="first tune every layer (TRIALS each) into --log")
     args = parser.parse_args()
     if args.model == "digits":
         source = load_source(None)
@@ -49,6 +50,8 @@ def main() -> int:
         scheme = quantize_model(source.gm, source.layers, source.calib, qc, source.batch_size)
         layers, _ = plan_model(source.gm, source.layers, scheme, vta, source.calib)
         shapes = _input_shapes(source, set(layers))
+        if args.tune:
+            save(args.log, vta, [tune_layer(geometry(layer, shapes[n], vta.block), vta, args.tune) for n, layer in layers.items()])
         tilings = load_tilings([args.log], vta)
         wgt = cycles = tuned = gemm = 0
         for lname, layer in layers.items():
