@@ -181,3 +181,15 @@ def test_relocated_programs_run_the_same_and_pynq_needs_the_board():
     np.testing.assert_array_equal(got, arith.requantize(arith.accumulate(a, layer), layer))
     with pytest.raises(UserError, match="pynq"):
         PynqRunner(None, "vta.bit")
+
+
+@pytest.mark.slow
+def test_cli_mixed_host_and_vta_layers(tmp_path, capsys):
+    """First and last layer kept in float run on the host part, the others on VTA, in one artifact."""
+    out = tmp_path / "mixed.so"
+    code = main(["compile", "--target", "vta", "--bits", "6", "--first-last-bits", "fp32", "--eval-limit", "6", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "agreement with the quantized reference 6/6" in text
+    assert "conv2        VTA" in text and "conv1        host" in text and "fc2          host" in text
+    manifest = json.loads((tmp_path / "mixed.vta" / "manifest.json").read_text())
+    assert [entry["name"] for entry in manifest["layers"]] == ["conv2", "conv3", "fc1"]
