@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--bits", type=int, default=8)
     parser.add_argument("--log", type=Path, default=shipped_tuning_dir("vta"))
+    parser.add_argument("--configs", default="default,w4,w2,i4w4", help="comma-separated VTA configs")
     parser.add_argument("--tune", type=int, metavar="TRIALS", help="first tune every layer (TRIALS each) into --log")
     args = parser.parse_args()
     if args.model == "digits":
@@ -44,7 +45,7 @@ def main() -> int:
         calib = np.random.default_rng(0).standard_normal((4,) + shape[1:]).astype(np.float32)
         source = load_source(randomize_bn(ResNet18()), shape, calib=calib)
     print(f"{args.model}: {'config':28s} {'bits':>6s} {'wgt bytes':>10s} {'cycles':>10s} {'tuned':>10s} {'util':>6s} {'ms':>7s}")
-    for name in ("default", "w4", "w2", "i4w4"):
+    for name in args.configs.split(","):
         vta = load_config(name)
         qc, _ = vta_quant_config(QuantConfig(args.bits, args.bits, args.bits), vta)
         scheme = quantize_model(source.gm, source.layers, source.calib, qc, source.batch_size)
