@@ -16,9 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from itertools import product
 
-import numpy as np
 
-from . import bits
 from .arith import VtaLayer
 from .config import VtaConfig
 from .isa import AluOp, Mem
@@ -132,6 +130,37 @@ def _spans(total: int, tile: int) -> list[tuple[int, int]]:
     return [(s, min(tile, total - s)) for s in range(0, total, tile)]
 
 
+@dataclass(frozen=True)
+class _TileAxes:
+    """One output tile's axes (co, y, x): the micro-op axis `inner` (None: a one-vector tile) and the two
+    instruction loops, with each axis' stride in the accumulator tile."""
+
+    sizes: dict[str, int]
+    inner: str | None
+    loops: tuple[str, str]
+
+    @staticmethod
+    def of(tco: int, th: int, tw: int) -> _TileAxes:
+        sizes = {"co": tco, "y": th, "x": tw}
+        inner = next((d for d in ("x", "y", "co") if sizes[d] >= 2), None)
+        return _TileAxes(sizes, inner, tuple(d for d in ("co", "y", "x") if d != (inner or "x")))
+
+    @property
+    def acc(self) -> dict[str, int]:
+        return {"co": self.sizes["y"] * self.sizes["x"], "y": self.sizes["x"], "x": 1}
+
+    @property
+    def iters(self) -> tuple[int, int]:
+        return tuple(self.sizes[d] for d in self.loops)
+
+    def factors(self, stride: dict[str, int]) -> tuple[int, int]:
+        return tuple(stride[d] for d in self.loops)
+
+    def along(self, stride: dict[str, int]) -> list[int]:
+        """Offsets of the inner axis' entries under `stride` ([0] for a one-vector tile)."""
+        return [q * stride[self.inner] for q in range(self.sizes[self.inner])] if self.inner else [0]
+
+
 def build(g: Geometry, t: Tiling, config: VtaConfig, bounds: tuple[int, int] = (-128, 127)
           ) -> tuple[Program, dict[str, tuple[int, int]]]:
     """The program (linked: its first instruction loads the micro-ops) and its DRAM plan; `bounds` is the
@@ -143,60 +172,37 @@ def build(g: Geometry, t: Tiling, config: VtaConfig, bounds: tuple[int, int] = (
     plan = dram_plan(g, config)
     elem = {m: plan[m][0] // config.elem_bytes(m) for m in MEMS}
     half = {m: getattr(config, f"{m}_depth") // t.vt for m in ("inp", "wgt", "acc")}
-    khw = g.kh * g.kw
     tiles = [(n, oh, ow, co) for n in range(g.n) for oh in _spans(g.oh, t.th) for ow in _spans(g.ow, t.tw)
              for co in _spans(g.ob, t.tco)]
     steps = _spans(g.cb, t.tci)
-    total_steps = len(tiles) * len(steps)
-    step = 0
+    total_steps, step = len(tiles) * len(steps), 0
     for ti, (n, (oh0, th), (ow0, tw), (ob0, tco)) in enumerate(tiles):
+        axes = _TileAxes.of(tco, th, tw)
         acc0 = (ti % t.vt) * half["acc"]
         bias0, shift0 = acc0 + _acc_tile(t), acc0 + _acc_tile(t) + t.tco
-        split = th * tw * tco == 1
-        sizes = {"co": tco, "y": th, "x": tw}
-        acc_stride = {"co": th * tw, "y": tw, "x": 1}
-        inner = next((d for d in ("x", "y", "co") if sizes[d] >= 2), None)
-        loops = [d for d in ("co", "y", "x") if d != (inner or "x")]
-        iters = tuple(sizes[d] for d in loops)
         p.load(Mem.ACC, bias0, elem["acc"] + ob0, 1, tco, tco, pop_next=int(ti >= t.vt))
         p.load(Mem.ACC, shift0, elem["acc"] + g.ob + ob0, 1, tco, tco)
-        qs = range(sizes[inner]) if inner else range(1)
-        reset = [(acc0 + q * acc_stride[inner], 0, 0) for q in qs] if inner else [(acc0, 0, 0), (acc0 + 1, 0, 0)]
-        p.gemm(p.uop_kernel(reset), iters, tuple(acc_stride[d] for d in loops), (0, 0), (0, 0), reset=True)
-        emitted = 0  # micro-ops so far in this tile: a split tile alternates partial accumulators across steps
+        dst = [acc0 + d for d in axes.along(axes.acc)]
+        reset = [(d, 0, 0) for d in (dst if axes.inner else [acc0, acc0 + 1])]
+        p.gemm(p.uop_kernel(reset), axes.iters, axes.factors(axes.acc), (0, 0), (0, 0), reset=True)
+        emitted = 0  # micro-ops so far in this tile: a one-vector tile alternates two partial sums across steps
         for ci0, tci in steps:
-            buf = step % t.vt
-            inp0, wgt0 = buf * half["inp"], buf * half["wgt"]
+            inp0, wgt0 = (step % t.vt) * half["inp"], (step % t.vt) * half["wgt"]
             rows, cols = (th - 1) * g.sh + g.kh, (tw - 1) * g.sw + g.kw
-            _load_step(p, g, elem, n, oh0, ow0, ob0, ci0, tco, tci, rows, cols, inp0, wgt0,
-                       pop=step >= t.vt)
-            inp_stride = {"co": 0, "y": g.sh * cols, "x": g.sw}
-            wgt_stride = {"co": tci * khw, "y": 0, "x": 0}
+            _load_step(p, g, elem, n, oh0, ow0, ob0, ci0, tco, tci, rows, cols, inp0, wgt0, pop=step >= t.vt)
+            inp_stride, wgt_stride = {"co": 0, "y": g.sh * cols, "x": g.sw}, {"co": tci * g.kh * g.kw, "y": 0, "x": 0}
             uops = []
             for k, (ci, kh, kw) in enumerate(product(range(tci), range(g.kh), range(g.kw))):
-                src = inp0 + ci * rows * cols + kh * cols + kw
-                wgt = wgt0 + ci * khw + kh * g.kw + kw
-                if inner:
-                    uops += [(acc0 + q * acc_stride[inner], src + q * inp_stride[inner], wgt + q * wgt_stride[inner])
-                             for q in qs]
+                src, wgt = inp0 + ci * rows * cols + kh * cols + kw, wgt0 + (ci * g.kh + kh) * g.kw + kw
+                if axes.inner:
+                    uops += list(zip(dst, (src + o for o in axes.along(inp_stride)), (wgt + o for o in axes.along(wgt_stride))))
                 else:
                     uops.append((acc0 + (emitted + k) % 2, src, wgt))
-            emitted += tci * khw
-            p.gemm(p.uop_kernel(uops), iters, tuple(acc_stride[d] for d in loops),
-                   tuple(inp_stride[d] for d in loops), tuple(wgt_stride[d] for d in loops),
-                   pop_prev=1, push_prev=int(step + t.vt < total_steps))
+            emitted += len(uops)
+            p.gemm(p.uop_kernel(uops), axes.iters, axes.factors(axes.acc), axes.factors(inp_stride),
+                   axes.factors(wgt_stride), pop_prev=1, push_prev=int(step + t.vt < total_steps))
             step += 1
-        dst = [acc0 + q * acc_stride[inner] for q in qs] if inner else [acc0]
-        row = {"co": 1, "y": 0, "x": 0}
-        src_q = (lambda base: [(d, base + q * row[inner], 0) for d, q in zip(dst, qs)]) if inner else (lambda base: [(acc0, base, 0)])
-        dst_f, src_f = tuple(acc_stride[d] for d in loops), tuple(row[d] for d in loops)
-        if split:
-            p.alu(AluOp.ADD, p.uop_kernel([(acc0, acc0 + 1, 0)]), (1, 1), (0, 0), (0, 0))
-        p.alu(AluOp.ADD, p.uop_kernel(src_q(bias0)), iters, dst_f, src_f)
-        p.alu(AluOp.SHR, p.uop_kernel(src_q(shift0)), iters, dst_f, src_f)
-        plain = p.uop_kernel([(d, 0, 0) for d in dst])
-        p.alu(AluOp.MAX, plain, iters, dst_f, imm=bounds[0])
-        p.alu(AluOp.MIN, plain, iters, dst_f, imm=bounds[1], push_next=1)
+        _requantize(p, axes, acc0, dst, bias0, shift0, bounds)
         last = ti == len(tiles) - 1
         for c in range(tco):
             p.store(acc0 + c * th * tw, elem["out"] + ((n * g.ob + ob0 + c) * g.oh + oh0) * g.ow + ow0, th, tw, g.ow,
@@ -205,6 +211,20 @@ def build(g: Geometry, t: Tiling, config: VtaConfig, bounds: tuple[int, int] = (
     plan["uop"] = (plan["uop"][0], 4 * len(p.uops))
     p.link(plan["uop"][0])
     return p, plan
+
+
+def _requantize(p: Program, axes: _TileAxes, acc0: int, dst: list[int], bias0: int, shift0: int,
+                bounds: tuple[int, int]) -> None:
+    """[ADD the second partial sum,] ADD bias row, SHR by shift row, MAX lo, MIN hi (then the tile may be stored)."""
+    row = {"co": 1, "y": 0, "x": 0}  # bias/shift rows: one per output block
+    if axes.inner is None:
+        p.alu(AluOp.ADD, p.uop_kernel([(acc0, acc0 + 1, 0)]), (1, 1), (0, 0), (0, 0))
+    for op, base in ((AluOp.ADD, bias0), (AluOp.SHR, shift0)):
+        kernel = p.uop_kernel([(d, base + o, 0) for d, o in zip(dst, axes.along(row))])
+        p.alu(op, kernel, axes.iters, axes.factors(axes.acc), axes.factors(row))
+    plain = p.uop_kernel([(d, 0, 0) for d in dst])
+    p.alu(AluOp.MAX, plain, axes.iters, axes.factors(axes.acc), imm=bounds[0])
+    p.alu(AluOp.MIN, plain, axes.iters, axes.factors(axes.acc), imm=bounds[1], push_next=1)
 
 
 def _load_step(p: Program, g: Geometry, elem: dict[str, int], n: int, oh0: int, ow0: int, ob0: int, ci0: int,
