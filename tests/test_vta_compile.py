@@ -152,6 +152,8 @@ def test_cli_compile_run_and_bad_config(tmp_path, capsys):
         assert all(b["address"] >= 4096 and b["address"] % b["element_bytes"] == 0 for b in layer["buffers"])
     assert main(["run", "--target", "vta", "--eval-limit", "4", str(out)]) == 0
     assert "bit-exact with the reference: yes" in capsys.readouterr().out
+    assert main(["deploy", "--rpc", "127.0.0.1:1", str(out)]) == 2  # a board needs pynq, not RPC
+    assert "pynq" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**json.loads((tmp_path / "m.vta" / "manifest.json").read_text())["config"], "LOG_ACC_BUFF_SIZE": 19}))
     assert main(["compile", "--target", "vta", "--vta-config", str(bad), "-o", str(tmp_path / "x.so")]) == 2

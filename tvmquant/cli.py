@@ -254,6 +254,10 @@ def _deploy(args: argparse.Namespace) -> int:
     from .target import load_target
 
     meta, _ = read_sidecar(args.artifact)
+    from .vta.commands import deploy_command, is_vta
+
+    if is_vta(meta["target"]):
+        return deploy_command(args)
     target = load_target(meta["target"])
     if args.rpc_tracker:
         if not args.rpc_key:

@@ -78,6 +78,13 @@ def run_command(args: argparse.Namespace) -> int:
     return report_run(args.artifact, limit=getattr(args, "eval_limit", None))
 
 
+def deploy_command(args: argparse.Namespace) -> int:
+    """`deploy` of a VTA artifact: a board is reached through the `pynq` package on the board, not RPC."""
+    raise UserError(f"{args.artifact} is a VTA artifact: on a Pynq board, load it with tvmquant.vta.pynq.PynqRunner "
+                    "(needs the board, its VTA bitstream and the pynq package; not available here); "
+                    "`run --target vta` runs it on the simulator")
+
+
 def report_run(artifact: Path, limit: int | None = None) -> int:
     from ..batching import run_batched
     from ..compile import read_sidecar
