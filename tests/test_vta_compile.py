@@ -1,6 +1,7 @@
 """VTA lowering: every layer shape and the whole model, compiled == reference bit for bit on the simulator."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -67,7 +68,7 @@ def test_tiles_that_overflow_sram_are_refused():
     with pytest.raises(ProgramError, match="inp tile of .* exceeds 1024"):
         build(g, Tiling(16, 16, 1, 4, 2), cfg)
     with pytest.raises(ProgramError, match="wgt tile"):
-        build(g, Tiling(1, 1, 4, 4, 1), load_config("default").__class__(**{**vars(cfg), "log_wgt_buff_size": 14}))
+        build(g, Tiling(1, 1, 4, 4, 1), replace(cfg, log_wgt_buff_size=14))
 
 
 @pytest.mark.parametrize("name", CONFIGS)
