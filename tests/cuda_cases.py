@@ -34,10 +34,11 @@ def _weight(family: str, wbits: int, full: tuple[int, ...], rng: np.random.Gener
                        levels=rng.standard_normal((o, 1 << wbits)))
 
 
-def layer_for(family: str, shape: tuple, seed: int = 0) -> LayerScheme:
-    """A random layer of `shape` (KERNEL_SHAPES form) that `family` runs, nonzero activation zero point."""
+def layer_for(family: str, shape: tuple, seed: int = 0, bits: tuple[int, int] | None = None) -> LayerScheme:
+    """A random layer of `shape` (KERNEL_SHAPES form) that `family` runs, nonzero activation zero point;
+    `bits` (weights, activations) defaults to FAMILY_BITS."""
     rng = np.random.default_rng(seed)
-    wbits, abits = FAMILY_BITS[family]
+    wbits, abits = bits or FAMILY_BITS[family]
     n, c, h, w, o, kernel, stride, padding = shape
     act = ActQuant(abits, float(rng.uniform(0.1, 0.6)) * 4 / (1 << abits), int(rng.integers(1, 1 << abits)))
     op = "linear" if (h, w, kernel) == (1, 1, (1, 1)) else "conv2d"
@@ -47,8 +48,10 @@ def layer_for(family: str, shape: tuple, seed: int = 0) -> LayerScheme:
     return layer
 
 
-def unscheduled(family: str, shape: tuple, seed: int = 0) -> tuple[LayerScheme, KernelCall]:
+def unscheduled(
+    family: str, shape: tuple, seed: int = 0, bits: tuple[int, int] | None = None
+) -> tuple[LayerScheme, KernelCall]:
     """The layer and its family's plain (unscheduled) kernel, what the CUDA rules schedule."""
-    layer = layer_for(family, shape, seed)
+    layer = layer_for(family, shape, seed, bits)
     call = registry.FAMILIES[family].instantiate(layer, layer_geometry(layer, shape[:4]), scheduled=False)
     return layer, call
