@@ -51,37 +51,33 @@ def bitserial(sch: Schedule) -> None:
     bind_remaining(sch)
 
 
-def shift(sch: Schedule) -> None:
+def staged_gemm(sch: Schedule, name: str, channel_axis: int, staged: str, chunked: int) -> tuple:
+    """Quantization inlined, block `name` tiled, its reduction over input channels (or channel groups: the
+    `chunked`-th reduction loop) cut into CHUNK-wide steps taken outermost, and what it reads of `staged`
+    staged in shared memory per step. Returns (block, tiled loops)."""
     inline(sch, "quantize")
-    core = sch.get_sblock("shift_add")
-    tiled = tile_gemm(sch, core, channel_axis=3)
-    r, s, c = tiled.reduction
-    outer, inner = split_reduction(sch, c, CHUNK)
-    sch.reorder(outer, r, s, inner)
-    stage_shared(sch, core, "centred", outer, tiled.threads)
+    block = sch.get_sblock(name)
+    tiled = tile_gemm(sch, block, channel_axis)
+    taps = list(tiled.reduction)
+    outer, inner = split_reduction(sch, taps.pop(chunked), CHUNK)
+    sch.reorder(outer, *taps, inner)
+    stage_shared(sch, block, staged, outer, tiled.threads)
+    return block, tiled
+
+
+def shift(sch: Schedule) -> None:
+    core, _ = staged_gemm(sch, "shift_add", 3, "centred", 2)
     sch.set_scope(core, 0, "local")
     bind_remaining(sch)
 
 
 def lut(sch: Schedule) -> None:
-    inline(sch, "quantize")
-    lookup = sch.get_sblock("lookup")
-    tiled = tile_gemm(sch, lookup, channel_axis=4)
-    r, s, g = tiled.reduction
-    outer, inner = split_reduction(sch, g, CHUNK)
-    sch.reorder(outer, r, s, inner)
-    stage_shared(sch, lookup, "table", outer, tiled.threads)
+    staged_gemm(sch, "lookup", 4, "table", 2)
     bind_remaining(sch)
 
 
 def dequant(sch: Schedule) -> None:
-    inline(sch, "quantize")
-    acc = sch.get_sblock("dense_acc")
-    tiled = tile_gemm(sch, acc, channel_axis=2)
-    c, r, s = tiled.reduction
-    outer, inner = split_reduction(sch, c, CHUNK)
-    sch.reorder(outer, r, s, inner)
-    stage_shared(sch, acc, "centred", outer, tiled.threads)
+    acc, tiled = staged_gemm(sch, "dense_acc", 2, "centred", 0)
     sch.set_scope(acc, 0, "local")
     sch.reverse_compute_at(sch.get_sblock("weighted"), tiled.thread_channels)
     bind_remaining(sch)
