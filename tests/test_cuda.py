@@ -256,3 +256,27 @@ def test_default_model_runs_on_the_gpu_like_the_reference(default_model_artifact
     assert evaluation.compiled is not None, evaluation.where
     np.testing.assert_allclose(evaluation.compiled, evaluation.reference, rtol=1e-5, atol=1e-5)
     assert (evaluation.compiled.argmax(1) == evaluation.reference.argmax(1)).all()
+
+
+def test_tune_tasks_for_cuda_schedule_by_default_and_have_a_gpu_search_space():
+    """What `tune --target cuda` does before measuring: extract the tasks, build each one's untuned default
+    (family rule or dlight) for the GPU, and generate MetaSchedule's GPU design space for them."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from models_for_tests import awkward_source
+    from tvmquant import tune
+    from tvmquant.quantize import QuantConfig
+
+    spec = load_target("cuda")
+    tasks = tune.extract_tasks(awkward_source(1), QuantConfig(2, 2), spec)
+    names = [task.task_name for task in tasks]
+    assert any(n.startswith("bitserial_") for n in names) and any(n.startswith("fused_") for n in names)
+    with spec.tvm_target:
+        for task in tasks:
+            lib = tvm.compile(tune._default_schedule(task, spec.tvm_target), spec.tvm_target)
+            assert artifact.cuda_modules(lib.mod), task.task_name
+    with tune._without_tensor_intrin():
+        for task in (tasks[0], tasks[-1]):
+            context = ms.TuneContext(mod=task.dispatched[0], target=spec.tvm_target,
+                                     space_generator=tune.search_space(spec), task_name=task.task_name)
+            assert context.generate_design_space(), task.task_name
