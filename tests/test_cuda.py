@@ -198,7 +198,7 @@ def test_artifact_loads_with_tvms_cuda_loader(default_model_artifact, tmp_path):
     assert done.stdout.split() == ["True", "[b'\\x7fELF']"]
 
 
-def test_compile_without_a_gpu_says_accuracy_was_not_measured(default_model_artifact, capsys):
+def test_compile_without_a_gpu_says_accuracy_was_not_measured(default_model_artifact):
     from tvmquant.compile import evaluate
 
     if gpu_present():
@@ -221,6 +221,26 @@ def test_run_without_a_gpu_is_a_one_line_error(default_model_artifact, capsys):
         pytest.skip("a GPU is present")
     assert main(["run", "--target", "cuda", str(default_model_artifact.artifact)]) == 2
     assert "no CUDA GPU on this machine" in capsys.readouterr().err
+
+
+METHODS = {"inq": {"shift"}, "uniq": {"lut", "dequant"}, "multipoint": {"multipoint"}}  # 3 bits: uniq's 8-bit
+# first/last layers are dequant's (lut takes codebooks up to 4 bits)
+
+
+@pytest.fixture(scope="module", params=list(METHODS))
+def method_artifact(request, tmp_path_factory):
+    """The awkward model (odd channels, stride 2, padding, K = 45 and 70) W3A3 by a method, for cuda."""
+    from models_for_tests import awkward_source
+    from tvmquant.compile import compile_model
+    from tvmquant.quantize import QuantConfig
+
+    out = tmp_path_factory.mktemp("cuda") / f"awkward-{request.param}.so"
+    return compile_model(awkward_source(1), QuantConfig(3, 3, method=request.param), load_target("cuda"), out)
+
+
+def test_every_method_compiles_for_cuda(method_artifact):
+    assert set(method_artifact.kernels.values()) == METHODS[method_artifact.config.method]
+    assert len(artifact.embedded_cubins(method_artifact.artifact)) == 1
 
 
 # ---- on a GPU --------------------------------------------------------------------------------------------
@@ -280,3 +300,12 @@ def test_tune_tasks_for_cuda_schedule_by_default_and_have_a_gpu_search_space():
             context = ms.TuneContext(mod=task.dispatched[0], target=spec.tvm_target,
                                      space_generator=tune.search_space(spec), task_name=task.task_name)
             assert context.generate_design_space(), task.task_name
+
+
+@pytest.mark.gpu
+def test_every_method_runs_on_the_gpu_like_the_reference(method_artifact, cuda_device):
+    from tvmquant.compile import evaluate
+
+    evaluation = evaluate(method_artifact, None)
+    assert evaluation.compiled is not None, evaluation.where
+    np.testing.assert_allclose(evaluation.compiled, evaluation.reference, rtol=1e-5, atol=1e-5)

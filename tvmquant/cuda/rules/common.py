@@ -126,6 +126,8 @@ def stage_shared(sch: Schedule, block, buffer: str, at, threads: tuple[int, int]
     loops = sch.get_loops(cache)
     depth = next(k for k, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(at))) + 1
     own = loops[depth:]
+    if not own:  # one element per step (compute_at dropped its unit loops): every thread loads it
+        return
     fused = sch.fuse(*own) if len(own) > 1 else own[0]
     _, ty, tx = sch.split(fused, [None, *threads])
     sch.bind(ty, "threadIdx.y")
