@@ -17,9 +17,9 @@ from tvm.target import Target
 from .rules import RULES, generic_rules
 
 
-def legalize(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """Relax ops -> fused TIR PrimFuncs, unscheduled (what `tune` extracts and records are matched against)."""
-    passes = [
+def legalize_passes(target: Target) -> list[tvm.transform.Pass]:
+    """TVM's CUDA library dispatch and legalization without its closing dlight pass."""
+    return [
         *cuda_pipeline.library_dispatch_passes(target),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
@@ -27,8 +27,16 @@ def legalize(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]
+
+
+def finalize_passes(target: Target) -> list[tvm.transform.Pass]:
+    return cuda_pipeline.dataflow_lower_passes(target) + cuda_pipeline.finalize_passes(target)
+
+
+def legalize(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """Relax ops -> fused TIR PrimFuncs, unscheduled (what `tune` extracts and records are matched against)."""
     with target:
-        return tvm.transform.Sequential(passes)(mod)
+        return tvm.transform.Sequential(legalize_passes(target))(mod)
 
 
 def schedule(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
@@ -38,5 +46,4 @@ def schedule(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
 
 
 def finalize(mod: tvm.IRModule, target: Target) -> relax.VMExecutable:
-    passes = cuda_pipeline.dataflow_lower_passes(target) + cuda_pipeline.finalize_passes(target)
-    return tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(passes))
+    return tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(finalize_passes(target)))
