@@ -166,6 +166,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                         "for archives you made yourself (default: refuse anything but plain tensors and aten ops)")
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
     parser.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
+    parser.add_argument("--cuda-arch", metavar="sm_XY", help="CUDA targets: the GPU architecture to build for, "
+                        "e.g. sm_80 (A100), sm_90 (H100) (default: the target file's, sm_80 for cuda)")
     parser.add_argument("--bits", type=_bits, default=2, help="weight and activation bits, 1-8 (default: 2)")
     parser.add_argument("--wbits", type=_bits, help="weight bits, overrides --bits")
     parser.add_argument("--abits", type=_bits, help="activation bits, overrides --bits")
@@ -213,9 +215,7 @@ def _compile(args: argparse.Namespace) -> int:
     from .train import TrainConfig
     from .validate import load_npy
     from .report import print_compile_summary
-    from .target import load_target
-
-    target, config = load_target(args.target), _config(args)
+    target, config = _target(args), _config(args)
     if args.report:
         from .html_report import check_report_path
 
@@ -249,6 +249,14 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target(args: argparse.Namespace):
+    """The target file, with --cuda-arch applied."""
+    from .cuda.target import with_arch
+    from .target import load_target
+
+    return with_arch(load_target(args.target), args.cuda_arch)
+
+
 def _config(args: argparse.Namespace):
     from .quantize import QuantConfig
 
@@ -273,12 +281,12 @@ def _tune(args: argparse.Namespace) -> int:
     from .resources import user_tuning_dir
     from .report import print_tune_summary
     from .rpc import parse_address, tracker_servers
-    from .target import load_target
+    from .cuda.target import gpu_present, is_cuda
     from .tune import Tracker, tune
 
     from .vta.commands import is_vta, tune_command
 
-    target, config = load_target(args.target), _config(args)
+    target, config = _target(args), _config(args)
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
     if is_vta(args.target):
@@ -290,6 +298,9 @@ def _tune(args: argparse.Namespace) -> int:
         workers = tracker_servers(args.rpc_tracker, args.rpc_key)
         tracker = Tracker(*parse_address(args.rpc_tracker), args.rpc_key)
         print(f"measuring on {workers} server(s) under key '{args.rpc_key}' at {args.rpc_tracker}")
+    elif is_cuda(target) and not gpu_present():
+        raise UserError("tuning for cuda measures on a GPU: run it on a GPU machine, or give --rpc-tracker "
+                        "HOST:PORT and --rpc-key KEY of GPU RPC servers")
     source = load_source(args.model, args.input_shape, _calib(args), trust_model=args.trust_model)
     log_dir = args.log_dir or user_tuning_dir(target.name)
     results = tune(source, config, target, log_dir, args.trials, tracker, args.timeout, workers, kernel=args.kernel)
@@ -332,10 +343,15 @@ def _run(args: argparse.Namespace) -> int:
     if is_vta(args.target):
         return run_command(args)
     target = load_target(args.target)
-    if target.runs == "rpc":
+    if target.runs == "rpc" or (target.device_kind == "cuda" and args.rpc):
         address = args.rpc or target.default_rpc
         return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}",
                             args.repeat, "run" if args.json else None)
+    if target.device_kind == "cuda":
+        from .cuda.target import gpu_present, no_gpu_reason
+
+        if not gpu_present():
+            raise UserError(no_gpu_reason(target))
     return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat, "run" if args.json else None)
 
 
@@ -352,7 +368,8 @@ def run_artifact(artifact: Path, target, session: Callable | None, where: str, r
         raise UserError(f"{artifact} was compiled for '{meta['target']}', not '{target.name}'")
     batch = meta["input_shape"][0]
     with device_errors(where):
-        module = DeviceModule.remote(session(), artifact) if session else DeviceModule.local(artifact)
+        kind = target.device_kind
+        module = DeviceModule.remote(session(), artifact, kind) if session else DeviceModule.local(artifact, kind)
         outputs = run_batched(module, data["inputs"], batch, f"running on {where}")
         latency = module.latency_ms(data["inputs"][:batch], repeat=repeat)
     print(f"{artifact}  ({meta['model']}, {target.name})")

@@ -215,7 +215,8 @@ def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
     """Run the exported artifact itself: here for local targets, on the RPC device if one is up."""
     src, target = result.source, result.target
     fp32 = run_batched(src.fp32, src.eval_x, src.batch_size)
-    if target.runs == "rpc":
+    gpu = target.device_kind == "cuda"
+    if target.runs == "rpc" or (gpu and rpc_address):
         if not rpc_address or not is_listening(rpc_address):
             reason = f"not run: no device at {rpc_address}" if rpc_address else "not run: no --rpc device given"
             if target.name == "arm_cpu":
@@ -224,13 +225,18 @@ def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
         where = f"{target.name} device at {rpc_address}"
         try:
             with device_errors(where):
-                module = DeviceModule.remote(connect(rpc_address), result.artifact)
+                module = DeviceModule.remote(connect(rpc_address), result.artifact, target.device_kind)
                 compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
                 latency = module.latency_ms(src.eval_x[: src.batch_size])
         except UserError as exc:
             return Evaluation(fp32, result.reference_outputs, None, f"not run: {exc}")
         return Evaluation(fp32, result.reference_outputs, compiled, where, latency)
-    module, where = DeviceModule.local(result.artifact), f"{target.name}, this machine"
+    if gpu:
+        from .cuda.target import gpu_present, no_gpu_reason
+
+        if not gpu_present():
+            return Evaluation(fp32, result.reference_outputs, None, f"not run: {no_gpu_reason(target)}")
+    module, where = DeviceModule.local(result.artifact, target.device_kind), f"{target.name}, this machine"
     compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
     latency = module.latency_ms(src.eval_x[: src.batch_size])
     return Evaluation(fp32, result.reference_outputs, compiled, where, latency)

@@ -82,14 +82,18 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def build_primfunc(cfg: DequantConv2dConfig, inv_scale: float, zero_point: int) -> tirx.PrimFunc:
-    """The scheduled kernel: (x, terms, combine, scale) -> float32 output, for one layer instance."""
+def build_primfunc(
+    cfg: DequantConv2dConfig, inv_scale: float, zero_point: int, scheduled: bool = True
+) -> tirx.PrimFunc:
+    """The kernel (x, terms, combine, scale) -> float32 output, for one layer instance; `scheduled=False` is
+    the plain TE function another target's rules schedule."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
     terms = te.placeholder((cfg.terms, cfg.out_channels, cfg.in_channels, *cfg.kernel), "float64", name="terms")
     combine = te.placeholder((cfg.terms, cfg.out_channels), "float64", name="combine")
     scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
     out = dequant_conv2d(x, terms, combine, scale, cfg, inv_scale, zero_point)
-    return schedule(te.create_prim_func([x, terms, combine, scale, out]))
+    func = te.create_prim_func([x, terms, combine, scale, out])
+    return schedule(func) if scheduled else func
 
 
 def supports(layer: LayerScheme) -> str | None:
@@ -103,7 +107,7 @@ def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = Tr
     cfg = DequantConv2dConfig(**vars(geometry), abits=layer.act.bits, terms=len(kept))
     shape = (cfg.out_channels, cfg.in_channels, *cfg.kernel)
     terms = np.stack([core.term(j).reshape(shape) for j in kept]).astype(np.float64)
-    prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point)
+    prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
     return KernelCall(prim, [terms, core.combine[kept], core.scale])
 
 
