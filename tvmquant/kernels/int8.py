@@ -302,15 +302,16 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     fused = sch.fuse(*outer)
     sch.parallel(fused)
     sch.set_scope(dot, 0, "local")
-    epilogue = sch.get_sblock("dot_epilogue" if with_asum else "rescale")
-    sch.reverse_compute_at(epilogue, fused)
-    init = sch.decompose_reduction(dot, r)
-    sch.vectorize(sch.get_loops(init)[-1])
-    if isa in INTRINS:
-        sch.tensorize(ol, INTRINS[isa][0])
-    else:
+    if isa not in INTRINS:  # k outside the lanes: a broadcast activation times 16 widened weights per step
+        sch.reorder(c4, ol)
         sch.unroll(c4)
         sch.vectorize(ol)
+    init = sch.decompose_reduction(dot, r)
+    sch.vectorize(sch.get_loops(init)[-1])
+    epilogue = sch.get_sblock("dot_epilogue" if with_asum else "rescale")
+    sch.reverse_compute_at(epilogue, fused)  # (the tensorized block can no longer be analysed for this)
+    if isa in INTRINS:
+        sch.tensorize(ol, INTRINS[isa][0])
     sch.unroll(oq)
     sch.unroll(pi)
     _vectorize_epilogue(sch, epilogue, dense)
