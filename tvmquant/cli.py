@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", required=True, help="the target it was compiled for")
     run.add_argument("--rpc", help="HOST:PORT of the device's TVM RPC server (default: the target's; unused for local targets)")
     run.add_argument("--repeat", type=int, default=5, help="timing repeats (default: 5)")
+    run.add_argument("--profile", action="store_true",
+                     help="also print the time of every kernel and remaining op, sorted (local targets only)")
     return parser
 
 
@@ -236,13 +238,17 @@ def _run(args: argparse.Namespace) -> int:
     from .target import load_target
 
     target = load_target(args.target)
+    if args.profile and target.runs == "rpc":
+        raise UserError(f"--profile times calls in this process, so it needs a local target, not '{target.name}'")
     if target.runs == "rpc":
         address = args.rpc or target.default_rpc
         return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}", args.repeat)
-    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat)
+    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat, args.profile)
 
 
-def run_artifact(artifact: Path, target, session: Callable | None, where: str, repeat: int) -> int:
+def run_artifact(
+    artifact: Path, target, session: Callable | None, where: str, repeat: int, profile: bool = False
+) -> int:
     """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy."""
     from .batching import run_batched
     from .compile import read_sidecar
@@ -260,5 +266,9 @@ def run_artifact(artifact: Path, target, session: Callable | None, where: str, r
     print(f"{artifact}  ({meta['model']}, {target.name})")
     print_comparison(compare(outputs, data["reference"], data.get("labels")), meta["eval_label"])
     print(f"latency on {where}: {latency:.3f} ms per batch of {batch} (median of {repeat} repeats)")
+    if profile:
+        from .profile import print_profile, profile as profile_calls
+
+        print_profile(profile_calls(module, data["inputs"][:batch], repeat), repeat)
     return 0
 
