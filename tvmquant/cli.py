@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", required=True, help="the target it was compiled for")
     run.add_argument("--rpc", help="HOST:PORT of the device's TVM RPC server (default: the target's; unused for local targets)")
     run.add_argument("--repeat", type=int, default=5, help="timing repeats (default: 5)")
+    run.add_argument("--profile", action="store_true",
+                     help="also print the time of every kernel and remaining op, sorted (local targets only)")
     run.add_argument("--eval-limit", type=int, help="vta: run only the first N saved inputs on the simulator")
     for command in (comp, tune, deploy, run):
         command.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -343,7 +345,10 @@ def _run(args: argparse.Namespace) -> int:
     if is_vta(args.target):
         return run_command(args)
     target = load_target(args.target)
-    if target.runs == "rpc" or (target.device_kind == "cuda" and args.rpc):
+    remote = target.runs == "rpc" or (target.device_kind == "cuda" and args.rpc)
+    if args.profile and remote:
+        raise UserError(f"--profile times calls in this process, so it needs a local target, not '{target.name}' over RPC")
+    if remote:
         address = args.rpc or target.default_rpc
         return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}",
                             args.repeat, "run" if args.json else None)
@@ -352,12 +357,16 @@ def _run(args: argparse.Namespace) -> int:
 
         if not gpu_present():
             raise UserError(no_gpu_reason(target))
-    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat, "run" if args.json else None)
+    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat,
+                        "run" if args.json else None, args.profile)
 
 
-def run_artifact(artifact: Path, target, session: Callable | None, where: str, repeat: int, json_for: str | None = None) -> int:
+def run_artifact(
+    artifact: Path, target, session: Callable | None, where: str, repeat: int, json_for: str | None = None,
+    profile: bool = False,
+) -> int:
     """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy.
-    `json_for`: the command name to emit a --json record for."""
+    `json_for`: the command name to emit a --json record for; `profile`: also time every function (local only)."""
     from .batching import run_batched
     from .compile import read_sidecar
     from .report import compare, print_comparison
@@ -376,6 +385,10 @@ def run_artifact(artifact: Path, target, session: Callable | None, where: str, r
     comparison = compare(outputs, data["reference"], data.get("labels"))
     print_comparison(comparison, meta["eval_label"])
     print(f"latency on {where}: {latency:.3f} ms per batch of {batch} (median of {repeat} repeats)")
+    if profile:
+        from .profile import print_profile, profile as profile_calls
+
+        print_profile(profile_calls(module, data["inputs"][:batch], repeat), repeat)
     if json_for:
         from .json_output import emit, run_record
 
