@@ -45,6 +45,7 @@ class ModelSource:
     eval_x: np.ndarray
     eval_y: np.ndarray | None
     eval_label: str
+    notes: list[str] = field(default_factory=list)  # what the loader changed, for the summary
 
     @property
     def batch_size(self) -> int:
@@ -74,7 +75,7 @@ def load_source(
 ) -> ModelSource:
     """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data; a .pt2 is
     loaded as untrusted unless `trust_model` (see safe_load)."""
-    eval_label = "the evaluation data"
+    eval_label, notes = "the evaluation data", []
     if model is None:
         from .models import digits
 
@@ -89,6 +90,12 @@ def load_source(
         if input_shape is None:
             raise UserError("input_shape is required for an nn.Module")
         name, ep = type(model).__name__, frontend.export_module(model, input_shape)
+    elif Path(model).suffix.lower() == ".onnx":
+        from .onnx_import import load_onnx
+
+        onnx_model = load_onnx(model, input_shape)
+        name, notes = Path(model).stem, onnx_model.notes
+        ep = frontend.export_module(onnx_model.module, onnx_model.input_shape)
     else:
         name, ep = Path(model).stem, frontend.load_exported(model, trust_model)
     input_shape = frontend.input_shape_of(ep, input_shape)
@@ -104,7 +111,7 @@ def load_source(
     layers = frontend.find_layers(gm)
     if not layers:
         raise UserError(f"model '{name}' has no conv2d or linear layer with parameter weights to quantize")
-    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label)
+    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label, notes)
 
 
 def _dims(shape: tuple[int, ...]) -> str:
@@ -213,7 +220,8 @@ def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
     """Run the exported artifact itself: here for local targets, on the RPC device if one is up."""
     src, target = result.source, result.target
     fp32 = run_batched(src.fp32, src.eval_x, src.batch_size)
-    if target.runs == "rpc":
+    gpu = target.device_kind == "cuda"
+    if target.runs == "rpc" or (gpu and rpc_address):
         if not rpc_address or not is_listening(rpc_address):
             reason = f"not run: no device at {rpc_address}" if rpc_address else "not run: no --rpc device given"
             if target.name == "arm_cpu":
@@ -222,13 +230,18 @@ def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
         where = f"{target.name} device at {rpc_address}"
         try:
             with device_errors(where):
-                module = DeviceModule.remote(connect(rpc_address), result.artifact)
+                module = DeviceModule.remote(connect(rpc_address), result.artifact, target.device_kind)
                 compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
                 latency = module.latency_ms(src.eval_x[: src.batch_size])
         except UserError as exc:
             return Evaluation(fp32, result.reference_outputs, None, f"not run: {exc}")
         return Evaluation(fp32, result.reference_outputs, compiled, where, latency)
-    module, where = DeviceModule.local(result.artifact), f"{target.name}, this machine"
+    if gpu:
+        from .cuda.target import gpu_present, no_gpu_reason
+
+        if not gpu_present():
+            return Evaluation(fp32, result.reference_outputs, None, f"not run: {no_gpu_reason(target)}")
+    module, where = DeviceModule.local(result.artifact, target.device_kind), f"{target.name}, this machine"
     compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
     latency = module.latency_ms(src.eval_x[: src.batch_size])
     return Evaluation(fp32, result.reference_outputs, compiled, where, latency)
@@ -236,6 +249,8 @@ def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
 
 def write_sidecar(result: CompileResult, meta_path: Path, data_path: Path) -> None:
     """What `tvmquant run` needs to check an artifact on a device without PyTorch or the original model."""
+    from .json_output import layer_rows
+
     src = result.source
     meta = {
         "model": src.name,
@@ -247,6 +262,7 @@ def write_sidecar(result: CompileResult, meta_path: Path, data_path: Path) -> No
         "kept_float": result.scheme.kept_float,
         "eval_label": src.eval_label,
         "tuned_functions": result.tuned,
+        "layer_table": layer_rows(result),  # what `run --json` reports per layer
     }
     meta_path.write_text(json.dumps(meta, indent=2))
     arrays = {"inputs": src.eval_x, "reference": result.reference_outputs}
