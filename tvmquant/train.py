@@ -96,10 +96,10 @@ def train_quantized(
     with progress(total=total, desc=f"QAT {method}", unit="step") as bar:
         for step in range(total):
             trainer.start_step(step / total)
-            if len(order) < micro * batch:
-                order = np.concatenate([order, rng.permutation(len(x))])
             optimizer.zero_grad()
             for _ in range(micro):
+                while len(order) < batch:  # fewer samples than a step's micro-batches: go round again
+                    order = np.concatenate([order, rng.permutation(len(x))])
                 idx, order = order[:batch], order[batch:]
                 loss = F.cross_entropy(forward.run(torch.from_numpy(x[idx])), torch.from_numpy(y[idx])) / micro
                 loss.backward()
