@@ -36,10 +36,10 @@ from tvmquant.rpc import DeviceModule  # noqa: E402
 from tvmquant.target import load_target  # noqa: E402
 
 
-def onnx_scope(layer: str) -> str:
-    """torch.onnx names a node of module a.b.c `/a/a.b/a.b.c/...`."""
-    parts = layer.split(".")
-    return "/" + "/".join(".".join(parts[: i + 1]) for i in range(len(parts))) + "/"
+def module_path(node: str) -> tuple[str, ...]:
+    """torch.onnx names a node of module layer2.0.downsample.0 `/layer2/layer2.0/downsample/downsample.0/Conv`:
+    the module path is the last dot-piece of each scope (the op itself is the last component)."""
+    return tuple(part.rsplit(".", 1)[-1] for part in node.strip("/").split("/")[:-1])
 
 
 def ort_node_ms(session, feed, runs: int) -> dict[str, tuple[str, float]]:
@@ -102,13 +102,13 @@ def main() -> int:
 
     lines = [f"Per-layer times inside ResNet-18 224² (W{args.bits}A{args.bits}, first/last W8A8, --kernel "
              f"{args.kernel}) vs ORT int8 static QDQ; medians of {args.rounds} interleaved rounds of {args.runs} "
-             "runs, {args.threads} thread(s) each; load average at end " + " ".join(f"{v:.1f}" for v in os.getloadavg()) + ".", "",
+             f"runs, {args.threads} thread(s) each; load average at end " + " ".join(f"{v:.1f}" for v in os.getloadavg()) + ".", "",
              "| layer | scheme | our kernel | our ms | ORT node | ORT ms | ORT / ours |", "|---|---|---|---|---|---|---|"]
     for layer, family in built.lowered.kernels.items():
         key = f"{family}_{_ident(layer)}"
-        scope = onnx_scope(layer)
-        matches = [(n, op) for (n, op) in theirs if n.startswith(scope) and "Conv" in op or
-                   n.startswith(scope) and op in ("QLinearMatMul", "MatMulInteger", "Gemm", "QGemm")]
+        path = tuple(layer.split("."))
+        matches = [(n, op) for (n, op) in theirs if module_path(n) == path and op != "DequantizeLinear"
+                   and op != "QuantizeLinear"]
         ort_ms = sum(med(theirs[m]) for m in matches)
         ops = "+".join(sorted({op for _, op in matches})) or "?"
         ratio = f"{ort_ms / med(mine[key]):.2f}x" if matches and mine.get(key) else "–"
