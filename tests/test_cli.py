@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tvmquant.cli import main
+from tvmquant.outputs import sidecar_paths
 
 
 def test_compile_then_run_end_to_end(tmp_path):
@@ -20,7 +21,7 @@ def test_compile_then_run_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "top-1 agreement 360/360" in proc.stdout
     assert "bitserial" in proc.stdout and "BatchNorm folded into: conv1, conv2" in proc.stdout
-    assert out.is_file() and out.with_suffix(".json").is_file() and out.with_suffix(".npz").is_file()
+    assert out.is_file() and all(p.is_file() for p in sidecar_paths(out))
 
     # the artifact is self-contained: load_module + VirtualMachine, float32 in and out like the model
     import tvm
@@ -39,6 +40,25 @@ def test_compile_then_run_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "agreement with the quantized reference 360/360" in proc.stdout
     assert "latency on x86" in proc.stdout
+
+
+def test_cli_names_match_the_registries():
+    from tvmquant import names, quantize
+    from tvmquant.kernels.registry import CHOICES
+
+    assert names.KERNELS == CHOICES
+    assert set(names.QAT_METHODS) <= set(names.METHODS) == set(quantize.METHODS)
+
+
+def test_help_and_usage_errors_need_no_heavy_import():
+    """--help and a bad flag answer before torch or TVM is imported (they take seconds to load)."""
+    code = ("import sys; from tvmquant.cli import main\n"
+            "for argv in (['compile', '--bits', '9'], ['compile', '--nope'], ['tune', '--method', 'x']):\n"
+            "    assert main(argv) == 2\n"
+            "assert 'torch' not in sys.modules and 'tvm' not in sys.modules, sorted(sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert all(line.startswith("tvmquant: error:") for line in proc.stderr.splitlines()), proc.stderr
 
 
 def test_help_explains_commands(capsys):
@@ -84,7 +104,7 @@ def _bad_cases(tmp_path):
         "wbits 12": (["--wbits", "12"], "--wbits"),
         "first-last 0": (["--first-last-bits", "0"], "--first-last-bits"),
         "unknown target": (["--target", "riscv"], "unknown target 'riscv'; known targets: arm_cpu, x86"),
-        "unknown method": (["--method", "magic"], "unknown method 'magic'"),
+        "unknown method": (["--method", "magic"], "invalid choice: 'magic'"),
         "missing model": (["--model", str(tmp_path / "none.pt2")], "model file not found"),
         "corrupt model": (["--model", str(junk)], "is not a torch.export archive"),
         "foreign zip": (["--model", str(foreign)], "not a readable torch.export archive"),
@@ -130,8 +150,8 @@ def test_run_without_a_device_is_one_line_error(tmp_path, capsys):
     source = load_source(Awkward().eval(), (1, 3, 9, 4), calib=calib)
     artifact = tmp_path / "a.so"
     compile_model(source, QuantConfig(2, 2, 8), load_target("x86"), artifact)
-    artifact.with_suffix(".json").write_text(
-        artifact.with_suffix(".json").read_text().replace('"target": "x86"', '"target": "arm_cpu"')
+    sidecar_paths(artifact)[0].write_text(
+        sidecar_paths(artifact)[0].read_text().replace('"target": "x86"', '"target": "arm_cpu"')
     )
     capsys.readouterr()
     assert main(["run", "--target", "arm_cpu", "--rpc", "127.0.0.1:1", str(artifact)]) == 2

@@ -12,15 +12,14 @@ from torch import fx
 
 import torch
 
+from .act_scale import ACT_SCALES, calibrate_activation_pow2
 from .calibrate import record_input_grams, record_layer_inputs
 from .errors import UserError
 from .frontend import LayerInfo
 from .methods import balanced, inq, multipoint, qnet, uniform, uniq
+from .names import METHODS, QAT_METHODS
 from .scheme import ActQuant, LayerScheme, QuantScheme, WeightQuant
 from .train import TrainConfig, train_quantized
-
-METHODS = ("uniform", "uniq", "inq", "balanced", "multipoint", "qnet")
-QAT_METHODS = ("uniform", "uniq", "inq", "balanced", "qnet")
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,7 @@ class QuantConfig:
     first_last_bits: int | None = 8
     method: str = "uniform"
     budget: float = 0.1  # multipoint: extra rows as a fraction of all quantized output channels
+    act_scale: str = "mse"  # "pow2": power-of-two activation scales, signed codes (act_scale.py; VTA needs it)
 
     def __post_init__(self) -> None:
         checks = (("--wbits/--bits", self.wbits), ("--abits/--bits", self.abits), ("--first-last-bits", self.first_last_bits))
@@ -40,6 +40,8 @@ class QuantConfig:
                 raise UserError(f"{flag} must be an integer from 1 to 8, got {value}")
         if self.method not in METHODS:
             raise UserError(f"unknown method '{self.method}'; known: {', '.join(METHODS)}")
+        if self.act_scale not in ACT_SCALES:
+            raise UserError(f"--act-scale must be one of {', '.join(ACT_SCALES)}, got '{self.act_scale}'")
         if self.budget < 0:
             raise UserError(f"--budget must be >= 0 (extra rows as a fraction of channels), got {self.budget}")
         if self.method in ("inq", "multipoint") and min(self.wbits, self.first_last_bits or 8) < 2:
@@ -76,11 +78,13 @@ def plan_layers(layers: list[LayerInfo], config: QuantConfig, scheme: QuantSchem
 
 
 def calibrate_activations(
-    gm: fx.GraphModule, chosen: list[tuple[LayerInfo, int, int]], calib: np.ndarray, batch_size: int
+    gm: fx.GraphModule, chosen: list[tuple[LayerInfo, int, int]], calib: np.ndarray, batch_size: int,
+    act_scale: str = "mse",
 ) -> dict[str, ActQuant]:
     """Uniform activation quantizers with fixed, calibrated statistics (every method shares them)."""
     samples = record_layer_inputs(gm, [layer for layer, _, _ in chosen], calib, batch_size)
-    return {layer.name: uniform.calibrate_activation(samples[layer.name], abits) for layer, _, abits in chosen}
+    fit = calibrate_activation_pow2 if act_scale == "pow2" else uniform.calibrate_activation
+    return {layer.name: fit(samples[layer.name], abits) for layer, _, abits in chosen}
 
 
 def quantize_weights(
@@ -127,7 +131,7 @@ def quantize_model(
     `options`: the method's keyword arguments."""
     scheme = QuantScheme()
     chosen = plan_layers(layers, config, scheme)
-    acts = calibrate_activations(gm, chosen, calib, batch_size)
+    acts = calibrate_activations(gm, chosen, calib, batch_size, config.act_scale)
     return assemble(chosen, quantize_weights(gm, chosen, acts, calib, config, batch_size, options), acts, scheme)
 
 
@@ -154,7 +158,7 @@ def quantize_with_training(
         raise UserError(f"method '{config.method}' is post-training only; --train works with {', '.join(QAT_METHODS)}")
     scheme = QuantScheme()
     chosen = plan_layers(layers, config, scheme)
-    acts = calibrate_activations(gm, chosen, calib, batch_size)
+    acts = calibrate_activations(gm, chosen, calib, batch_size, config.act_scale)
     bits = {layer.name: wbits for layer, wbits, _ in chosen}
     trained, weights = train_quantized(gm, layers, bits, acts, config.method, data, batch_size, train, options)
     acts = calibrate_activations(with_weights(trained, layers, weights), chosen, calib, batch_size)

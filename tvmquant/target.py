@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +12,10 @@ import tvm
 from tvm.target import Target
 
 from .errors import UserError
+from .linker import Linker, find_linker
+from .resources import shipped_dir
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
-TUNING_LOGS_DIR = TARGETS_DIR.parent / "tuning_logs"
+TARGETS_DIR = shipped_dir("targets")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class TargetSpec:
     @property
     def tvm_target(self) -> Target:
         config = dict(self.tvm_config)
+        if config["kind"] == "cuda":  # device code for the GPU, host code (the VM's glue) for this CPU
+            return Target(config, host={"kind": "llvm"})
         if config.get("mcpu") == "native":
             config["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
         if self.runs == "local" and "num-cores" not in config:
@@ -39,18 +41,27 @@ class TargetSpec:
             config["num-cores"] = psutil.cpu_count(logical=False) or 1
         return Target(config)
 
-    def export(self, executable, path: Path) -> None:
-        """Write a shared library (weights embedded) for this target; atomically, so no half-written file."""
-        fcompile = None
-        if self.cross_compiler:
-            if shutil.which(self.cross_compiler) is None:
-                raise UserError(
-                    f"target '{self.name}' needs the cross compiler '{self.cross_compiler}' "
-                    "(Debian: apt-get install gcc-aarch64-linux-gnu, or run scripts/arm64-device.sh setup)"
-                )
-            from tvm.support import cc
+    @property
+    def device_kind(self) -> str:
+        """Where the artifact's kernels run: "cuda" or "cpu" (tvm.device / RPCSession.device names)."""
+        return "cuda" if self.tvm_config["kind"] == "cuda" else "cpu"
 
-            fcompile = cc.cross_compiler(self.cross_compiler)
+    def linker(self) -> Linker | None:
+        """How artifacts for a cross target are linked (None: TVM's host default)."""
+        if not self.cross_compiler:
+            return None
+        return find_linker(self.cross_compiler, self.tvm_config.get("mtriple", ""), self.name)
+
+    def export(self, executable, path: Path) -> str:
+        """Write a shared library (weights embedded) for this target; atomically, so no half-written file.
+        Returns what linked it."""
+        if self.device_kind == "cuda":
+            from .cuda import artifact
+
+            artifact.export(executable, path, self.tvm_config["arch"])
+            return f"the host compiler, with NVRTC's {self.tvm_config['arch']} cubin inside"
+        linker = self.linker()
+        fcompile = linker.fcompile() if linker else None
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.partial.so")
         try:
@@ -58,6 +69,7 @@ class TargetSpec:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        return linker.description if linker else "the host compiler (TVM default)"
 
 
 def known_targets() -> list[str]:
