@@ -163,7 +163,7 @@ def qat_options(method: str, wbits: int, steps: int) -> dict:
     return {"portion_steps": max(1, steps // (len(inq.PORTIONS.get(wbits, inq.DEFAULT_PORTIONS)) - 1))}
 
 
-def run_bench(bench: Bench, train: TrainConfig, args) -> dict:
+def run_bench(bench: Bench, train: TrainConfig, args, partial=None) -> dict:
     rows: dict[str, dict] = {}
     wanted = set(args.methods or (*PTQ_METHODS, "uniform-layer-max"))
 
@@ -173,8 +173,13 @@ def run_bench(bench: Bench, train: TrainConfig, args) -> dict:
         row["seconds"] = time.time() - t0
         rows[key] = row
         print(f"{bench.name} {key}: {row['acc']:.2f} % ({row['seconds']:.0f} s)", flush=True)
+        if partial is not None:  # a run cut short still leaves every finished row
+            partial({"fp32": None, "rows": rows, "steps": bench.steps(train.epochs), "text": bench.text,
+                     "samples": bench.samples})
 
     settings = PTQ_SETTINGS[2:3] + PTQ_SETTINGS[-1:] if args.quick else SHORT_PTQ if args.short else PTQ_SETTINGS
+    if args.settings:
+        settings = [tuple(int(v) for v in text[1:].split("A")) for text in args.settings]
     if args.part in ("ptq", "all"):
         for method in (m for m in PTQ_METHODS if m in wanted):
             for wb, ab in settings:
@@ -186,7 +191,7 @@ def run_bench(bench: Bench, train: TrainConfig, args) -> dict:
             record("ptq multipoint W2A8 budget 0", config=QuantConfig(2, 8, 8, method="multipoint", budget=0.0))
             record("ptq multipoint W2A8 budget 0.5", config=QuantConfig(2, 8, 8, method="multipoint", budget=0.5))
     steps = bench.steps(train.epochs)
-    for method in QAT_METHODS if args.part in ("qat", "all") else ():
+    for method in [m for m in args.methods or QAT_METHODS if m in QAT_METHODS] if args.part in ("qat", "all") else ():
         for wb, ab in QAT_SETTINGS[:1] if args.quick or args.short else QAT_SETTINGS:
             record(f"qat {method} W{wb}A{ab}", config=QuantConfig(wb, ab, 8, method=method), train=train,
                    options=qat_options(method, wb, steps))
@@ -203,7 +208,8 @@ def main() -> None:
     parser.add_argument("--bench", choices=("mnist-cnn", "digits-cnn"), action="append", help="default: both")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled-module check")
     parser.add_argument("--part", choices=("ptq", "qat", "all"), default="all", help="run side by side, then --report-from")
-    parser.add_argument("--methods", nargs="+", help="PTQ methods to run (and uniform-layer-max); default: all")
+    parser.add_argument("--methods", nargs="+", help="methods to run (and uniform-layer-max), in this order; default: all")
+    parser.add_argument("--settings", nargs="+", help="PTQ settings such as W4A8 W2A2; default: all")
     parser.add_argument("--report-from", type=Path, nargs="+", help="only write the report from results.json files")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
@@ -223,7 +229,17 @@ def main() -> None:
     started = time.time()
     makers = {"mnist-cnn": lambda: mnist_bench(args.folds), "digits-cnn": digits_bench}
     benches = {name: makers[name]() for name in args.bench or makers}
-    results = {name: run_bench(bench, train, args) for name, bench in benches.items()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name, bench in benches.items():
+        fp32 = bench.fp32()
+
+        def partial(result, name=name, fp32=fp32):
+            done = {**results, name: {**result, "fp32": fp32}}
+            (args.out / "results.json").write_text(json.dumps(
+                {"benches": done, "compiled": {}, "seconds": time.time() - started, "argv": sys.argv[1:]}, indent=1))
+
+        results[name] = run_bench(bench, train, args, partial)
     compiled = {} if args.no_compile or "mnist-cnn" not in benches else check_compiled(benches["mnist-cnn"])
     args.out.mkdir(parents=True, exist_ok=True)
     seconds = time.time() - started
