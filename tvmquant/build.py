@@ -47,11 +47,13 @@ def lower(
     scheme: QuantScheme,
     tunable: bool = False,
     kernel: str = "auto",
+    deferred: bool = False,
 ) -> tuple[tvm.IRModule, Lowered]:
-    """Swap quantized layers for kernel calls and bind the remaining weights as constants."""
+    """Swap quantized layers for kernel calls and bind the remaining weights as constants (`deferred`: every
+    kernel unscheduled, for a target whose own rules schedule them, CUDA)."""
     layer_of_weight = {info.weight: info.name for info in layers if info.name in scheme.layers}
     param_to_layer = {p: layer_of_weight[fqn] for p, fqn in param_fqn.items() if fqn in layer_of_weight}
-    lowering = LowerQuantizedLayers(scheme, param_to_layer, tunable=tunable, kernel=kernel)
+    lowering = LowerQuantizedLayers(scheme, param_to_layer, tunable=tunable, kernel=kernel, deferred=deferred)
     mod = lowering(mod)
     mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(v) for k, v in params.items()})(mod)
     mod = relax.transform.DeadCodeElimination()(mod)
@@ -61,6 +63,10 @@ def lower(
 def legalize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Relax ops -> fused TIR PrimFuncs (the first half of TVM's CPU pipeline): the functions MetaSchedule
     tunes and records are matched against."""
+    if target.kind.name == "cuda":
+        from .cuda import pipeline as cuda_pipeline
+
+        return cuda_pipeline.legalize(mod, target)
     with target:
         return tvm.transform.Sequential(cpu_pipeline.library_dispatch_passes(target) + cpu_pipeline.legalize_passes(target))(mod)
 
@@ -114,8 +120,18 @@ def build(
     `untuned_ms` (tasks.json, by `task_key`) lets a record lose against the untuned build; `kernel` as in
     LowerQuantizedLayers."""
     tvm_target = target.tvm_target
+    cuda = tvm_target.kind.name == "cuda"
     with tvm_target:  # kernel families pick target-specific defaults (e.g. register tiles) from the context
-        mod, lowered = lower(mod, params, param_fqn, layers, scheme, tunable=database is not None, kernel=kernel)
+        mod, lowered = lower(mod, params, param_fqn, layers, scheme, tunable=database is not None, kernel=kernel,
+                             deferred=cuda)
+    if cuda:
+        from .cuda import pipeline as cuda_pipeline
+
+        mod, tuned, slower = legalize(mod, tvm_target), [], []
+        if database is not None:
+            mod, tuned, slower = apply_records(mod, database, tvm_target, untuned_ms or {})
+        executable = cuda_pipeline.finalize(cuda_pipeline.schedule(mod, tvm_target), tvm_target)
+        return BuildResult(executable, lowered, tuned, slower)
     if database is None:
         return BuildResult(tvm.compile(mod, tvm_target), lowered, [], [])
     mod = legalize(mod, tvm_target)

@@ -8,16 +8,32 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from . import cli_eval_bench
 from .errors import UserError
+from .json_output import HELP as JSON_HELP
 from .names import KERNELS, METHODS, QAT_METHODS
 
 EPILOG = """examples:
   python -m tvmquant compile --target arm_cpu --bits 2        built-in digits CNN, W2A2, for 64-bit ARM
   python -m tvmquant compile --model net.pt2 --calib x.npy --wbits 2 --abits 4 -o net.so
-  python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2.so
+  python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
   python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8
-  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2.so
+  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
+  python -m tvmquant eval --methods uniform,inq --bits 2,4      accuracy against bits, table and plot
+  python -m tvmquant bench tvmquant_out/digits_cnn-x86-w2a2-uniform.so  against PyTorch fp32 and ONNX Runtime int8
 """
+
+EXAMPLES = {  # each subcommand's --help ends with these
+    "compile": """  python -m tvmquant compile --target arm_cpu --bits 2
+  python -m tvmquant compile --model net.onnx --calib x.npy --wbits 2 --abits 4 --method uniq -o net.so
+  python -m tvmquant compile --bits 4 --report report.html --json > compile.json""",
+    "tune": """  python -m tvmquant tune --target x86 --trials 16
+  python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8 --json""",
+    "deploy": """  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
+  python -m tvmquant deploy --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so --json""",
+    "run": """  python -m tvmquant run --target x86 tvmquant_out/digits_cnn-x86-w2a2-uniform.so
+  python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so --json""",
+}
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -85,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: the records shipped for "
                       "TARGET plus your own in ~/.cache/tvmquant/tuning_logs/TARGET/)")
     comp.add_argument("--rpc", help="HOST:PORT of a TVM RPC server to evaluate a non-local target on (default: the target's)")
-    comp.add_argument("-o", "--output", type=Path, help="artifact path (default: tvmquant_out/MODEL-TARGET-wWaA.so)")
+    comp.add_argument("-o", "--output", type=Path, help="artifact path; its sidecars are OUTPUT.json and OUTPUT.npz beside it "
+                      "(default: tvmquant_out/MODEL-TARGET-wWaA-METHOD[-KERNEL].so)")
+    comp.add_argument("--report", type=Path, metavar="REPORT.html",
+                      help="also write one self-contained HTML page: layers, accuracy, weight histograms, bytes and time per layer")
     comp.add_argument("--eval-limit", type=int, help="vta: check only the first N evaluation samples on the simulator")
 
     tune = sub.add_parser(
@@ -128,15 +147,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", required=True, help="the target it was compiled for")
     run.add_argument("--rpc", help="HOST:PORT of the device's TVM RPC server (default: the target's; unused for local targets)")
     run.add_argument("--repeat", type=int, default=5, help="timing repeats (default: 5)")
+    run.add_argument("--profile", action="store_true",
+                     help="also print the time of every kernel and remaining op, sorted (local targets only)")
     run.add_argument("--eval-limit", type=int, help="vta: run only the first N saved inputs on the simulator")
+    for command in (comp, tune, deploy, run):
+        command.add_argument("--json", action="store_true", help=JSON_HELP)
+    for name, examples in EXAMPLES.items():
+        sub.choices[name].epilog = "examples:\n" + examples
+        sub.choices[name].formatter_class = argparse.RawDescriptionHelpFormatter
+    cli_eval_bench.add_parsers(sub, _first_last, _shape)
     return parser
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
-    parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
+    parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save) or an ONNX model (.onnx); "
+                        "default: built-in digits CNN")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="load --model with torch's full loader, which can run code stored in the archive: only "
+                        "for archives you made yourself (default: refuse anything but plain tensors and aten ops)")
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
     parser.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
+    parser.add_argument("--cuda-arch", metavar="sm_XY", help="CUDA targets: the GPU architecture to build for, "
+                        "e.g. sm_80 (A100), sm_90 (H100) (default: the target file's, sm_80 for cuda)")
     parser.add_argument("--bits", type=_bits, default=2, help="weight and activation bits, 1-8 (default: 2)")
     parser.add_argument("--wbits", type=_bits, help="weight bits, overrides --bits")
     parser.add_argument("--abits", type=_bits, help="activation bits, overrides --bits")
@@ -162,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
     try:
         args = build_parser().parse_args(argv)
-        commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run}
+        commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run,
+                    "eval": cli_eval_bench.run_eval, "bench": cli_eval_bench.run_bench}
+        if getattr(args, "json", False):
+            from .json_output import stdout_to_stderr
+
+            with stdout_to_stderr():
+                return commands[args.command](args)
         return commands[args.command](args)
     except UserError as exc:
         print(f"tvmquant: error: {exc}", file=sys.stderr)
@@ -173,31 +212,51 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .compile import BUILTIN, compile_model, default_tuning_logs, load_array, load_source, load_train_data
+    from .compile import BUILTIN, compile_model, default_tuning_logs, load_source, load_train_data
+    from .outputs import check_output, default_output
     from .train import TrainConfig
+    from .validate import load_npy
     from .report import print_compile_summary
-    from .target import load_target
+    target, config = _target(args), _config(args)
+    if args.report:
+        from .html_report import check_report_path
 
-    target, config = load_target(args.target), _config(args)
+        check_report_path(args.report)
     train = TrainConfig(epochs=args.epochs, lr=args.lr) if args.train else None
     if args.train_data and not args.train:
         raise UserError("--train-data is only used with --train")
-    eval_x = load_array(args.eval_data, "evaluation data") if args.eval_data else None
-    eval_y = load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
-    source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y)
+    tuning_log = args.tuning_log or default_tuning_logs(target)
+    logs = [tuning_log] if isinstance(tuning_log, Path) else list(tuning_log)
+    model_name = Path(args.model).stem if args.model else BUILTIN
+    output = args.output or default_output(model_name, target.name, config.wbits, config.abits, config.method, args.kernel)
+    check_output(output, [args.model, args.calib, args.eval_data, args.eval_labels, args.train_data, *logs])
+    eval_x = load_npy(args.eval_data, "evaluation data") if args.eval_data else None
+    eval_y = load_npy(args.eval_labels, "evaluation labels") if args.eval_labels else None
+    source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y, args.trust_model)
+    train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
     from .vta.commands import compile_command, is_vta
 
     if is_vta(args.target):
-        train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
         return compile_command(args, source, config, train, train_data)
-    output = args.output or Path("tvmquant_out") / (
-        f"{source.name if args.model else BUILTIN}-{target.name}-w{config.wbits}a{config.abits}.so"
-    )
-    tuning_log = args.tuning_log or default_tuning_logs(target)
-    train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
     result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel)
-    print_compile_summary(result, args.rpc or target.default_rpc)
+    evaluation = print_compile_summary(result, args.rpc or target.default_rpc)
+    if args.report:
+        from .html_report import write_compile_report
+
+        print(f"report:   {write_compile_report(args.report, result, evaluation)} (one HTML file; open it in a browser)")
+    if args.json:
+        from .json_output import compile_record, emit
+
+        emit(compile_record(result, evaluation, args.report))
     return 0
+
+
+def _target(args: argparse.Namespace):
+    """The target file, with --cuda-arch applied."""
+    from .cuda.target import with_arch
+    from .target import load_target
+
+    return with_arch(load_target(args.target), args.cuda_arch)
 
 
 def _config(args: argparse.Namespace):
@@ -214,9 +273,9 @@ def _config(args: argparse.Namespace):
 
 
 def _calib(args: argparse.Namespace):
-    from .compile import load_array
+    from .validate import load_npy
 
-    return load_array(args.calib, "calibration") if args.calib else None
+    return load_npy(args.calib, "calibration") if args.calib else None
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -224,12 +283,12 @@ def _tune(args: argparse.Namespace) -> int:
     from .resources import user_tuning_dir
     from .report import print_tune_summary
     from .rpc import parse_address, tracker_servers
-    from .target import load_target
+    from .cuda.target import gpu_present, is_cuda
     from .tune import Tracker, tune
 
     from .vta.commands import is_vta, tune_command
 
-    target, config = load_target(args.target), _config(args)
+    target, config = _target(args), _config(args)
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
     if is_vta(args.target):
@@ -241,10 +300,17 @@ def _tune(args: argparse.Namespace) -> int:
         workers = tracker_servers(args.rpc_tracker, args.rpc_key)
         tracker = Tracker(*parse_address(args.rpc_tracker), args.rpc_key)
         print(f"measuring on {workers} server(s) under key '{args.rpc_key}' at {args.rpc_tracker}")
-    source = load_source(args.model, args.input_shape, _calib(args))
+    elif is_cuda(target) and not gpu_present():
+        raise UserError("tuning for cuda measures on a GPU: run it on a GPU machine, or give --rpc-tracker "
+                        "HOST:PORT and --rpc-key KEY of GPU RPC servers")
+    source = load_source(args.model, args.input_shape, _calib(args), trust_model=args.trust_model)
     log_dir = args.log_dir or user_tuning_dir(target.name)
     results = tune(source, config, target, log_dir, args.trials, tracker, args.timeout, workers, kernel=args.kernel)
     print_tune_summary(results, target.name, log_dir)
+    if args.json:
+        from .json_output import emit, tune_record
+
+        emit(tune_record(results, source, config, target.name, log_dir))
     return 0
 
 
@@ -263,11 +329,12 @@ def _deploy(args: argparse.Namespace) -> int:
         if not args.rpc_key:
             raise UserError("--rpc-tracker needs --rpc-key")
         where = f"{target.name} device '{args.rpc_key}' via tracker {args.rpc_tracker}"
-        return run_artifact(args.artifact, target, lambda: request(args.rpc_tracker, args.rpc_key), where, args.repeat)
+        return run_artifact(args.artifact, target, lambda: request(args.rpc_tracker, args.rpc_key), where, args.repeat,
+                            "deploy" if args.json else None)
     if not args.rpc:
         raise UserError("give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
     where = f"{target.name} device at {args.rpc}"
-    return run_artifact(args.artifact, target, lambda: connect(args.rpc), where, args.repeat)
+    return run_artifact(args.artifact, target, lambda: connect(args.rpc), where, args.repeat, "deploy" if args.json else None)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -278,14 +345,28 @@ def _run(args: argparse.Namespace) -> int:
     if is_vta(args.target):
         return run_command(args)
     target = load_target(args.target)
-    if target.runs == "rpc":
+    remote = target.runs == "rpc" or (target.device_kind == "cuda" and args.rpc)
+    if args.profile and remote:
+        raise UserError(f"--profile times calls in this process, so it needs a local target, not '{target.name}' over RPC")
+    if remote:
         address = args.rpc or target.default_rpc
-        return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}", args.repeat)
-    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat)
+        return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}",
+                            args.repeat, "run" if args.json else None)
+    if target.device_kind == "cuda":
+        from .cuda.target import gpu_present, no_gpu_reason
+
+        if not gpu_present():
+            raise UserError(no_gpu_reason(target))
+    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat,
+                        "run" if args.json else None, args.profile)
 
 
-def run_artifact(artifact: Path, target, session: Callable | None, where: str, repeat: int) -> int:
-    """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy."""
+def run_artifact(
+    artifact: Path, target, session: Callable | None, where: str, repeat: int, json_for: str | None = None,
+    profile: bool = False,
+) -> int:
+    """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy.
+    `json_for`: the command name to emit a --json record for; `profile`: also time every function (local only)."""
     from .batching import run_batched
     from .compile import read_sidecar
     from .report import compare, print_comparison
@@ -296,11 +377,21 @@ def run_artifact(artifact: Path, target, session: Callable | None, where: str, r
         raise UserError(f"{artifact} was compiled for '{meta['target']}', not '{target.name}'")
     batch = meta["input_shape"][0]
     with device_errors(where):
-        module = DeviceModule.remote(session(), artifact) if session else DeviceModule.local(artifact)
+        kind = target.device_kind
+        module = DeviceModule.remote(session(), artifact, kind) if session else DeviceModule.local(artifact, kind)
         outputs = run_batched(module, data["inputs"], batch, f"running on {where}")
         latency = module.latency_ms(data["inputs"][:batch], repeat=repeat)
     print(f"{artifact}  ({meta['model']}, {target.name})")
-    print_comparison(compare(outputs, data["reference"], data.get("labels")), meta["eval_label"])
+    comparison = compare(outputs, data["reference"], data.get("labels"))
+    print_comparison(comparison, meta["eval_label"])
     print(f"latency on {where}: {latency:.3f} ms per batch of {batch} (median of {repeat} repeats)")
+    if profile:
+        from .profile import print_profile, profile as profile_calls
+
+        print_profile(profile_calls(module, data["inputs"][:batch], repeat), repeat)
+    if json_for:
+        from .json_output import emit, run_record
+
+        emit(run_record(json_for, artifact, meta, comparison, latency, where))
     return 0
 

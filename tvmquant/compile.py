@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from torch import fx
 
-from . import frontend
+from . import frontend, outputs, validate
 from .batching import run_batched
 from .build import Lowered, build
 from .database import has_records, load_task_state, read_databases
 from .errors import UserError
 from .frontend import LayerInfo
+from .outputs import sidecar_paths
 from .quantize import QuantConfig, quantize_model, quantize_with_training
 from .reference import ReferenceModel
 from .scheme import QuantScheme, WeightKind
@@ -44,24 +45,19 @@ class ModelSource:
     eval_x: np.ndarray
     eval_y: np.ndarray | None
     eval_label: str
+    notes: list[str] = field(default_factory=list)  # what the loader changed, for the summary
 
     @property
     def batch_size(self) -> int:
         return self.input_shape[0]
 
     def fp32(self, x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.gm(torch.from_numpy(x)).numpy()
+        return _run(self.gm, x)
 
 
-def load_array(path: str | Path, what: str) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} file not found: {path}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise UserError(f"{what} file {path} is not a readable .npy array: {exc}") from exc
+def _run(gm: fx.GraphModule, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return gm(torch.from_numpy(x)).numpy()
 
 
 def load_source(
@@ -70,9 +66,11 @@ def load_source(
     calib: np.ndarray | None = None,
     eval_x: np.ndarray | None = None,
     eval_y: np.ndarray | None = None,
+    trust_model: bool = False,
 ) -> ModelSource:
-    """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data."""
-    eval_label = "the evaluation data"
+    """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data; a .pt2 is
+    loaded as untrusted unless `trust_model` (see safe_load)."""
+    eval_label, notes = "the evaluation data", []
     if model is None:
         from .models import digits
 
@@ -87,22 +85,28 @@ def load_source(
         if input_shape is None:
             raise UserError("input_shape is required for an nn.Module")
         name, ep = type(model).__name__, frontend.export_module(model, input_shape)
+    elif Path(model).suffix.lower() == ".onnx":
+        from .onnx_import import load_onnx
+
+        onnx_model = load_onnx(model, input_shape)
+        name, notes = Path(model).stem, onnx_model.notes
+        ep = frontend.export_module(onnx_model.module, onnx_model.input_shape)
     else:
-        name, ep = Path(model).stem, frontend.load_exported(model)
+        name, ep = Path(model).stem, frontend.load_exported(model, trust_model)
     input_shape = frontend.input_shape_of(ep, input_shape)
     if calib is None:
         raise UserError(f"model '{name}' needs calibration data: pass --calib FILE.npy of shape (N, {_dims(input_shape)})")
-    calib = frontend.as_numpy_input(calib, input_shape)
+    calib = validate.model_input(calib, input_shape, "calibration data")
     if eval_x is None:
         eval_x, eval_label = calib, f"{len(calib)} calibration samples (no --eval-data given)"
-    eval_x = frontend.as_numpy_input(eval_x, input_shape)
-    if eval_y is not None and len(eval_y) != len(eval_x):
-        raise UserError(f"{len(eval_y)} labels for {len(eval_x)} evaluation samples")
+    eval_x = validate.model_input(eval_x, input_shape, "evaluation data")
     gm, folded = frontend.prepare(ep, input_shape)
+    if eval_y is not None:
+        eval_y = validate.labels(eval_y, len(eval_x), validate.classes_of(_run(gm, eval_x[:1])), "evaluation labels")
     layers = frontend.find_layers(gm)
     if not layers:
         raise UserError(f"model '{name}' has no conv2d or linear layer with parameter weights to quantize")
-    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label)
+    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label, notes)
 
 
 def _dims(shape: tuple[int, ...]) -> str:
@@ -148,6 +152,8 @@ def compile_model(
     `kernel`: "auto" (each layer's scheme kind picks its kernel family) or a family to use wherever it applies.
     """
     gm = source.gm
+    if train_data is not None:  # the class range needs the model's output width
+        validate.labels(train_data[1], len(train_data[0]), validate.classes_of(source.fp32(source.calib[:1])), "training labels")
     if train is None:
         scheme = quantize_model(gm, source.layers, source.calib, config, source.batch_size)
     else:
@@ -165,8 +171,9 @@ def compile_model(
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
     result = CompileResult(source, config, target, scheme, built.lowered, output, reference_outputs,
                            logs, built.tuned, built.untuned_faster)
-    result.linked_with = target.export(built.executable, output)
-    write_sidecar(result)
+    with outputs.replace_together(output, *sidecar_paths(output)) as (artifact, meta, data):
+        result.linked_with = target.export(built.executable, artifact)
+        write_sidecar(result, meta, data)
     return result
 
 
@@ -189,10 +196,8 @@ def load_train_data(path: str | Path, input_shape: tuple[int, ...]) -> tuple[np.
             x, y = data["x"], data["y"]
     except Exception as exc:
         raise UserError(f"{path} is not a .npz with arrays 'x' and 'y': {exc}") from exc
-    x = frontend.as_numpy_input(x, input_shape)
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-        raise UserError(f"{path}: 'y' must be {len(x)} integer labels, got shape {y.shape} dtype {y.dtype}")
-    return x, y.astype(np.int64)
+    x = validate.model_input(x, input_shape, f"training data {path} 'x'")
+    return x, validate.labels(y, len(x), None, f"training data {path} 'y'")
 
 
 @dataclass
@@ -210,7 +215,8 @@ def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
     """Run the exported artifact itself: here for local targets, on the RPC device if one is up."""
     src, target = result.source, result.target
     fp32 = run_batched(src.fp32, src.eval_x, src.batch_size)
-    if target.runs == "rpc":
+    gpu = target.device_kind == "cuda"
+    if target.runs == "rpc" or (gpu and rpc_address):
         if not rpc_address or not is_listening(rpc_address):
             reason = f"not run: no device at {rpc_address}" if rpc_address else "not run: no --rpc device given"
             if target.name == "arm_cpu":
@@ -219,26 +225,27 @@ def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
         where = f"{target.name} device at {rpc_address}"
         try:
             with device_errors(where):
-                module = DeviceModule.remote(connect(rpc_address), result.artifact)
+                module = DeviceModule.remote(connect(rpc_address), result.artifact, target.device_kind)
                 compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
                 latency = module.latency_ms(src.eval_x[: src.batch_size])
         except UserError as exc:
             return Evaluation(fp32, result.reference_outputs, None, f"not run: {exc}")
         return Evaluation(fp32, result.reference_outputs, compiled, where, latency)
-    module, where = DeviceModule.local(result.artifact), f"{target.name}, this machine"
+    if gpu:
+        from .cuda.target import gpu_present, no_gpu_reason
+
+        if not gpu_present():
+            return Evaluation(fp32, result.reference_outputs, None, f"not run: {no_gpu_reason(target)}")
+    module, where = DeviceModule.local(result.artifact, target.device_kind), f"{target.name}, this machine"
     compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
     latency = module.latency_ms(src.eval_x[: src.batch_size])
     return Evaluation(fp32, result.reference_outputs, compiled, where, latency)
 
 
-def sidecar_paths(artifact: Path) -> tuple[Path, Path]:
-    """`model.so` -> (`model.json` metadata, `model.npz` evaluation inputs and reference outputs)."""
-    return artifact.with_suffix(".json"), artifact.with_suffix(".npz")
-
-
-def write_sidecar(result: CompileResult) -> None:
+def write_sidecar(result: CompileResult, meta_path: Path, data_path: Path) -> None:
     """What `tvmquant run` needs to check an artifact on a device without PyTorch or the original model."""
-    meta_path, data_path = sidecar_paths(result.artifact)
+    from .json_output import layer_rows
+
     src = result.source
     meta = {
         "model": src.name,
@@ -250,12 +257,14 @@ def write_sidecar(result: CompileResult) -> None:
         "kept_float": result.scheme.kept_float,
         "eval_label": src.eval_label,
         "tuned_functions": result.tuned,
+        "layer_table": layer_rows(result),  # what `run --json` reports per layer
     }
     meta_path.write_text(json.dumps(meta, indent=2))
     arrays = {"inputs": src.eval_x, "reference": result.reference_outputs}
     if src.eval_y is not None:
         arrays["labels"] = src.eval_y
-    np.savez_compressed(data_path, **arrays)
+    with open(data_path, "wb") as out:  # a file object: savez would append ".npz" to a temporary name
+        np.savez_compressed(out, **arrays)
 
 
 def read_sidecar(artifact: Path) -> tuple[dict, dict[str, np.ndarray]]:

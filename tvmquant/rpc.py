@@ -112,12 +112,13 @@ class DeviceModule:
         self.vm = relax.VirtualMachine(module, device)
 
     @classmethod
-    def local(cls, artifact: str | Path | relax.VMExecutable) -> DeviceModule:
+    def local(cls, artifact: str | Path | relax.VMExecutable, kind: str = "cpu") -> DeviceModule:
+        """`kind`: the device its kernels run on here ("cpu", "cuda": TargetSpec.device_kind)."""
         module = artifact if isinstance(artifact, relax.VMExecutable) else tvm.runtime.load_module(str(artifact))
-        return cls(module, tvm.cpu())
+        return cls(module, tvm.device(kind))
 
     @classmethod
-    def remote(cls, session: rpc.RPCSession, artifact: str | Path) -> DeviceModule:
+    def remote(cls, session: rpc.RPCSession, artifact: str | Path, kind: str = "cpu") -> DeviceModule:
         artifact = Path(artifact)
         session.upload(str(artifact))
         try:
@@ -126,7 +127,7 @@ class DeviceModule:
             raise UserError(
                 f"the device could not load {artifact.name} (built for another target?): {str(exc).splitlines()[0]}"
             ) from exc
-        return cls(module, session.cpu())
+        return cls(module, session.device(kind))
 
     def _set(self, x: np.ndarray) -> None:
         self.vm.set_input("main", tvm.runtime.tensor(np.ascontiguousarray(x, np.float32), self.device))

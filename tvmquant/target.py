@@ -32,12 +32,19 @@ class TargetSpec:
     @property
     def tvm_target(self) -> Target:
         config = dict(self.tvm_config)
+        if config["kind"] == "cuda":  # device code for the GPU, host code (the VM's glue) for this CPU
+            return Target(config, host={"kind": "llvm"})
         if config.get("mcpu") == "native":
             config["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
         if self.runs == "local" and "num-cores" not in config:
             # MetaSchedule sizes parallel loops by it and refuses a target without it.
             config["num-cores"] = psutil.cpu_count(logical=False) or 1
         return Target(config)
+
+    @property
+    def device_kind(self) -> str:
+        """Where the artifact's kernels run: "cuda" or "cpu" (tvm.device / RPCSession.device names)."""
+        return "cuda" if self.tvm_config["kind"] == "cuda" else "cpu"
 
     def linker(self) -> Linker | None:
         """How artifacts for a cross target are linked (None: TVM's host default)."""
@@ -48,6 +55,11 @@ class TargetSpec:
     def export(self, executable, path: Path) -> str:
         """Write a shared library (weights embedded) for this target; atomically, so no half-written file.
         Returns what linked it."""
+        if self.device_kind == "cuda":
+            from .cuda import artifact
+
+            artifact.export(executable, path, self.tvm_config["arch"])
+            return f"the host compiler, with NVRTC's {self.tvm_config['arch']} cubin inside"
         linker = self.linker()
         fcompile = linker.fcompile() if linker else None
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,18 +14,18 @@ import sys
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
 import tvm
 import tvm_ffi
-from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from . import _ms_workers, frontend
+from . import _ms_workers, frontend, tempdirs
+from .console import metaschedule_log, quiet_metaschedule_console
+from .console import progress as progress_bar
 from .build import legalize, lower
 from .compile import ModelSource
 from .database import load_task_state, locked, open_database, save_task_state, task_key
@@ -66,7 +66,8 @@ def extract_tasks(
     scheme = quantize_model(source.gm, source.layers, source.calib, config, source.batch_size)
     mod, params, param_fqn = frontend.to_relax(source.gm, source.input_shape)
     with target.tvm_target:
-        mod, _ = lower(mod, params, param_fqn, source.layers, scheme, tunable=True, kernel=kernel)
+        mod, _ = lower(mod, params, param_fqn, source.layers, scheme, tunable=True, kernel=kernel,
+                       deferred=target.device_kind == "cuda")
     tasks = ms.relax_integration.extract_tasks(legalize(mod, target.tvm_target), target.tvm_target)
     return sorted(tasks, key=lambda task: task.task_name)
 
@@ -101,8 +102,12 @@ def _seconds(record: ms.database.TuningRecord) -> float | None:
     return sum(secs) / len(secs) if secs and max(secs) < FAILED else None
 
 
-def _default_schedule(task: ms.ExtractedTask) -> tvm.IRModule:
+def _default_schedule(task: ms.ExtractedTask, target: tvm.target.Target) -> tvm.IRModule:
     mod = task.dispatched[0]
+    if target.kind.name == "cuda":
+        from .cuda import pipeline as cuda_pipeline
+
+        return cuda_pipeline.schedule(mod, target)
     family = tunable_family(task.task_name)
     if family is not None:
         mod = tvm.IRModule({"main": family.schedule(mod["main"])})
@@ -115,13 +120,13 @@ def measure_untuned(
     """Latency (ms) of each task as `compile` builds it without records: our default kernel schedule, or
     TVM's plain lowering for fp32 ops. Measured with the same builder and runner as the trials."""
     with target.tvm_target:
-        mods = [_default_schedule(task) for task in tasks]
+        mods = [_default_schedule(task, target.tvm_target) for task in tasks]
     built = builder.build([ms.builder.BuilderInput(mod, target.tvm_target) for mod in mods])
     inputs, where = [], []
     for i, (mod, result) in enumerate(zip(mods, built)):
         if result.error_msg is None:
             args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-            inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", args))
+            inputs.append(ms.runner.RunnerInput(result.artifact_path, target.device_kind, args))
             where.append(i)
     latencies: list[float | None] = [None] * len(tasks)
     for i, future in zip(where, runner.run(inputs)):
@@ -135,7 +140,7 @@ def measure_untuned(
 class _Progress(ms.measure_callback.PyMeasureCallback):
     """Advances a tqdm bar per measured candidate and counts failures."""
 
-    def __init__(self, bar: tqdm):
+    def __init__(self, bar):  # a console.progress bar
         self.bar = bar
         self.failed = 0
         self.measured = 0
@@ -161,10 +166,15 @@ def tune(
     kernel: str = "auto",
 ) -> list[TaskResult]:
     """Tune every task of the model up to `trials` records each; returns the per-task summary."""
+    if target.device_kind == "cuda":  # candidates are compiled by NVRTC in the builder's worker processes
+        from .cuda import toolkit
+
+        toolkit.configure()
     tasks = extract_tasks(source, config, target, kernel)
     builder = make_builder(target, timeout)
     runner = make_runner(tracker, timeout, workers)
-    with locked(log_dir):
+    tempdirs.clean_stale()
+    with tempdirs.exit_cleanly_on_termination(), locked(log_dir):
         database = open_database(log_dir)
         state = load_task_state(log_dir)
         keys = [task_key(task.task_name, task.dispatched[0]) for task in tasks]
@@ -178,7 +188,7 @@ def tune(
         had = [sum(1 for r in _records(database, task.dispatched[0]) if _seconds(r) is not None) for task in tasks]
         todo = [i for i in range(len(tasks)) if had[i] < trials and not state.get(keys[i], {}).get("exhausted")]
         results = []
-        with tempfile.TemporaryDirectory(prefix="tvmquant-tune-") as work_dir, tqdm(
+        with tempdirs.private_dir("tune") as work_dir, progress_bar(
             total=sum(trials - had[i] for i in todo), unit="trial", desc=f"tuning {target.name}",
             disable=not progress,
         ) as bar:
@@ -186,9 +196,11 @@ def tune(
             for i in todo:
                 bar.set_description(f"tuning {tasks[i].task_name}")
                 callback = _Progress(bar)
-                _tune_one(tasks[i], trials - had[i], target, work_dir, builder, runner, database, callback)
+                _tune_one(tasks[i], trials - had[i], target, str(work_dir), builder, runner, database, callback,
+                          log_dir / "metaschedule.log")
                 counts[i] = (callback.measured, callback.failed)
                 if callback.measured < trials - had[i]:  # the search found no new candidates to try
+                    bar.update(trials - had[i] - callback.measured)  # those trials will never come: count them done
                     state.setdefault(keys[i], {})["exhausted"] = True
                     save_task_state(log_dir, state)
         for i, task in enumerate(tasks):
@@ -201,10 +213,13 @@ def tune(
     return results
 
 
-def search_space() -> ms.space_generator.PostOrderApply:
-    """TVM's default CPU rules, except that multi-level tiling does not fuse the consumer into the tiles:
-    in our kernels the consumer also reads the activation sums, and TVM 0.27's reverse_compute_at then
-    raises instead of skipping the candidate, which ends the whole run."""
+def search_space(target: TargetSpec) -> ms.space_generator.PostOrderApply:
+    """CUDA: MetaSchedule's GPU space (multi-level tiling with thread binding, cross-thread reduction, auto
+    bind) as TVM defines it. CPU: TVM's default CPU rules, except that multi-level tiling does not fuse the
+    consumer into the tiles: in our kernels the consumer also reads the activation sums, and TVM 0.27's
+    reverse_compute_at then raises instead of skipping the candidate, which ends the whole run."""
+    if target.device_kind == "cuda":
+        return ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda", mutator_probs="cuda")
     rules = [
         ms.schedule_rule.InlineConstantScalars(),
         ms.schedule_rule.AutoInline(
@@ -236,9 +251,15 @@ def _without_tensor_intrin() -> Iterator[None]:
         sys.modules.pop(name, None)
 
 
-def _tune_one(task, remaining, target, work_dir, builder, runner, database, callback) -> None:
+def _tune_one(task, remaining, target, work_dir, builder, runner, database, callback, log_file) -> None:
+    quiet_metaschedule_console()
     with _without_tensor_intrin():
-        contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts([task], work_dir, space=search_space())
+        contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts([task], work_dir, space=search_space(target))
+    with metaschedule_log(log_file):
+        _tune_contexts(contexts, remaining, work_dir, builder, runner, database, callback)
+
+
+def _tune_contexts(contexts, remaining, work_dir, builder, runner, database, callback) -> None:
     ms.tune.tune_tasks(
         tasks=contexts, task_weights=[1.0], work_dir=work_dir,
         max_trials_global=remaining, max_trials_per_task=remaining, num_trials_per_iter=min(remaining, 16),

@@ -112,7 +112,8 @@ def lut_conv2d_buckets(
     buckets = te.compute(
         (cfg.batch, oh, ow, cfg.lookups, cfg.padded_out),
         lambda n, y, z, l, o: te.sum(
-            table[n, y * sh + r, z * sw + s, g, index[r, s, g, l, o]].astype(acc), axis=[r, s, g]
+            # `% ENTRIES` (a no-op on nibbles) bounds the gathered entry, so a GPU schedule can stage tables
+            table[n, y * sh + r, z * sw + s, g, index[r, s, g, l, o] % ENTRIES].astype(acc), axis=[r, s, g]
         ),
         name="lookup",
     )

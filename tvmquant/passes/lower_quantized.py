@@ -29,16 +29,19 @@ class LowerQuantizedLayers:
     `kernel` is "auto" (the scheme kind decides) or a family name to use wherever it applies. Kernels are
     PrimFuncs named `<family>_<layer>`. `tunable=True` inserts tunable families' kernels unscheduled (for
     MetaSchedule), marked opaque so that fusion keeps each one a task of its own that the family's
-    `schedule` can still handle when no tuning record matches it.
+    `schedule` can still handle when no tuning record matches it. `deferred=True` (CUDA) inserts every
+    family's kernel unscheduled and opaque: the target's own rules schedule them after fusion.
     """
 
     def __init__(
-        self, scheme: QuantScheme, param_to_layer: dict[str, str], tunable: bool = False, kernel: str = "auto"
+        self, scheme: QuantScheme, param_to_layer: dict[str, str], tunable: bool = False, kernel: str = "auto",
+        deferred: bool = False,
     ):
         self.scheme = scheme
         self.param_to_layer = param_to_layer
         self.tunable = tunable
         self.kernel = kernel
+        self.deferred = deferred
         self.kernels: dict[str, str] = {}
         self.const_bytes: dict[str, int] = {}
         self.notes: dict[str, str] = {}
@@ -97,11 +100,11 @@ class _Rewriter(relax.PyExprMutator):
         family, note = registry.choose(layer, self.owner.kernel)
         tuned = self.owner.tunable and family.TUNABLE
         geometry = layer_geometry(layer, shape)
-        call = family.instantiate(layer, geometry, scheduled=not tuned)
+        call = family.instantiate(layer, geometry, scheduled=not (tuned or self.owner.deferred))
         prim = call.prim
-        if self.owner.tunable:  # opaque: fusion keeps each kernel whole, a task of its own or pre-scheduled
+        if self.owner.tunable or self.owner.deferred:  # opaque: fusion keeps each kernel whole
             prim = prim.with_attr("op_pattern", OPAQUE)
-            if not tuned:
+            if not (tuned or self.owner.deferred):
                 prim = prim.with_attr("tirx.is_scheduled", True)
         gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"{family.FAMILY}_{_ident(layer.name)}")
         self.owner.kernels[layer.name] = family.FAMILY

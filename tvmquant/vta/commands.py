@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..outputs import sidecar_paths
 from ..resources import shipped_tuning_dir, user_tuning_dir
 from ..target import TARGETS_DIR, load_target
 from .config import VtaConfig, load_config
@@ -63,8 +64,8 @@ def compile_command(args: argparse.Namespace, source, config, train, train_data)
             print(f"  {name:12s} host  {layer.describe():16s} {r.kernels.get(name, 'float32')}: {out.host_reasons.get(name, '')}")
     for name, why in r.scheme.kept_float.items():
         print(f"  {name:12s} host  float32          {why}")
-    print(f"wrote {output}, {output.with_suffix('.vta')}/ (VTA programs, manifest.json), "
-          f"{output.with_suffix('.json').name}, {output.with_suffix('.npz').name}")
+    meta, data = sidecar_paths(output)
+    print(f"wrote {output}, {output.with_suffix('.vta')}/ (VTA programs, manifest.json), {meta.name}, {data.name}")
     return report_run(output, limit=args.eval_limit)
 
 

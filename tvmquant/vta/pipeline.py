@@ -20,7 +20,9 @@ from tvm import relax
 from .. import frontend
 from ..batching import run_batched
 from ..build import Lowered, build
+from .. import outputs
 from ..compile import CompileResult, ModelSource, write_sidecar
+from ..outputs import sidecar_paths
 from ..quantize import QuantConfig, quantize_model, quantize_with_training
 from ..scheme import QuantScheme
 from ..target import TargetSpec
@@ -135,8 +137,9 @@ def compile_vta(source: ModelSource, config: QuantConfig, target: TargetSpec, vt
     reference = VtaReference(gm, source.layers, scheme, vta_layers)
     ref_out = run_batched(reference, source.eval_x, source.batch_size, "quantized reference (VTA arithmetic)")
     result = CompileResult(source, config, target, scheme, lowered, output, ref_out, list(tuning_logs), tuned)
-    target.export(built.executable, output)
-    write_sidecar(result)
+    with outputs.replace_together(output, *sidecar_paths(output)) as (lib, meta, data):
+        result.linked_with = target.export(built.executable, lib)
+        write_sidecar(result, meta, data)
     artifact.write(output, programs, vta)
     return VtaCompileResult(result, vta, programs, host_reasons, notes, tuned)
 

@@ -1,0 +1,139 @@
+"""Scheduling helpers shared by the CUDA rules: which family a PrimFunc is, thread binding, GEMM tiles.
+
+A kernel's output is tiled as a GEMM (pixels x output channels): a thread block computes `pixels` output
+pixels (threadIdx.y) x `channels` output channels (threadIdx.x, adjacent channels in adjacent lanes so weight
+loads coalesce), each thread `per_thread` channels in registers; the reduction runs inside each thread, and
+the activation operand is staged in shared memory one reduction chunk at a time, loaded cooperatively by the
+whole block. Auxiliary stages (quantize, pack, epilogues) are elementwise kernels of 256 threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import tirx
+from tvm.s_tir import Schedule
+from tvm.target import Target
+
+FAMILY_ATTR = "tvmquant.family"  # set by the architecture's pass; older modules are recognised by their blocks
+# the block that only this family's kernel has (multipoint before bitserial: it contains bitserial's blocks)
+SIGNATURES = (("multipoint", {"popcount_dot", "combine"}), ("bitserial", {"popcount_dot"}),
+              ("shift", {"shift_add"}), ("lut", {"lookup"}), ("dequant", {"dense_acc"}))
+THREADS = 256
+
+
+def block_names(func: tirx.PrimFunc) -> set[str]:
+    sch = Schedule(func)
+    names, stack = set(), [sch.get_sblock("root")]
+    while stack:
+        block = stack.pop()
+        names.add(sch.get(block).name_hint)
+        stack.extend(sch.get_child_blocks(block))
+    return names
+
+
+def family_of(func: tirx.PrimFunc) -> str | None:
+    """The tvmquant kernel family of `func`, or None for any other function."""
+    if func.attrs is not None and FAMILY_ATTR in func.attrs:
+        return str(func.attrs[FAMILY_ATTR])
+    names = block_names(func)
+    return next((family for family, blocks in SIGNATURES if blocks <= names), None)
+
+
+def is_cuda(target: Target) -> bool:
+    return target.kind.name == "cuda"
+
+
+def largest_divisor(extent: int, limit: int) -> int:
+    return max(d for d in range(1, min(extent, limit) + 1) if extent % d == 0)
+
+
+def spatial_count(sch: Schedule, block) -> int:
+    """How many of the block's outer loops are spatial (TE blocks put reduction loops last)."""
+    return sum(1 for v in sch.get(block).iter_vars if v.iter_type == tirx.IterVar.DataPar)
+
+
+def bind_threads(sch: Schedule, block, threads: int = THREADS) -> None:
+    """The block's spatial loops fused over blockIdx.x x threadIdx.x; its reduction loops serial per thread."""
+    loops = sch.get_loops(block)[: spatial_count(sch, block)]
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    extent = int(sch.get(fused).extent)
+    bx, tx = sch.split(fused, [None, min(threads, extent)])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+
+
+def inline(sch: Schedule, *names: str) -> None:
+    for name in names:
+        sch.compute_inline(sch.get_sblock(name))
+
+
+def bind_remaining(sch: Schedule) -> None:
+    """Every root-level stage not yet on the GPU becomes an elementwise kernel (bind_threads)."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        loops = sch.get_loops(block)
+        if loops and sch.get(loops[0]).thread_binding is None:
+            bind_threads(sch, block)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Threads per block along pixels and output channels, and output channels per thread (registers)."""
+
+    pixels: int = 8
+    channels: int = 32
+    per_thread: int = 2
+
+
+@dataclass
+class TiledLoops:
+    thread_channels: object  # the threadIdx.x loop: register accumulators and epilogues go under it
+    reduction: list  # the reduction loops, outermost first, as reordered
+    threads: tuple[int, int]  # (threadIdx.y, threadIdx.x) extents
+
+
+def tile_gemm(sch: Schedule, block, channel_axis: int, tile: Tile = Tile()) -> TiledLoops:
+    """Tile the block's output (its spatial loops) as described in the module docstring. The pixel axis is
+    the innermost spatial loop with extent > 1 other than the channel axis (OW for convolutions, the batch for
+    dense layers); the remaining spatial loops go to blockIdx.x. Splits divide exactly (no tail predicates)."""
+    loops = sch.get_loops(block)
+    count = spatial_count(sch, block)
+    spatial, reduction = loops[:count], loops[count:]
+    channel = spatial[channel_axis]
+    others = [loop for k, loop in enumerate(spatial) if k != channel_axis]
+    extents = {loop: int(sch.get(loop).extent) for loop in spatial}
+    pixel = next((loop for loop in reversed(others) if extents[loop] > 1), others[-1])
+    block_pixels, thread_pixels = sch.split(pixel, [None, largest_divisor(extents[pixel], tile.pixels)])
+    lanes = largest_divisor(extents[channel], tile.channels)
+    per_thread = tile.per_thread if extents[channel] % (lanes * tile.per_thread) == 0 else 1
+    block_channels, registers, lanes_loop = sch.split(channel, [None, per_thread, lanes])
+    outer = [block_pixels if loop is pixel else loop for loop in others]
+    sch.reorder(*outer, block_channels, thread_pixels, lanes_loop, *reduction, registers)
+    sch.bind(sch.fuse(*outer) if len(outer) > 1 else outer[0], "blockIdx.x")
+    sch.bind(block_channels, "blockIdx.y")
+    sch.bind(thread_pixels, "threadIdx.y")
+    sch.bind(lanes_loop, "threadIdx.x")
+    sch.unroll(registers)
+    return TiledLoops(lanes_loop, list(reduction), (int(sch.get(thread_pixels).extent), lanes))
+
+
+def stage_shared(sch: Schedule, block, buffer: str, at, threads: tuple[int, int]) -> None:
+    """Stage what `block` reads of `buffer` under loop `at` in shared memory, loaded by all the block's
+    `threads` (y, x) together, consecutive threads on consecutive elements."""
+    index = next(i for i, region in enumerate(sch.get(block).reads) if region.source.name == buffer)
+    cache = sch.cache_read(block, index, "shared", consumer_blocks=[block])
+    sch.compute_at(cache, at)
+    loops = sch.get_loops(cache)
+    depth = next(k for k, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(at))) + 1
+    own = loops[depth:]
+    if not own:  # one element per step (compute_at dropped its unit loops): every thread loads it
+        return
+    fused = sch.fuse(*own) if len(own) > 1 else own[0]
+    _, ty, tx = sch.split(fused, [None, *threads])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+
+
+def split_reduction(sch: Schedule, loop, chunk: int):
+    """(outer, inner) with inner the largest divisor of the extent up to `chunk`."""
+    return sch.split(loop, [None, largest_divisor(int(sch.get(loop).extent), chunk)])
