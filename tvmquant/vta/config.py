@@ -173,10 +173,10 @@ def to_dict(config: VtaConfig) -> dict:
 
 
 def load_config(path: str | Path) -> VtaConfig:
-    """A vta_config.json by path, or by short name (`w4` -> targets/vta/vta_config_w4.json, `default`)."""
+    """A vta_config.json by path, or by short name (`w4` -> targets/vta_config_w4.json, `default`)."""
     from ..target import TARGETS_DIR
 
-    folder = TARGETS_DIR / "vta"
+    folder = TARGETS_DIR
     text = str(path)
     if not text.endswith(".json"):
         path = folder / ("vta_config.json" if text in ("default", "") else f"vta_config_{text}.json")
