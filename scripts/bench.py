@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="smoke test: conv7, dense and digits, 3 rounds, two of our variants, no memory pass")
     parser.add_argument("--tuning-log", type=Path, help="a `tvmquant tune` folder whose records schedule our kernels")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="VARIANT",
+                        help="variant keys not to build or time (e.g. tvm_fp32: its tuning takes long)")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--spin-wait", action="store_true",
                         help="keep PyTorch's and ORT's default spin-waiting thread pools (default: they wait passively)")

@@ -93,7 +93,7 @@ def time_interleaved(prepared: dict[str, Prepared], rounds: int, min_time: float
 
 def run_case(case: Case, args: argparse.Namespace, workdir: Path) -> dict:
     ctx = make_context(case, args, workdir)
-    variants = PEERS + our_variants(case, args.quick)
+    variants = [v for v in PEERS + our_variants(case, args.quick) if v.key not in args.skip]
     prepared, status = setup_all(variants, ctx, not args.no_progress)
     times = time_interleaved(prepared, args.rounds, args.min_time, f"{case.name}: timing", not args.no_progress)
     input_path = workdir / f"{case.name}-input.npy"

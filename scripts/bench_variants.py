@@ -409,14 +409,17 @@ class Ours:
     method: str
     wbits: int
     abits: int
+    kernel: str = "auto"  # --kernel: auto (the registry's cost rule) or one family wherever it runs
 
     @property
     def key(self) -> str:
-        return f"ours_{self.method}_w{self.wbits}a{self.abits}"
+        suffix = "" if self.kernel == "auto" else f"_{self.kernel}"
+        return f"ours_{self.method}_w{self.wbits}a{self.abits}{suffix}"
 
     @property
     def label(self) -> str:
-        return f"{self.method} W{self.wbits}A{self.abits}"
+        suffix = "" if self.kernel == "auto" else f" --kernel {self.kernel}"
+        return f"{self.method} W{self.wbits}A{self.abits}{suffix}"
 
     def config(self, case: Case) -> QuantConfig:
         """Models keep first and last layers at 8 bits; a single layer gets exactly the asked bits (its
@@ -430,12 +433,13 @@ class Ours:
             warnings.simplefilter("ignore")
             scheme = quantize_model(src.gm, src.layers, src.calib, config, src.batch_size)
         mod, params, fqn = frontend.to_relax(src.gm, src.input_shape)
-        nbytes = constant_bytes(lower(mod, params, fqn, src.layers, scheme)[0])
+        with ctx.target.tvm_target:  # the auto rule reads the target's dot-product ISA
+            nbytes = constant_bytes(lower(mod, params, fqn, src.layers, scheme, kernel=self.kernel)[0])
         database, untuned = None, {}
         if ctx.tuning_log is not None:
             database = read_database(ctx.tuning_log)
             untuned = {k: v["untuned_ms"] for k, v in load_task_state(ctx.tuning_log).items() if "untuned_ms" in v}
-        built = build(mod, params, fqn, src.layers, scheme, ctx.target, database, untuned)
+        built = build(mod, params, fqn, src.layers, scheme, ctx.target, database, untuned, kernel=self.kernel)
         reference = ReferenceModel(src.gm, src.layers, scheme)(ctx.x)
         families = sorted(set(built.lowered.kernels.values())) or ["float32 (nothing quantized)"]
         family = "+".join(families) if ctx.case.kind == "model" else families[0]
@@ -462,11 +466,11 @@ def our_variants(case: Case, quick: bool) -> list[Variant]:
     LUT-GEMV goal). Models: W2A2."""
     if quick:
         configs = [Ours("uniform", 2, 2), Ours("uniq", 2, 2)]
-    elif case.kind == "model":
-        configs = [Ours("uniform", 2, 2)]
+    elif case.kind == "model":  # auto (int8 for the 8-bit edges and few-channel layers) vs bit-serial only
+        configs = [Ours("uniform", 2, 2), Ours("uniform", 1, 1), Ours("uniform", 2, 2, "bitserial")]
     else:
-        configs = [Ours("uniform", 1, 1), Ours("uniform", 2, 2), Ours("uniform", 4, 4),
-                   Ours("inq", 2, 2), Ours("uniq", 2, 2)]
+        configs = [Ours("uniform", 1, 1), Ours("uniform", 2, 2), Ours("uniform", 4, 4), Ours("uniform", 8, 8),
+                   Ours("uniform", 2, 2, "int8"), Ours("inq", 2, 2), Ours("uniq", 2, 2)]
         if case.kind == "conv":  # multipoint's PTQ of a 1024- or 4096-wide linear layer takes many minutes here
             configs.append(Ours("multipoint", 2, 2))
         else:

@@ -103,7 +103,7 @@ def _bad_cases(tmp_path):
         "bits 9": (["--bits", "9"], "must be an integer from 1 to 8"),
         "wbits 12": (["--wbits", "12"], "--wbits"),
         "first-last 0": (["--first-last-bits", "0"], "--first-last-bits"),
-        "unknown target": (["--target", "riscv"], "unknown target 'riscv'; known targets: arm_cpu, x86"),
+        "unknown target": (["--target", "riscv"], "unknown target 'riscv'; known targets: arm_cpu, cuda, vta, x86"),
         "unknown method": (["--method", "magic"], "invalid choice: 'magic'"),
         "missing model": (["--model", str(tmp_path / "none.pt2")], "model file not found"),
         "corrupt model": (["--model", str(junk)], "is not a torch.export archive"),

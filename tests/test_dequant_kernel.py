@@ -1,5 +1,7 @@
 """The dequantize-then-dense kernel against its numpy reference."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tvm
@@ -32,4 +34,23 @@ def test_dequant_conv_matches_reference(shape, abits, terms, host_target):
     args = [tvm.runtime.tensor(a) for a in (x, matrices, combine, scale)]
     lib(*args, out)
     want = dequant.reference(x, matrices, combine, scale, cfg, inv, zp)
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
+def test_onehot_terms_are_formed_in_the_kernel_not_stored(host_target):
+    """CODEBOOK layers store codes (1 byte per weight) and each term's code, not J float64 matrices; the
+    result is the reference's exactly."""
+    rng = np.random.default_rng(0)
+    cfg = DequantConv2dConfig(*SHAPES[2], abits=4, terms=5, onehot=True)
+    x = rng.standard_normal((cfg.batch, cfg.in_channels, cfg.height, cfg.width)).astype(np.float32)
+    codes = rng.integers(0, 8, (cfg.out_channels, cfg.in_channels, *cfg.kernel)).astype(np.uint8)
+    term_codes = np.array([0, 2, 3, 5, 7], np.int32)
+    combine = rng.standard_normal((cfg.terms, cfg.out_channels))
+    scale = rng.uniform(0.05, 0.5, cfg.out_channels).astype(np.float32)
+    lib = tvm.compile(tvm.IRModule({"main": dequant.build_primfunc(cfg, 2.0, 3)}), host_target.tvm_target)
+    out = tvm.runtime.tensor(np.zeros((cfg.batch, cfg.out_channels, *cfg.out_hw), np.float32))
+    lib(*[tvm.runtime.tensor(a) for a in (x, codes, term_codes, combine, scale)], out)
+    matrices = (codes[None] == term_codes[:, None, None, None, None]).astype(np.float64)
+    want = dequant.reference(x, matrices, combine, scale, dataclasses.replace(cfg, onehot=False), 2.0, 3)
+    assert want.std() > 0
     np.testing.assert_array_equal(out.numpy(), want)

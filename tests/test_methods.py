@@ -5,7 +5,8 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from tvmquant.methods import balanced, inq, multipoint, qnet, uniq
+from tvmquant.methods import balanced, inq, multipoint, qnet, uniform, uniq
+from tvmquant.qat import InqTrainer
 from tvmquant.scheme import WeightKind
 
 
@@ -53,12 +54,15 @@ def test_inq_values_in_power_of_two_set(bits):
     w = _weights()
     q = inq.quantize_weight(w, bits)
     assert q.kind is WeightKind.POW2
-    n1, n2 = inq.exponent_range(np.abs(w).max(), bits)
+    paper, _ = inq.exponent_range(np.abs(w).max(), bits)
+    n1 = int(q.exp_max[0])
+    assert n1 == inq.choose_n1(w, bits) and (n1 == paper if bits >= 4 else n1 <= paper)
+    n2 = n1 + 1 - (1 << (bits - 2))
     allowed = np.concatenate([[0.0], np.exp2(np.arange(n2, n1 + 1.0))])
     deq = q.dequantize()
     assert np.all(np.isin(np.abs(deq), allowed))
     assert len(allowed) - 1 == 1 << (bits - 2)  # 2^(b-1)+1 values with signs and zero
-    assert np.abs(w).max() < 1.5 * 2.0**n1
+    assert np.abs(w).max() < 1.5 * 2.0**paper
     # nearest in the linear domain
     dist = np.abs(np.abs(w)[..., None] - allowed).min(-1)
     np.testing.assert_allclose(np.abs(np.abs(w) - np.abs(deq)), dist, atol=1e-15)
@@ -101,8 +105,10 @@ def test_balanced_bins_hold_equal_counts_and_full_entropy(bits, approx):
         assert entropy == pytest.approx(bits, abs=1e-6)
     else:  # means = medians only for symmetric sub-populations; half-normal halves are skewed
         assert entropy == pytest.approx(bits, abs=0.05)
-    levels = np.unique(q.dequantize())
-    assert np.allclose(np.diff(levels), np.diff(levels)[0]) and np.isclose(levels[0], -levels[-1])
+    for channel in q.dequantize().reshape(len(w), -1):  # a uniform grid per channel, symmetric at 2 bits
+        levels = np.unique(channel)
+        assert np.allclose(np.diff(levels), np.diff(levels)[0])
+        assert bits > 2 or np.isclose(levels[0], -levels[-1])
 
 
 def test_balanced_skewed_tensor_mean_split_is_biased():
@@ -164,7 +170,7 @@ def test_qnet_high_temperature_matches_unit_step_and_export(bits, kind):
     hard = quant.hard(wt).detach().numpy()
     soft = quant.soft(wt, 1e6).detach().numpy()
     z = np.exp(float(quant.log_beta.detach())) * w[..., None] - quant.thresholds.numpy()
-    away = np.abs(z).min(-1) > 1e-4  # at T*z clamped to ±10 the sigmoid is within 5e-5 of the step
+    away = np.abs(z).min(-1) > 1e-4  # there σ(T z) at T = 1e6 is the step to within e^-100
     np.testing.assert_allclose(soft[away], hard[away], atol=1e-4 * np.abs(hard).max())
     exported = quant.export(wt)
     assert exported.kind is kind
@@ -178,4 +184,95 @@ def test_qnet_thresholds_from_kmeans_are_sorted_between_levels():
     quant = qnet.QNQuantizer(w, 2)
     t = quant.thresholds.numpy()
     assert len(t) == 2 and t[0] < t[1]
-    assert qnet.temperature(0) == 10 and qnet.temperature(10**6) == qnet.T_CAP
+    assert qnet.temperature(0) == qnet.T_START and qnet.temperature(1.0) == qnet.T_END >= 300
+    assert qnet.temperature(0.5) == pytest.approx((qnet.T_START + qnet.T_END) / 2)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_qnet_start_is_least_squares_and_centred(bits):
+    w = _weights((32, 16, 3, 3)) - 0.05  # a nonzero mean: the thresholds must stay symmetric about zero
+    for init in qnet.INITS:
+        quant = qnet.QNQuantizer(w, bits, init=init)
+        t = quant.thresholds.numpy()
+        np.testing.assert_allclose(t, -t[::-1], atol=1e-12)
+        wt = torch.from_numpy(w)
+        y = quant.y.numpy()[quant.level_index(wt).numpy()]
+        alpha = float(torch.exp(quant.log_alpha.detach()))
+        # k-means: least squares for its assignment; Lloyd: a fixed point of (assign, least squares) to 1e-3
+        assert alpha == pytest.approx(float((w * y).sum() / (y * y).sum()), rel=1e-9 if init == "kmeans" else 1e-3)
+    kmeans = qnet.QNQuantizer(w, bits, init="kmeans").hard(torch.from_numpy(w)).detach().numpy()
+    lloyd = qnet.QNQuantizer(w, bits, init="lloyd").hard(torch.from_numpy(w)).detach().numpy()
+    assert np.linalg.norm(lloyd - w) <= np.linalg.norm(kmeans - w) + 1e-12
+    assert np.linalg.norm(lloyd - w) < 0.6 * np.linalg.norm(w)  # a usable post-training quantizer
+
+
+def test_qnet_released_gradient_is_temperature_one_sigmoid_scaled_by_t():
+    w = torch.from_numpy(_weights((8, 8))).requires_grad_(True)
+    quant = qnet.QNQuantizer(w.detach().numpy(), 2)
+    quant.soft(w, 300.0).sum().backward()
+    beta, alpha = torch.exp(quant.log_beta.detach()), torch.exp(quant.log_alpha.detach())
+    z = beta * w.detach().double().unsqueeze(-1) - quant.thresholds
+    s = torch.sigmoid(z)
+    expected = (alpha * beta * 300.0 * (s * (1 - s)) * (quant.y[1:] - quant.y[:-1])).sum(-1)
+    torch.testing.assert_close(w.grad, expected.to(w.dtype))
+    assert float(w.grad.abs().min()) > 0  # no weight's gradient is clamped away at T = 300
+
+
+def test_qnet_and_balanced_use_the_uniform_quantizer_at_8_bits():
+    w = _weights() ** 3  # heavy-tailed
+    for method in (qnet, balanced):
+        np.testing.assert_array_equal(method.quantize_weight(w, 8).dequantize(), uniform.quantize_weight(w, 8).dequantize())
+    assert np.linalg.norm(qnet.quantize_weight(w, 8).dequantize() - w) < 0.03 * np.linalg.norm(w)
+
+
+def test_uniq_auto_fit_takes_empirical_quantiles_only_at_8_bits_and_only_when_better():
+    gauss, heavy = _weights((64, 32, 3, 3)), _weights((64, 32, 3, 3)) ** 3
+    err = {fit: uniq.fit_error(heavy, 8, fit) for fit in ("gaussian", "empirical")}
+    assert err["empirical"] < 0.5 * err["gaussian"]  # the Gaussian fit clips the heavy tail at 2.89 sigma
+    assert uniq.fit_error(heavy, 8, "auto") == err["empirical"]
+    assert uniq.fit_error(gauss, 8, "auto") == min(uniq.fit_error(gauss, 8, f) for f in ("gaussian", "empirical"))
+    assert uniq.fit_error(heavy, 4, "auto") == uniq.fit_error(heavy, 4, "gaussian")  # the paper's fit below 8 bits
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_inq_least_squares_n1_at_low_bits(bits):
+    w = np.random.default_rng(4).laplace(size=(64, 32, 3, 3)) * 0.02  # heavy tail: the paper's n1 sits far out
+    paper = inq.choose_n1(w, bits, "paper")
+    auto = inq.choose_n1(w, bits)
+    assert auto < paper
+
+    def err(n):
+        return np.linalg.norm(w - inq.round_pow2(w, n, bits))
+
+    assert err(auto) == min(err(n) for n in range(paper - 11, paper + 1))
+    q = inq.quantize_weight(w, bits)
+    assert np.mean(q.dequantize() != 0) > 0.3 and int(q.exp_max[0]) == auto
+    assert inq.choose_n1(w, 4) == inq.exponent_range(np.abs(w).max(), 4)[0]  # the paper's rule from 4 bits
+
+
+def test_inq_trainer_gives_every_portion_the_same_steps():
+    w = torch.nn.Parameter(torch.from_numpy(_weights()).float())
+    trainer = InqTrainer({"l": w}, {"l": 3}, portion_steps=2)
+    portions = inq.PORTIONS[3][:-1]
+    assert trainer.total_steps(999) == 2 * len(portions)
+    frozen = []
+    for step in range(trainer.total_steps(999)):
+        trainer.start_step(step / 14)
+        frozen.append(int(trainer.states["l"].frozen.sum()))
+    assert frozen == [round(p * w.numel()) for p in portions for _ in range(2)]
+    assert InqTrainer({"l": w}, {"l": 3}).total_steps(5) == 5 * len(portions)
+
+
+def test_balanced_per_channel_grids_keep_small_channels_and_their_mean():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 320)) * np.geomspace(0.01, 1, 8)[:, None] - 0.3 * np.geomspace(0.01, 1, 8)[:, None]
+    per_layer = balanced.quantize_weight(w, 4, per_channel=False, offset=False).dequantize()
+    symmetric = balanced.quantize_weight(w, 4, offset=False).dequantize()
+    offset = balanced.quantize_weight(w, 4).dequantize()
+    rel = [np.linalg.norm(q - w, axis=1) / np.linalg.norm(w, axis=1) for q in (per_layer, symmetric, offset)]
+    assert rel[0][0] > 2 * rel[1][0]  # one layer-wide grid swamps the smallest channel
+    np.testing.assert_allclose(symmetric.mean(axis=1), 0, atol=1e-12)  # balanced codes: the mean is lost
+    assert np.all(np.abs(offset.mean(axis=1) - w.mean(axis=1)) < 0.5 * np.abs(w.mean(axis=1)))
+    assert np.all(rel[2] <= rel[1] + 1e-12)
+    q = balanced.quantize_weight(w, 4)
+    assert np.allclose(2 * q.zero_point, np.round(2 * q.zero_point))  # the integer kernels still apply

@@ -7,6 +7,7 @@ import torch
 
 from tvmquant.batching import run_batched
 from tvmquant.compile import compile_model, load_source
+from tvmquant.kernels import registry
 from tvmquant.errors import UserError
 from tvmquant.models import digits
 from tvmquant.quantize import QuantConfig, calibrate_activations, plan_layers
@@ -30,7 +31,9 @@ def test_every_method_compiles_and_matches_reference(method, source, tmp_path, h
     kinds = {layer.weight.kind.value for layer in result.scheme.layers.values()}
     assert kinds <= KINDS[method] and kinds & KINDS[method]
     for name, layer in result.scheme.layers.items():
-        want = {"uniform": "bitserial", "pow2": "shift", "multipoint": "multipoint",
+        with host_target.tvm_target:  # UNIFORM and POW2: auto's cost rule (int8 or bitserial / shift)
+            rule = registry.choose(layer)[0].FAMILY
+        want = {"uniform": rule, "pow2": rule, "multipoint": "multipoint",
                 "codebook": "lut" if layer.weight.bits <= 4 else "dequant"}[layer.weight.kind.value]
         assert result.kernels[name] == want
     compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)

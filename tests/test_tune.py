@@ -22,7 +22,7 @@ TUNE_TIMEOUT = 600
 
 def _tune_cmd(model, calib, log_dir, *extra):
     return [sys.executable, "-m", "tvmquant", "tune", "--target", "x86", "--model", model, "--calib", calib,
-            "--log-dir", str(log_dir), "--trials", "2", *extra]
+            "--log-dir", str(log_dir), "--trials", "2", "--kernel", "bitserial", *extra]  # auto: int8, untunable
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_compile_applies_records_and_stays_correct(tuned, tmp_path):
     folder, model, calib, log_dir, _ = tuned
     proc = subprocess.run(
         [sys.executable, "-m", "tvmquant", "compile", "--target", "x86", "--model", model, "--calib", calib,
-         "--tuning-log", str(log_dir), "-o", str(tmp_path / "t.so")],
+         "--tuning-log", str(log_dir), "--kernel", "bitserial", "-o", str(tmp_path / "t.so")],
         capture_output=True, text=True, timeout=TUNE_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: tvmquant_out/MODEL-TARGET-wWaA-METHOD[-KERNEL].so)")
     comp.add_argument("--report", type=Path, metavar="REPORT.html",
                       help="also write one self-contained HTML page: layers, accuracy, weight histograms, bytes and time per layer")
+    comp.add_argument("--eval-limit", type=int, help="vta: check only the first N evaluation samples on the simulator")
 
     tune = sub.add_parser(
         "tune",
@@ -146,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", required=True, help="the target it was compiled for")
     run.add_argument("--rpc", help="HOST:PORT of the device's TVM RPC server (default: the target's; unused for local targets)")
     run.add_argument("--repeat", type=int, default=5, help="timing repeats (default: 5)")
+    run.add_argument("--profile", action="store_true",
+                     help="also print the time of every kernel and remaining op, sorted (local targets only)")
+    run.add_argument("--eval-limit", type=int, help="vta: run only the first N saved inputs on the simulator")
     for command in (comp, tune, deploy, run):
         command.add_argument("--json", action="store_true", help=JSON_HELP)
     for name, examples in EXAMPLES.items():
@@ -178,6 +182,11 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                         help="kernel family for the quantized layers: auto picks by weight kind (uniform -> bitserial, "
                         "pow2 -> shift, codebook -> lut, multipoint -> multipoint); a family runs every layer it can, "
                         "the others keep auto's choice and the summary says why (default: auto)")
+    parser.add_argument("--act-scale", default="mse", choices=("mse", "pow2"),
+                        help="activation scales: least squared error, or powers of two with signed codes (default: "
+                        "mse; --target vta always uses pow2)")
+    parser.add_argument("--vta-config", help="vta: a vta_config.json, or a name in targets/ (default, w4, w2, i4w4; "
+                        "default: the target's)")
     parser.add_argument("--calib", help="calibration inputs, .npy of shape (N, ...) (default: the built-in model's held-out calibration digits)")
 
 
@@ -225,6 +234,10 @@ def _compile(args: argparse.Namespace) -> int:
     eval_y = load_npy(args.eval_labels, "evaluation labels") if args.eval_labels else None
     source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y, args.trust_model)
     train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
+    from .vta.commands import compile_command, is_vta
+
+    if is_vta(args.target):
+        return compile_command(args, source, config, train, train_data)
     result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel)
     evaluation = print_compile_summary(result, args.rpc or target.default_rpc)
     if args.report:
@@ -255,6 +268,7 @@ def _config(args: argparse.Namespace):
         first_last_bits=args.first_last_bits,
         method=args.method,
         budget=args.budget,
+        act_scale=args.act_scale,
     )
 
 
@@ -272,9 +286,13 @@ def _tune(args: argparse.Namespace) -> int:
     from .cuda.target import gpu_present, is_cuda
     from .tune import Tracker, tune
 
+    from .vta.commands import is_vta, tune_command
+
     target, config = _target(args), _config(args)
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
+    if is_vta(args.target):
+        return tune_command(args, load_source(args.model, args.input_shape, _calib(args)), config)
     tracker, workers = None, 1
     if args.rpc_tracker or target.runs == "rpc":
         if not (args.rpc_tracker and args.rpc_key):
@@ -302,6 +320,10 @@ def _deploy(args: argparse.Namespace) -> int:
     from .target import load_target
 
     meta, _ = read_sidecar(args.artifact)
+    from .vta.commands import deploy_command, is_vta
+
+    if is_vta(meta["target"]):
+        return deploy_command(args)
     target = load_target(meta["target"])
     if args.rpc_tracker:
         if not args.rpc_key:
@@ -318,9 +340,15 @@ def _deploy(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .rpc import connect
     from .target import load_target
+    from .vta.commands import is_vta, run_command
 
+    if is_vta(args.target):
+        return run_command(args)
     target = load_target(args.target)
-    if target.runs == "rpc" or (target.device_kind == "cuda" and args.rpc):
+    remote = target.runs == "rpc" or (target.device_kind == "cuda" and args.rpc)
+    if args.profile and remote:
+        raise UserError(f"--profile times calls in this process, so it needs a local target, not '{target.name}' over RPC")
+    if remote:
         address = args.rpc or target.default_rpc
         return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}",
                             args.repeat, "run" if args.json else None)
@@ -329,12 +357,16 @@ def _run(args: argparse.Namespace) -> int:
 
         if not gpu_present():
             raise UserError(no_gpu_reason(target))
-    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat, "run" if args.json else None)
+    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat,
+                        "run" if args.json else None, args.profile)
 
 
-def run_artifact(artifact: Path, target, session: Callable | None, where: str, repeat: int, json_for: str | None = None) -> int:
+def run_artifact(
+    artifact: Path, target, session: Callable | None, where: str, repeat: int, json_for: str | None = None,
+    profile: bool = False,
+) -> int:
     """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy.
-    `json_for`: the command name to emit a --json record for."""
+    `json_for`: the command name to emit a --json record for; `profile`: also time every function (local only)."""
     from .batching import run_batched
     from .compile import read_sidecar
     from .report import compare, print_comparison
@@ -353,6 +385,10 @@ def run_artifact(artifact: Path, target, session: Callable | None, where: str, r
     comparison = compare(outputs, data["reference"], data.get("labels"))
     print_comparison(comparison, meta["eval_label"])
     print(f"latency on {where}: {latency:.3f} ms per batch of {batch} (median of {repeat} repeats)")
+    if profile:
+        from .profile import print_profile, profile as profile_calls
+
+        print_profile(profile_calls(module, data["inputs"][:batch], repeat), repeat)
     if json_for:
         from .json_output import emit, run_record
 

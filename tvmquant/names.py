@@ -3,5 +3,5 @@ at once. The registries they name (quantize.py's methods, kernels/registry.py's 
 these lists by tests/test_cli.py."""
 
 METHODS = ("uniform", "uniq", "inq", "balanced", "multipoint", "qnet")
-QAT_METHODS = ("uniq", "inq", "balanced", "qnet")
-KERNELS = ("auto", "bitserial", "shift", "lut", "multipoint", "dequant")
+QAT_METHODS = ("uniform", "uniq", "inq", "balanced", "qnet")
+KERNELS = ("auto", "bitserial", "int8", "shift", "lut", "multipoint", "dequant")

@@ -1,46 +1,79 @@
-"""Per-layer time of a compiled module on this machine: the Relax VM calls an instrument around every call
-(`vm.set_instrument`, TVM 0.27 has no profiler), which times each PrimFunc; kernels are named FAMILY_LAYER
-by the lowering pass, so a time maps back to its layer."""
+"""Where a compiled model's milliseconds go: wall time per kernel and per remaining op, from the Relax VM's
+instrument hook (called before and after every Call instruction), summed over runs and sorted by time.
+
+Timing happens in this process, so it needs the module loaded here (local targets); over RPC the hook would
+have to be a function on the device. `run --profile`, `bench` and `compile --report` all time through here.
+"""
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .rpc import DeviceModule
+
+# VM builtins that only move tensors around (allocation, shape checks, tuple handling): not ops of the model
+_BOOKKEEPING = ("vm.builtin.", "relax.vm.", "vm.")
+
+
+@dataclass
+class ProfileRow:
+    name: str  # the PrimFunc (our kernels: `<family>_<layer>`) or packed function called
+    calls: int  # per run
+    ms: float  # per run, summed over its calls
+    share: float  # of the profiled total
+
+
+def profile(module: DeviceModule, x: np.ndarray, runs: int = 10) -> list[ProfileRow]:
+    """Per-call wall times of `runs` runs of `module` on input `x` (one batch), slowest first; the first run
+    (warm-up) is not counted."""
+    import tvm
+
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    started: list[float] = []
+
+    def instrument(_func, name: str, before_run: bool, _ret, *_args) -> int:
+        if before_run:
+            started.append(time.perf_counter())
+        else:
+            elapsed = time.perf_counter() - started.pop()
+            totals[name] = totals.get(name, 0.0) + elapsed
+            counts[name] = counts.get(name, 0) + 1
+        return 0  # VMInstrumentReturnKind.kNoOp: run the call
+
+    module(x)  # warm-up: first-touch page faults, thread pool start
+    module.vm.set_instrument(tvm.runtime.convert(instrument))
+    try:
+        for _ in range(runs):
+            module(x)
+    finally:
+        module.vm.set_instrument(tvm.runtime.convert(lambda *_args: 0))
+    ops = {k: v for k, v in totals.items() if not k.startswith(_BOOKKEEPING)}
+    whole = sum(ops.values()) or 1.0
+    rows = [ProfileRow(k, counts[k] // runs, 1e3 * v / runs, v / whole) for k, v in ops.items()]
+    return sorted(rows, key=lambda r: -r.ms)
+
+
+def print_profile(rows: list[ProfileRow], runs: int) -> None:
+    total = sum(r.ms for r in rows)
+    print(f"profile (VM instrument hook, mean of {runs} runs): {total:.3f} ms in {len(rows)} functions")
+    width = max((len(r.name) for r in rows), default=8)
+    print(f"  {'function':<{width}}  calls        ms   share")
+    for r in rows:
+        print(f"  {r.name:<{width}}  {r.calls:>5}  {r.ms:>8.3f}  {100 * r.share:5.1f} %")
+
 
 def profile_functions(artifact: Path, x: np.ndarray, repeat: int = 10) -> dict[str, float]:
-    """Median wall milliseconds per call of each compiled function (VM builtins left out), over `repeat`
-    runs after one warm-up, for one input batch `x`."""
-    import tvm
-    from tvm import relax
+    """{function: ms per run} of an artifact loaded here, for one input batch `x`."""
+    from .rpc import DeviceModule
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact)), tvm.cpu())
-    data = tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32))
-    started: dict[str, float] = {}
-    run: dict[str, float] = defaultdict(float)
-
-    def instrument(func, name, before_run, ret, *args) -> int:
-        if name.startswith("vm.builtin."):
-            return 0
-        now = time.perf_counter()
-        if before_run:
-            started[name] = now
-        else:
-            run[name] += now - started.pop(name)
-        return 0  # run the call as usual
-
-    vm.set_instrument(instrument)
-    vm["main"](data)  # warm-up
-    samples: dict[str, list[float]] = defaultdict(list)
-    for _ in range(repeat):
-        run.clear()
-        vm["main"](data)
-        for name, seconds in run.items():
-            samples[name].append(1e3 * seconds)
-    return {name: float(np.median(values)) for name, values in samples.items()}
+    return {row.name: row.ms for row in profile(DeviceModule.local(artifact), x, repeat)}
 
 
 def layer_times(functions: dict[str, float], kernels: dict[str, str]) -> dict[str, float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .methods import balanced, inq, qnet, uniq
+from .methods import balanced, inq, qnet, uniform, uniq
 from .scheme import WeightQuant
 
 FLOAT, NOISE, QUANT = "float", "noise", "quant"  # activation modes for one layer's input
@@ -21,9 +21,13 @@ class Trainer:
     def __init__(self, weights: dict[str, torch.nn.Parameter], bits: dict[str, int]):
         self.weights, self.bits, self.order = weights, bits, list(weights)
 
-    def parameters(self) -> list[torch.nn.Parameter]:
-        """Extra trainable parameters of the quantizers (QN's α, β)."""
+    def param_groups(self, lr: float) -> list[dict]:
+        """Extra trainable parameters of the quantizers (QN's α, β) as optimizer groups with their own lr."""
         return []
+
+    def total_steps(self, run_steps: int) -> int:
+        """How many optimizer steps the method trains for, given the steps of the requested epochs."""
+        return run_steps
 
     def start_step(self, progress: float) -> None:
         """Called before every training step."""
@@ -40,6 +44,36 @@ class Trainer:
 
     def export(self, name: str) -> WeightQuant:
         raise NotImplementedError
+
+
+def straight_through(weight: torch.Tensor, quant: WeightQuant) -> torch.Tensor:
+    """Forward: the quantized values; gradient: the identity onto the float weight."""
+    return weight + (torch.from_numpy(quant.dequantize()).to(weight.dtype) - weight).detach()
+
+
+class UniformTrainer(Trainer):
+    """The uniform baseline with the same training loop (straight-through gradient), so a method and its baseline
+    get the same training budget. The per-channel MSE clipping ratio is searched again every `refresh` steps
+    (the search is the slow part); codes are re-rounded every step."""
+
+    def __init__(self, weights, bits, refresh: int = 10):
+        super().__init__(weights, bits)
+        self.refresh, self.step, self.scales = refresh, 0, {}
+
+    def start_step(self, progress: float) -> None:
+        if self.step % self.refresh == 0:
+            self.scales = {name: self._search(name).scale for name in self.order}
+        self.step += 1
+
+    def _search(self, name: str) -> WeightQuant:
+        return uniform.quantize_weight(self.weights[name].detach().numpy(), self.bits[name])
+
+    def weight(self, name: str) -> torch.Tensor:
+        w = self.weights[name]
+        return straight_through(w, uniform.quantize_with_scale(w.detach().numpy(), self.bits[name], self.scales[name]))
+
+    def export(self, name: str) -> WeightQuant:
+        return self._search(name)
 
 
 class UniqTrainer(Trainer):
@@ -72,19 +106,28 @@ class UniqTrainer(Trainer):
 
 
 class InqTrainer(Trainer):
-    """INQ: the accumulated portions are spread evenly over the run (the final portion, 1.0, is applied at
-    export, as in the paper nothing is left to train then); frozen weights get no gradient and are restored after
-    every step, so momentum and weight decay cannot move them."""
+    """INQ: every accumulated portion but the last trains for a fixed budget of `portion_steps` optimizer steps
+    (default: the steps of the requested epochs, as the paper retrains for a fixed number of iterations per
+    portion); the final portion, 1.0, is applied at export, as in the paper nothing is left to train then. Frozen
+    weights get no gradient and are restored after every step, so momentum and weight decay cannot move them.
+    Options: portion_steps, n1 (inq.choose_n1)."""
 
-    def __init__(self, weights, bits):
+    def __init__(self, weights, bits, portion_steps: int | None = None, n1: str = "auto"):
         super().__init__(weights, bits)
-        self.states = {name: inq.IncrementalState(w, bits[name]) for name, w in weights.items()}
-        self.portions = {name: inq.PORTIONS.get(b, inq.DEFAULT_PORTIONS) for name, b in bits.items()}
+        self.states = {name: inq.IncrementalState(w, bits[name], n1) for name, w in weights.items()}
+        self.portions = {name: inq.PORTIONS.get(b, inq.DEFAULT_PORTIONS)[:-1] for name, b in bits.items()}
+        self.portion_steps, self.step = portion_steps, 0
+
+    def total_steps(self, run_steps: int) -> int:
+        self.portion_steps = max(1, self.portion_steps or run_steps)
+        return self.portion_steps * max(len(p) for p in self.portions.values())
 
     def start_step(self, progress: float) -> None:
+        index = self.step // (self.portion_steps or 1)
         for name, state in self.states.items():
-            portions = self.portions[name][:-1]
-            state.advance(self.weights[name], portions[min(int(progress * len(portions)), len(portions) - 1)])
+            portions = self.portions[name]
+            state.advance(self.weights[name], portions[min(index, len(portions) - 1)])
+        self.step += 1
 
     def weight(self, name: str) -> torch.Tensor:
         w, frozen = self.weights[name], self.states[name].frozen
@@ -100,46 +143,59 @@ class InqTrainer(Trainer):
 
 
 class BalancedTrainer(Trainer):
-    """Balanced: edges and scale recomputed from the float weights every step, straight-through gradient."""
+    """Balanced: edges and scales recomputed from the float weights every step, straight-through gradient."""
 
     def weight(self, name: str) -> torch.Tensor:
-        return balanced.ste_weight(self.weights[name], self.bits[name])
+        return straight_through(self.weights[name], self.export(name))
 
     def export(self, name: str) -> WeightQuant:
         return balanced.quantize_weight(self.weights[name].detach().numpy(), self.bits[name])
 
 
 class QNTrainer(Trainer):
-    """Quantization Networks: sum-of-sigmoids forward with the temperature of the current epoch, learned α, β."""
+    """Quantization Networks: sum-of-sigmoids forward at a temperature that rises with the run's progress from
+    t_start to t_end, learned α, β in their own optimizer group at `quant_lr` times the network's lr. Layers of
+    qnet.UNIFORM_BITS or more bits (the 8-bit edges, float in the paper) train as the uniform baseline does.
+    Options: t_start, t_end, quant_lr, grad, init (qnet)."""
 
-    def __init__(self, weights, bits, epochs: int, delta_t: float = 10.0):
+    def __init__(self, weights, bits, t_start: float = qnet.T_START, t_end: float = qnet.T_END,
+                 quant_lr: float = 10.0, grad: str = "released", init: str = "lloyd"):
         super().__init__(weights, bits)
-        self.quantizers = {name: qnet.QNQuantizer(w.detach().numpy(), bits[name]) for name, w in weights.items()}
-        self.epochs, self.delta_t, self.temperature = epochs, delta_t, qnet.temperature(0, delta_t)
+        wide = {name: b for name, b in bits.items() if b >= qnet.UNIFORM_BITS}
+        self.edges = UniformTrainer({name: weights[name] for name in wide}, wide)
+        self.quantizers = {name: qnet.QNQuantizer(w.detach().numpy(), bits[name], init=init, grad=grad)
+                           for name, w in weights.items() if name not in wide}
+        self.t_start, self.t_end, self.quant_lr = t_start, t_end, quant_lr
+        self.temperature = t_start
 
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return [p for q in self.quantizers.values() for p in q.parameters()]
+    def param_groups(self, lr: float) -> list[dict]:
+        params = [p for q in self.quantizers.values() for p in q.parameters()]
+        return [{"params": params, "lr": lr * self.quant_lr}] if params else []
 
     def start_step(self, progress: float) -> None:
-        self.temperature = qnet.temperature(int(progress * self.epochs), self.delta_t)
+        self.temperature = qnet.temperature(progress, self.t_start, self.t_end)
+        self.edges.start_step(progress)
 
     def weight(self, name: str) -> torch.Tensor:
+        if name in self.edges.weights:
+            return self.edges.weight(name)
         return self.quantizers[name].soft(self.weights[name], self.temperature)
 
     def export(self, name: str) -> WeightQuant:
+        if name in self.edges.weights:
+            return self.edges.export(name)
         return self.quantizers[name].export(self.weights[name].detach())
 
 
-def make_trainer(method: str, weights: dict[str, torch.nn.Parameter], bits: dict[str, int], epochs: int) -> Trainer:
-    if method == "uniq":
-        return UniqTrainer(weights, bits)
-    if method == "inq":
-        return InqTrainer(weights, bits)
-    if method == "balanced":
-        return BalancedTrainer(weights, bits)
-    if method == "qnet":
-        return QNTrainer(weights, bits, epochs)
-    raise ValueError(f"method '{method}' has no training")
+TRAINERS = {"uniform": UniformTrainer, "uniq": UniqTrainer, "inq": InqTrainer, "balanced": BalancedTrainer,
+            "qnet": QNTrainer}
+
+
+def make_trainer(method: str, weights: dict[str, torch.nn.Parameter], bits: dict[str, int], **options) -> Trainer:
+    """The method's trainer; `options` are its keyword arguments (listed in each trainer's docstring)."""
+    if method not in TRAINERS:
+        raise ValueError(f"method '{method}' has no training")
+    return TRAINERS[method](weights, bits, **options)
 
 
 def fake_quant(x: torch.Tensor, scale: float, inv_scale: np.float32, zero_point: int, qmax: int, noise: bool) -> torch.Tensor:

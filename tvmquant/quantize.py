@@ -3,6 +3,7 @@ QuantScheme out."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from torch import fx
 
 import torch
 
+from .act_scale import ACT_SCALES, calibrate_activation_pow2
 from .calibrate import record_input_grams, record_layer_inputs
 from .errors import UserError
 from .frontend import LayerInfo
@@ -29,6 +31,7 @@ class QuantConfig:
     first_last_bits: int | None = 8
     method: str = "uniform"
     budget: float = 0.1  # multipoint: extra rows as a fraction of all quantized output channels
+    act_scale: str = "mse"  # "pow2": power-of-two activation scales, signed codes (act_scale.py; VTA needs it)
 
     def __post_init__(self) -> None:
         checks = (("--wbits/--bits", self.wbits), ("--abits/--bits", self.abits), ("--first-last-bits", self.first_last_bits))
@@ -37,6 +40,8 @@ class QuantConfig:
                 raise UserError(f"{flag} must be an integer from 1 to 8, got {value}")
         if self.method not in METHODS:
             raise UserError(f"unknown method '{self.method}'; known: {', '.join(METHODS)}")
+        if self.act_scale not in ACT_SCALES:
+            raise UserError(f"--act-scale must be one of {', '.join(ACT_SCALES)}, got '{self.act_scale}'")
         if self.budget < 0:
             raise UserError(f"--budget must be >= 0 (extra rows as a fraction of channels), got {self.budget}")
         if self.method in ("inq", "multipoint") and min(self.wbits, self.first_last_bits or 8) < 2:
@@ -73,25 +78,28 @@ def plan_layers(layers: list[LayerInfo], config: QuantConfig, scheme: QuantSchem
 
 
 def calibrate_activations(
-    gm: fx.GraphModule, chosen: list[tuple[LayerInfo, int, int]], calib: np.ndarray, batch_size: int
+    gm: fx.GraphModule, chosen: list[tuple[LayerInfo, int, int]], calib: np.ndarray, batch_size: int,
+    act_scale: str = "mse",
 ) -> dict[str, ActQuant]:
     """Uniform activation quantizers with fixed, calibrated statistics (every method shares them)."""
     samples = record_layer_inputs(gm, [layer for layer, _, _ in chosen], calib, batch_size)
-    return {layer.name: uniform.calibrate_activation(samples[layer.name], abits) for layer, _, abits in chosen}
+    fit = calibrate_activation_pow2 if act_scale == "pow2" else uniform.calibrate_activation
+    return {layer.name: fit(samples[layer.name], abits) for layer, _, abits in chosen}
 
 
 def quantize_weights(
     gm: fx.GraphModule, chosen: list[tuple[LayerInfo, int, int]], acts: dict[str, ActQuant],
-    calib: np.ndarray, config: QuantConfig, batch_size: int,
+    calib: np.ndarray, config: QuantConfig, batch_size: int, options: dict | None = None,
 ) -> dict[str, WeightQuant]:
-    """Post-training weight quantization by the configured method (no training)."""
+    """Post-training weight quantization by the configured method (no training); `options` are the method's
+    keyword arguments (listed in each method module's docstring)."""
     weights = {layer.name: gm.get_parameter(layer.weight).detach().numpy() for layer, _, _ in chosen}
     bits = {layer.name: wbits for layer, wbits, _ in chosen}
     if config.method == "multipoint":
         kernels = {name: tuple(w.shape[2:]) for name, w in weights.items()}
         quant = {name: (lambda x, a=act: dequantized_input(x, a)) for name, act in acts.items()}
         grams = record_input_grams(gm, [layer for layer, _, _ in chosen], kernels, quant, calib, batch_size)
-        return multipoint.quantize_layers(weights, bits, grams, config.budget)
+        return multipoint.quantize_layers(weights, bits, grams, config.budget, **(options or {}))
     single = {
         "uniform": uniform.quantize_weight,
         "uniq": uniq.quantize_weight,
@@ -99,7 +107,7 @@ def quantize_weights(
         "balanced": balanced.quantize_weight,
         "qnet": qnet.quantize_weight,
     }[config.method]
-    return {name: single(w, bits[name]) for name, w in weights.items()}
+    return {name: single(w, bits[name], **(options or {})) for name, w in weights.items()}
 
 
 def assemble(
@@ -116,26 +124,42 @@ def assemble(
 
 
 def quantize_model(
-    gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray, config: QuantConfig, batch_size: int
+    gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray, config: QuantConfig, batch_size: int,
+    options: dict | None = None,
 ) -> QuantScheme:
-    """Quantize every supported layer post-training; unsupported ones (and, if asked, first/last) stay float."""
+    """Quantize every supported layer post-training; unsupported ones (and, if asked, first/last) stay float.
+    `options`: the method's keyword arguments."""
     scheme = QuantScheme()
     chosen = plan_layers(layers, config, scheme)
-    acts = calibrate_activations(gm, chosen, calib, batch_size)
-    return assemble(chosen, quantize_weights(gm, chosen, acts, calib, config, batch_size), acts, scheme)
+    acts = calibrate_activations(gm, chosen, calib, batch_size, config.act_scale)
+    return assemble(chosen, quantize_weights(gm, chosen, acts, calib, config, batch_size, options), acts, scheme)
+
+
+def with_weights(gm: fx.GraphModule, layers: list[LayerInfo], weights: dict[str, WeightQuant]) -> fx.GraphModule:
+    """A copy of `gm` whose quantized layers hold their dequantized weights (the network as it will run)."""
+    gm = copy.deepcopy(gm)
+    with torch.no_grad():
+        for layer in layers:
+            if layer.name in weights:
+                param = gm.get_parameter(layer.weight)
+                param.copy_(torch.from_numpy(weights[layer.name].dequantize()).to(param.dtype))
+    return gm
 
 
 def quantize_with_training(
     gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray, config: QuantConfig, batch_size: int,
-    train: TrainConfig, data: tuple[np.ndarray, np.ndarray],
+    train: TrainConfig, data: tuple[np.ndarray, np.ndarray], options: dict | None = None,
 ) -> tuple[QuantScheme, fx.GraphModule]:
-    """QAT: activations calibrated on the float model, weights fine-tuned by the method, activations
-    re-calibrated on the trained graph; returns the scheme and the trained graph (its biases changed too)."""
+    """QAT: activations calibrated on the float model, weights fine-tuned by the method (`options`: the method's
+    training keyword arguments, qat.py), then activations re-calibrated on the trained graph with its quantized
+    weights in place (training moved the biases and the activation ranges); returns the scheme and the trained
+    graph (its biases changed too)."""
     if config.method not in QAT_METHODS:
         raise UserError(f"method '{config.method}' is post-training only; --train works with {', '.join(QAT_METHODS)}")
     scheme = QuantScheme()
     chosen = plan_layers(layers, config, scheme)
-    acts = calibrate_activations(gm, chosen, calib, batch_size)
+    acts = calibrate_activations(gm, chosen, calib, batch_size, config.act_scale)
     bits = {layer.name: wbits for layer, wbits, _ in chosen}
-    trained, weights = train_quantized(gm, layers, bits, acts, config.method, data, batch_size, train)
+    trained, weights = train_quantized(gm, layers, bits, acts, config.method, data, batch_size, train, options)
+    acts = calibrate_activations(with_weights(trained, layers, weights), chosen, calib, batch_size)
     return assemble(chosen, weights, acts, scheme), trained

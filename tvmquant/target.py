@@ -73,7 +73,8 @@ class TargetSpec:
 
 
 def known_targets() -> list[str]:
-    return sorted(p.stem for p in TARGETS_DIR.glob("*.json"))
+    """The target descriptions in targets/ (files with a "tvm" section; VTA hardware configs sit beside them)."""
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.json") if '"tvm"' in p.read_text())
 
 
 def load_target(name: str) -> TargetSpec:

@@ -69,10 +69,11 @@ class QuantForward(fx.Interpreter):
 
 def train_quantized(
     gm: fx.GraphModule, layers: list[LayerInfo], bits: dict[str, int], acts: dict[str, ActQuant], method: str,
-    data: tuple[np.ndarray, np.ndarray], batch: int, config: TrainConfig,
+    data: tuple[np.ndarray, np.ndarray], batch: int, config: TrainConfig, options: dict | None = None,
 ) -> tuple[fx.GraphModule, dict[str, WeightQuant]]:
-    """Fine-tune a copy of `gm` with `method`'s quantizers; returns the trained graph (its float biases and
-    float layers changed too) and every quantized layer's exported weights."""
+    """Fine-tune a copy of `gm` with `method`'s quantizers (`options`: the trainer's keyword arguments, qat.py);
+    returns the trained graph (its float biases and float layers changed too) and every quantized layer's
+    exported weights. The method may set its own step count from the requested epochs (INQ: per portion)."""
     x, y = data
     if len(x) < batch:
         raise UserError(f"training needs at least {batch} samples (the model's batch size), got {len(x)}")
@@ -85,12 +86,12 @@ def train_quantized(
     weights = {info.name: gm.get_parameter(info.weight) for info in names}
     per_epoch = len(x) // max(config.batch_size, batch)
     micro = max(1, config.batch_size // batch)
-    total = max(1, config.epochs * per_epoch)
+    trainer = make_trainer(method, weights, bits, **(options or {}))
+    total = trainer.total_steps(max(1, config.epochs * per_epoch))
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    trainer = make_trainer(method, weights, bits, config.epochs)
     forward = QuantForward(gm, names, acts, trainer)
-    optimizer = torch.optim.Adam(list(gm.parameters()) + trainer.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam([{"params": list(gm.parameters())}, *trainer.param_groups(config.lr)], lr=config.lr)
     order = np.array([], dtype=np.int64)
     with progress(total=total, desc=f"QAT {method}", unit="step") as bar:
         for step in range(total):

@@ -33,14 +33,17 @@ class DequantConv2dConfig(ConvGeometry):
 
     abits: int
     terms: int = 1
+    onehot: bool = False  # terms arrive as the weight codes plus the code of each term (CODEBOOK layers)
 
 
 def dequant_conv2d(
     x: te.Tensor, terms: te.Tensor, combine: te.Tensor, scale: te.Tensor, cfg: DequantConv2dConfig,
-    inv_scale: float, zero_point: int,
+    inv_scale: float, zero_point: int, term_codes: te.Tensor | None = None,
 ) -> te.Tensor:
     """float32 output (N, O, OH, OW) from float32 x (N, C, H, W), float64 terms (J, O, C, KH, KW),
-    float64 combine (J, O) and float32 scale (O,)."""
+    float64 combine (J, O) and float32 scale (O,). With `term_codes` (J,), `terms` are the uint8 codes
+    (O, C, KH, KW) and term j is the 0/1 matrix [code == term_codes[j]], formed here instead of stored (an
+    8-bit codebook layer would otherwise store up to 256 float64 matrices)."""
     q = quantize_activations(x, inv_scale, zero_point, cfg.abits)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     zp = tirx.const(zero_point, "int32")
@@ -50,12 +53,19 @@ def dequant_conv2d(
         return tirx.if_then_else(inside, (q[n, c, h - ph, w - pw] - zp).astype("float64"), tirx.const(0.0, "float64"))
 
     padded = te.compute((cfg.batch, cfg.in_channels, cfg.height + 2 * ph, cfg.width + 2 * pw), centred, name="centred")
+
+    def term(j, o, c, r, s):
+        if term_codes is None:
+            return terms[j, o, c, r, s]
+        one, zero = tirx.const(1.0, "float64"), tirx.const(0.0, "float64")
+        return tirx.Select(terms[o, c, r, s].astype("int32") == term_codes[j], one, zero)
+
     c = te.reduce_axis((0, cfg.in_channels), name="c")
     r, s = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s")
     oh, ow = cfg.out_hw
     acc = te.compute(
         (cfg.batch, cfg.terms, cfg.out_channels, oh, ow),
-        lambda n, j, o, y, z: te.sum(padded[n, c, y * sh + r, z * sw + s] * terms[j, o, c, r, s], axis=[c, r, s]),
+        lambda n, j, o, y, z: te.sum(padded[n, c, y * sh + r, z * sw + s] * term(j, o, c, r, s), axis=[c, r, s]),
         name="dense_acc",
     )
     # products stored before they are summed: one stage would let LLVM contract them into FMAs, which round
@@ -85,14 +95,21 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
 def build_primfunc(
     cfg: DequantConv2dConfig, inv_scale: float, zero_point: int, scheduled: bool = True
 ) -> tirx.PrimFunc:
-    """The kernel (x, terms, combine, scale) -> float32 output, for one layer instance; `scheduled=False` is
-    the plain TE function another target's rules schedule."""
+    """The kernel (x, terms, combine, scale) -> float32 output, for one layer instance; one-hot configurations
+    take (x, codes, term_codes, combine, scale); `scheduled=False` is the plain TE function another target's
+    rules schedule."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
-    terms = te.placeholder((cfg.terms, cfg.out_channels, cfg.in_channels, *cfg.kernel), "float64", name="terms")
+    weights = (cfg.out_channels, cfg.in_channels, *cfg.kernel)
+    if cfg.onehot:
+        terms = te.placeholder(weights, "uint8", name="codes")
+        term_codes = te.placeholder((cfg.terms,), "int32", name="term_codes")
+    else:
+        terms, term_codes = te.placeholder((cfg.terms, *weights), "float64", name="terms"), None
     combine = te.placeholder((cfg.terms, cfg.out_channels), "float64", name="combine")
     scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
-    out = dequant_conv2d(x, terms, combine, scale, cfg, inv_scale, zero_point)
-    func = te.create_prim_func([x, terms, combine, scale, out])
+    out = dequant_conv2d(x, terms, combine, scale, cfg, inv_scale, zero_point, term_codes)
+    inputs = [x, terms] + ([term_codes] if term_codes is not None else [])
+    func = te.create_prim_func([*inputs, combine, scale, out])
     return schedule(func) if scheduled else func
 
 
@@ -101,14 +118,19 @@ def supports(layer: LayerScheme) -> str | None:
 
 
 def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
-    """Every kind; the terms that are zero everywhere are dropped (they add exactly +0)."""
+    """Every kind; the terms that are zero everywhere are dropped (they add exactly +0). One-hot cores
+    (CODEBOOK) store their codes once, not one float64 matrix per code."""
     core = integer_core(layer)
     kept = core.nonzero_terms()
-    cfg = DequantConv2dConfig(**vars(geometry), abits=layer.act.bits, terms=len(kept))
+    onehot = core.onehot is not None
+    cfg = DequantConv2dConfig(**vars(geometry), abits=layer.act.bits, terms=len(kept), onehot=onehot)
     shape = (cfg.out_channels, cfg.in_channels, *cfg.kernel)
-    terms = np.stack([core.term(j).reshape(shape) for j in kept]).astype(np.float64)
+    if onehot:
+        terms = [core.onehot.reshape(shape).astype(np.uint8), np.asarray(kept, np.int32)]
+    else:
+        terms = [np.stack([core.term(j).reshape(shape) for j in kept]).astype(np.float64)]
     prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
-    return KernelCall(prim, [terms, core.combine[kept], core.scale])
+    return KernelCall(prim, [*terms, core.combine[kept], core.scale])
 
 
 def reference(

@@ -5,20 +5,38 @@ Edges: split the layer's weights at their median, each half at its own median, b
 (`approx="mean"` splits at sub-population means instead: b masked mean reductions, no sort). The bin index is the
 code, code = min(floor(2^b h(w)), 2^b - 1) with h the piecewise-linear equaliser, i.e. simply the bin a weight
 falls in, so code usage is exactly balanced (the paper's rounding is unverified; DoReFa rounding would give the
-end levels half the mass). Value = s * (2 code - (2^b - 1)) / (2^b - 1): a symmetric UNIFORM grid, per layer,
-with s the least-squares scale <W, u>/<u, u> (the paper's scale rule is unverified). There is no inverse map
-through h, which is why inference needs no extra work: the codes run on the bit-serial kernel.
+end levels half the mass). Value = s * (2 code - (2^b - 1)) / (2^b - 1): a symmetric UNIFORM grid, with s the
+least-squares scale <W, u>/<u, u> (the paper's scale rule is unverified). There is no inverse map through h,
+which is why inference needs no extra work: the codes run on the bit-serial kernel.
 Training: the edges and s are recomputed from the float weights at every step; straight-through gradient.
+
+Deviations (measured on the reproduce.py model, docs/RESULTS.md):
+- the partition and the scale are per output channel (`per_channel=True`, the default); one partition per layer
+  pushes the weights of low-variance channels onto ±s/3 (W2A2 PTQ 47 % -> 93 %);
+- at OFFSET_BITS (3) or more bits a channel's grid may have an offset (a zero point other than (2^b - 1)/2, a
+  multiple of 1/2): equal-count codes on a symmetric grid have mean exactly 0, which drops every channel's mean
+  (W4A8 PTQ 97.6 % -> 99.4 %). At 2 bits the half-step offset is too coarse and lost accuracy (97.2 % -> 90.7 %
+  at W2A8), so 2-bit grids stay symmetric (`offset=False` keeps every width symmetric);
+- layers of `uniform_bits` (8) or more bits, i.e. the 8-bit first/last layers, use the uniform quantizer: rank
+  mapping does not approach the float weights at any width (relative error 0.18-0.41 at 8 bits), and the paper
+  keeps first/last layers at higher precision (METHODS.md 3.5).
+A limit that remains: without training, rank mapping flattens every channel's distribution onto an evenly used
+grid (relative weight error about 0.38 at any width), so Balanced as PTQ stays below the uniform baseline; it is
+meant to be trained (QAT rows in docs/RESULTS.md).
+
+Options (keyword arguments): approx, per_channel, offset, uniform_bits.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..scheme import WeightKind, WeightQuant
+from . import uniform
 
 APPROX = ("exact", "mean")
+UNIFORM_BITS = 8
+OFFSET_BITS = 3
 
 
 def balanced_edges(flat: np.ndarray, bits: int, approx: str = "exact") -> np.ndarray:
@@ -37,28 +55,39 @@ def balanced_edges(flat: np.ndarray, bits: int, approx: str = "exact") -> np.nda
     return np.sort(np.array(edges))
 
 
-def codes_and_scale(weight: np.ndarray, bits: int, approx: str = "exact") -> tuple[np.ndarray, float]:
-    """Bin index per weight and the least-squares scale of the symmetric grid."""
-    flat = weight.ravel().astype(np.float64)
-    codes = np.searchsorted(balanced_edges(flat, bits, approx), flat, side="right")
-    qmax = (1 << bits) - 1
-    unit = (2.0 * codes - qmax) / qmax
-    scale = float(flat @ unit / max(unit @ unit, 1e-30))
-    return codes.reshape(weight.shape), max(scale, 1e-12)
+def codes_and_grid(flat: np.ndarray, bits: int, approx: str = "exact", offset: bool = True) -> tuple[np.ndarray, float, float]:
+    """Bin index per weight of one partition (a channel), and the least-squares scale and zero point of its grid,
+    value = scale (code - zero point). The zero point is (2^b - 1)/2 (symmetric) or, with `offset` at OFFSET_BITS
+    or more bits, whichever of that and the multiple of 1/2 nearest the least-squares offset (the integer kernels
+    need 2 (code - zero point) integral) has the smaller weight error."""
+    flat = flat.astype(np.float64)
+    codes = np.searchsorted(balanced_edges(flat, bits, approx), flat, side="right").astype(np.float64)
+    candidates = [((1 << bits) - 1) / 2]
+    if offset and bits >= OFFSET_BITS and codes.var() > 0:
+        slope, intercept = np.polyfit(codes, flat, 1)
+        if slope > 0:
+            candidates.append(np.round(-2 * intercept / slope) / 2)
+    best = (np.inf, 1e-12, candidates[0])
+    for zero_point in candidates:
+        unit = codes - zero_point
+        scale = max(float(flat @ unit / max(unit @ unit, 1e-30)), 1e-12)
+        err = float(((flat - scale * unit) ** 2).sum())
+        if err < best[0]:
+            best = (err, scale, float(zero_point))
+    return codes, best[1], best[2]
 
 
-def quantize_weight(weight: np.ndarray, bits: int, approx: str = "exact") -> WeightQuant:
-    """UNIFORM codes: scale 2s/(2^b - 1) and zero point (2^b - 1)/2, the same for every output channel."""
-    codes, s = codes_and_scale(weight, bits, approx)
-    qmax = (1 << bits) - 1
+def quantize_weight(
+    weight: np.ndarray, bits: int, approx: str = "exact", per_channel: bool = True, offset: bool = True,
+    uniform_bits: int = UNIFORM_BITS,
+) -> WeightQuant:
+    """UNIFORM codes with a scale and zero point per partition (output channel, or the whole layer); layers of
+    `uniform_bits` or more bits use the uniform quantizer."""
+    if bits >= uniform_bits:
+        return uniform.quantize_weight(weight, bits)
     out = weight.shape[0]
-    return WeightQuant(
-        WeightKind.UNIFORM, bits, codes.astype(np.uint8),
-        scale=np.full(out, 2.0 * s / qmax), zero_point=np.full(out, qmax / 2),
-    )
-
-
-def ste_weight(weight: torch.Tensor, bits: int, approx: str = "exact") -> torch.Tensor:
-    """Training forward: balanced-quantized values, edges recomputed now; gradient straight through."""
-    quant = quantize_weight(weight.detach().numpy(), bits, approx).dequantize()
-    return weight + (torch.from_numpy(quant).to(weight.dtype) - weight).detach()
+    parts = weight.reshape(out, -1) if per_channel else weight.reshape(1, -1)
+    results = [codes_and_grid(part, bits, approx, offset) for part in parts]
+    codes = np.stack([c for c, _, _ in results]).reshape(weight.shape)
+    scale, zero_point = (np.array([r[i] for r in results]) * np.ones(out) for i in (1, 2))
+    return WeightQuant(WeightKind.UNIFORM, bits, codes.astype(np.uint8), scale=scale, zero_point=zero_point)

@@ -5,6 +5,7 @@ Weights: codes q in [0, 2^b - 1] with zero point (2^b - 1)/2, so the levels are 
 squared error, which matters most at 1-3 bits where max-abs scaling wastes levels on outliers.
 Activations: an integer zero point (0 for non-negative inputs such as ReLU outputs), the clipping range again
 by least squared error over the calibration samples.
+Options (keyword arguments): per_channel, clip (weights).
 """
 
 from __future__ import annotations
@@ -14,29 +15,45 @@ import numpy as np
 from ..scheme import ActQuant, WeightKind, WeightQuant
 
 _CLIP_RATIOS = np.linspace(0.05, 1.0, 96)
+CLIPS = ("mse", "max")
 
 
-def quantize_weight(weight: np.ndarray, bits: int) -> WeightQuant:
-    """Per-output-channel uniform codes with the MSE-optimal clipping ratio per channel."""
+def quantize_weight(weight: np.ndarray, bits: int, per_channel: bool = True, clip: str = "mse") -> WeightQuant:
+    """Uniform codes per output channel (or one grid per layer), clipping range by least squared error
+    (`clip="mse"`) or at max|W| (`clip="max"`: the per-layer max-abs grid is the baseline the papers compare with)."""
+    if clip not in CLIPS:
+        raise ValueError(f"unknown uniform clip rule '{clip}'; known: {', '.join(CLIPS)}")
     out_channels = weight.shape[0]
     flat = weight.reshape(out_channels, -1).astype(np.float64)
+    if not per_channel:
+        flat = flat.reshape(1, -1)
     qmax = (1 << bits) - 1
     zero_point = qmax / 2
     peak = np.maximum(np.abs(flat).max(axis=1), 1e-12)
-    best_err = np.full(out_channels, np.inf)
+    best_err = np.full(len(flat), np.inf)
     best_scale = peak / zero_point
-    for ratio in _CLIP_RATIOS:
+    for ratio in _CLIP_RATIOS if clip == "mse" else ():
         scale = peak * ratio / zero_point
         codes = np.clip(np.rint(flat / scale[:, None] + zero_point), 0, qmax)
         err = ((scale[:, None] * (codes - zero_point) - flat) ** 2).sum(axis=1)
         better = err < best_err
         best_err[better], best_scale[better] = err[better], scale[better]
-    codes = np.clip(np.rint(flat / best_scale[:, None] + zero_point), 0, qmax)
+    best_scale = best_scale * np.ones(out_channels)
+    return quantize_with_scale(weight, bits, best_scale)
+
+
+def quantize_with_scale(weight: np.ndarray, bits: int, scale: np.ndarray) -> WeightQuant:
+    """Per-output-channel uniform codes for given per-channel scales (the rounding half of quantize_weight)."""
+    out_channels = weight.shape[0]
+    flat = weight.reshape(out_channels, -1).astype(np.float64)
+    qmax = (1 << bits) - 1
+    zero_point = qmax / 2
+    codes = np.clip(np.rint(flat / scale[:, None] + zero_point), 0, qmax)
     return WeightQuant(
         kind=WeightKind.UNIFORM,
         bits=bits,
         codes=codes.reshape(weight.shape).astype(np.uint8),
-        scale=best_scale,
+        scale=np.asarray(scale, dtype=np.float64),
         zero_point=np.full(out_channels, zero_point),
     )
 

@@ -3,7 +3,10 @@
 Inference quantizer: with F the CDF of a layer's weights and K = 2^b, thresholds t_i = F^-1(i/K) make every bin
 equiprobable and the levels q_i = F^-1((i - 1/2)/K) are the bins' probability medians. F is a Gaussian fit per
 tensor (mean, std floored at 1e-5) as in the authors' code; `fit="empirical"` uses the weights' own quantiles
-instead. The result is a CODEBOOK (one table per layer, repeated for every output channel).
+instead. Deviation: `fit="auto"` (the default) is the Gaussian fit, except at EMPIRICAL_BITS (8) or more bits (the 8-bit
+first/last layers), where it takes whichever of the Gaussian and the empirical quantiles has the smaller weight
+error: there the Gaussian fit's outermost level sits at 2.89 sigma and clips a heavy-tailed layer's largest
+weights. The result is a CODEBOOK (one table per layer, repeated for every output channel).
 
 Choices recorded here (METHODS.md leaves them open or the shared representation forces them):
 - biases stay float32 (the authors quantize them too; our representation has no bias codes);
@@ -23,7 +26,8 @@ from scipy.special import ndtri
 
 from ..scheme import WeightKind, WeightQuant
 
-FITS = ("gaussian", "empirical")
+FITS = ("auto", "gaussian", "empirical")
+EMPIRICAL_BITS = 8
 _EPS = 1e-5
 
 
@@ -32,8 +36,10 @@ def gaussian_fit(weight: np.ndarray) -> tuple[float, float]:
     return float(weight.mean()), max(float(weight.std()), _EPS)
 
 
-def thresholds_and_levels(weight: np.ndarray, bits: int, fit: str = "gaussian") -> tuple[np.ndarray, np.ndarray]:
+def thresholds_and_levels(weight: np.ndarray, bits: int, fit: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(K-1 thresholds, K levels): equiprobable bins under the fitted CDF, levels at the bins' medians."""
+    if fit == "auto":
+        fit = "gaussian" if bits < EMPIRICAL_BITS else min(FITS[1:], key=lambda f: fit_error(weight, bits, f))
     k = 1 << bits
     edges, mids = np.arange(1, k) / k, (np.arange(k) + 0.5) / k
     if fit == "gaussian":
@@ -45,7 +51,12 @@ def thresholds_and_levels(weight: np.ndarray, bits: int, fit: str = "gaussian") 
     raise ValueError(f"unknown UNIQ fit '{fit}'; known: {', '.join(FITS)}")
 
 
-def quantize_weight(weight: np.ndarray, bits: int, fit: str = "gaussian") -> WeightQuant:
+def fit_error(weight: np.ndarray, bits: int, fit: str) -> float:
+    """Squared weight error of the k-quantile quantizer under one fit."""
+    return float(((quantize_weight(weight, bits, fit).dequantize() - weight) ** 2).sum())
+
+
+def quantize_weight(weight: np.ndarray, bits: int, fit: str = "auto") -> WeightQuant:
     """CODEBOOK codes: the index of the equiprobable bin each weight falls in."""
     thresholds, levels = thresholds_and_levels(weight, bits, fit)
     codes = np.searchsorted(thresholds, weight.astype(np.float64), side="right")
