@@ -163,9 +163,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
     parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save) or an ONNX model (.onnx); "
                         "default: built-in digits CNN")
-    parser.add_argument("--trust-model", action="store_true",
-                        help="load --model with torch's full loader, which can run code stored in the archive: only "
-                        "for archives you made yourself (default: refuse anything but plain tensors and aten ops)")
+    cli_eval_bench.add_trust_model(parser)
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
     parser.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
     parser.add_argument("--cuda-arch", metavar="sm_XY", help="CUDA targets: the GPU architecture to build for, "
