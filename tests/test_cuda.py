@@ -122,6 +122,13 @@ def test_ptxas_refuses_what_does_not_fit():
     assert toolkit.ptxas_usage(ptx, "sm_80")["big"].shared_bytes == 4096
 
 
+def test_kernels_are_compiled_without_flush_to_zero():
+    """TVM's NVRTC default --use_fast_math would flush float32 denormals (mul.ftz.f32): not the reference's math."""
+    ptx = toolkit.compile_source('extern "C" __global__ void f(float* o) { o[threadIdx.x] *= 1e-30f; }',
+                                 "sm_80", "ptx").decode()
+    assert "mul.f32" in ptx and ".ftz" not in ptx
+
+
 def test_swap_binaries_rewrites_only_cuda_source_modules():
     def string(b: bytes) -> bytes:
         return struct.pack("<Q", len(b)) + b

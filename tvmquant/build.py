@@ -125,8 +125,9 @@ def build(
         mod, lowered = lower(mod, params, param_fqn, layers, scheme, tunable=database is not None, kernel=kernel,
                              deferred=cuda)
     if cuda:
-        from .cuda import pipeline as cuda_pipeline
+        from .cuda import pipeline as cuda_pipeline, toolkit
 
+        toolkit.configure()  # exact float math for NVRTC, also where TVM compiles the kernels itself (a GPU here)
         mod, tuned, slower = legalize(mod, tvm_target), [], []
         if database is not None:
             mod, tuned, slower = apply_records(mod, database, tvm_target, untuned_ms or {})

@@ -2,8 +2,9 @@
 
 TVM finds NVRTC through CUDA_PATH and the CCCL headers only in a toolkit's own layout, so `configure()` points
 both at the wheels (site-packages/nvidia/cu13) once per process. Kernels are compiled exactly: TVM's NVRTC
-defaults include --use_fast_math, whose flush-to-zero would change float32 results next to zero, so every
-compile here turns ftz, division and square root back to IEEE (FMA contraction is left on: our kernels
+defaults include --use_fast_math, whose flush-to-zero would change float32 results next to zero, so
+`configure()` also turns ftz, division and square root back to IEEE for every NVRTC compile in the process
+(ours, TVM's own on a GPU machine, MetaSchedule's builders) (FMA contraction is left on: our kernels
 never multiply and add floats in one stage where rounding could differ, see kernels/dequant.py).
 """
 
@@ -41,9 +42,8 @@ def configure() -> Path:
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     os.environ.setdefault("CUDA_PATH", str(root))
-    extra = os.environ.get("TVM_CUDA_NVRTC_EXTRA_OPTS", "")
-    if cccl not in extra.split():
-        os.environ["TVM_CUDA_NVRTC_EXTRA_OPTS"] = f"{extra} {cccl}".strip()
+    extra = os.environ.get("TVM_CUDA_NVRTC_EXTRA_OPTS", "").split()
+    os.environ["TVM_CUDA_NVRTC_EXTRA_OPTS"] = " ".join(extra + [o for o in (cccl, *EXACT_MATH) if o not in extra])
     return root
 
 
@@ -55,8 +55,7 @@ def compile_source(source: str, arch: str, fmt: str = "cubin") -> bytes:
     configure()
     with tvm.target.Target({"kind": "cuda", "arch": arch}):
         try:
-            binary = bytes(nvcc.compile_cuda(source, target_format=fmt, arch=arch, options=EXACT_MATH,
-                                             compiler="nvrtc"))
+            binary = bytes(nvcc.compile_cuda(source, target_format=fmt, arch=arch, compiler="nvrtc"))
         except RuntimeError as exc:
             raise RuntimeError(f"CUDA compilation for {arch} failed: {exc}") from exc
     return binary.rstrip(b"\0") if fmt == "ptx" else binary
