@@ -27,6 +27,7 @@ from . import _ms_workers, frontend, tempdirs
 from .console import metaschedule_log, quiet_metaschedule_console
 from .console import progress as progress_bar
 from .build import legalize, lower
+from .kernels.registry import fixed_kernel
 from .compile import ModelSource
 from .database import load_task_state, locked, open_database, save_task_state, task_key
 from .kernels.registry import tunable_family
@@ -65,11 +66,13 @@ def extract_tasks(
     """The model's tunable functions, as `compile` with tuning records will look them up."""
     scheme = quantize_model(source.gm, source.layers, source.calib, config, source.batch_size)
     mod, params, param_fqn = frontend.to_relax(source.gm, source.input_shape)
+    # Every kernel unscheduled (MetaSchedule's task analysis cannot read some default schedules, e.g. int8's
+    # dot intrinsic); the fused fp32 tasks around them are the same either way. Kernels of families that are
+    # not tunable are then left out: compile always gives them their default schedule.
     with target.tvm_target:
-        mod, _ = lower(mod, params, param_fqn, source.layers, scheme, tunable=True, kernel=kernel,
-                       deferred=target.device_kind == "cuda")
+        mod, _ = lower(mod, params, param_fqn, source.layers, scheme, tunable=True, kernel=kernel, deferred=True)
     tasks = ms.relax_integration.extract_tasks(legalize(mod, target.tvm_target), target.tvm_target)
-    return sorted(tasks, key=lambda task: task.task_name)
+    return sorted((t for t in tasks if not fixed_kernel(t.task_name)), key=lambda task: task.task_name)
 
 
 def make_builder(target: TargetSpec, timeout: float) -> ms.builder.LocalBuilder:

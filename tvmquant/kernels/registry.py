@@ -72,6 +72,11 @@ def choose(layer: LayerScheme, requested: str = "auto") -> tuple[ModuleType, str
     return dequant, f"{wanted}: {reason}"
 
 
+def fixed_kernel(func_name: str) -> bool:
+    """Whether this PrimFunc is the kernel of a family MetaSchedule does not tune (it keeps its default schedule)."""
+    return any(not family.TUNABLE and func_name.startswith(f"{name}_") for name, family in FAMILIES.items())
+
+
 def tunable_family(func_name: str) -> ModuleType | None:
     """The tunable family whose kernel this PrimFunc is (named `<family>_<layer>` by the pass), if any."""
     for name, family in FAMILIES.items():
