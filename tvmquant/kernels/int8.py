@@ -387,8 +387,11 @@ def supports(layer: LayerScheme) -> str | None:
     return None if dot <= INT32_MAX else "the int8 dot could overflow int32"
 
 
-def build_primfunc(cfg: Int8Conv2dConfig, multiplier: int, inv_scale: float, zero_point: int) -> tirx.PrimFunc:
-    """The scheduled kernel (x, wpack, e, [d,] scale) -> float32 output, for one layer instance."""
+def build_primfunc(
+    cfg: Int8Conv2dConfig, multiplier: int, inv_scale: float, zero_point: int, scheduled: bool = True
+) -> tirx.PrimFunc:
+    """The kernel (x, wpack, e, [d,] scale) -> float32 output, for one layer instance (`scheduled=False`: the
+    plain TE function)."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
     wpack = te.placeholder((cfg.blocks, *cfg.kernel, cfg.channels4 // GROUP, LANES, GROUP), "int8", name="wpack")
     e = te.placeholder((cfg.out_channels,), cfg.acc_dtype, name="e")
@@ -396,15 +399,17 @@ def build_primfunc(cfg: Int8Conv2dConfig, multiplier: int, inv_scale: float, zer
     scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
     out = int8_conv2d(x, wpack, e, d, scale, cfg, multiplier, inv_scale, zero_point)
     args = [x, wpack, e, *([d] if d is not None else []), scale, out]
-    return schedule(te.create_prim_func(args))
+    func = te.create_prim_func(args)
+    return schedule(func) if scheduled else func
 
 
 def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
     """UNIFORM / small-span POW2 layers: packed int8 weights, the folded corrections and the output scale.
-    Always scheduled (TUNABLE is False); the ISA comes from the current target."""
+    Scheduled unless `scheduled=False` (another target's rules schedule it: CUDA); never tuned (TUNABLE is
+    False); the ISA comes from the current target."""
     parts = decompose(layer)
     if isinstance(parts, str):
         raise ValueError(f"layer {layer.name}: {parts}")
     cfg = _config(layer, geometry, parts)
-    prim = build_primfunc(cfg, parts.multiplier, layer.act.inv_scale, layer.act.zero_point)
+    prim = build_primfunc(cfg, parts.multiplier, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
     return KernelCall(prim, constants(layer, parts, cfg))
