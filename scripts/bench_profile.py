@@ -17,7 +17,8 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-os.environ.setdefault("TVM_NUM_THREADS", "2")
+_THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "2"
+os.environ["TVM_NUM_THREADS"] = _THREADS  # before TVM's thread pool starts
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,10 +36,10 @@ from tvmquant.rpc import DeviceModule  # noqa: E402
 from tvmquant.target import load_target  # noqa: E402
 
 
-def onnx_scope(layer: str) -> str:
-    """torch.onnx names a node of module a.b.c `/a/a.b/a.b.c/...`."""
-    parts = layer.split(".")
-    return "/" + "/".join(".".join(parts[: i + 1]) for i in range(len(parts))) + "/"
+def module_path(node: str) -> tuple[str, ...]:
+    """torch.onnx names a node of module layer2.0.downsample.0 `/layer2/layer2.0/downsample/downsample.0/Conv`:
+    the module path is the last dot-piece of each scope (the op itself is the last component)."""
+    return tuple(part.rsplit(".", 1)[-1] for part in node.strip("/").split("/")[:-1])
 
 
 def ort_node_ms(session, feed, runs: int) -> dict[str, tuple[str, float]]:
@@ -62,8 +63,9 @@ def main() -> int:
     parser.add_argument("--kernel", default="auto")
     parser.add_argument("--bits", type=int, default=2)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--threads", type=int, default=2, help="for every library (1 on an oversubscribed machine)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     import onnxruntime as ort
 
     case = next(c for c in all_cases() if c.name == "resnet18")
@@ -82,7 +84,7 @@ def main() -> int:
     ours = DeviceModule.local(built.executable)
     ort_int8(ctx)  # writes the calibrated static QDQ model
     options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = 2, 1, 3
+    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = args.threads, 1, 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_profiling = True
     feed = {"x": x}
@@ -100,13 +102,13 @@ def main() -> int:
 
     lines = [f"Per-layer times inside ResNet-18 224² (W{args.bits}A{args.bits}, first/last W8A8, --kernel "
              f"{args.kernel}) vs ORT int8 static QDQ; medians of {args.rounds} interleaved rounds of {args.runs} "
-             "runs, 2 threads each; load average at end " + " ".join(f"{v:.1f}" for v in os.getloadavg()) + ".", "",
+             f"runs, {args.threads} thread(s) each; load average at end " + " ".join(f"{v:.1f}" for v in os.getloadavg()) + ".", "",
              "| layer | scheme | our kernel | our ms | ORT node | ORT ms | ORT / ours |", "|---|---|---|---|---|---|---|"]
     for layer, family in built.lowered.kernels.items():
         key = f"{family}_{_ident(layer)}"
-        scope = onnx_scope(layer)
-        matches = [(n, op) for (n, op) in theirs if n.startswith(scope) and "Conv" in op or
-                   n.startswith(scope) and op in ("QLinearMatMul", "MatMulInteger", "Gemm", "QGemm")]
+        path = tuple(layer.split("."))
+        matches = [(n, op) for (n, op) in theirs if module_path(n) == path and op != "DequantizeLinear"
+                   and op != "QuantizeLinear"]
         ort_ms = sum(med(theirs[m]) for m in matches)
         ops = "+".join(sorted({op for _, op in matches})) or "?"
         ratio = f"{ort_ms / med(mine[key]):.2f}x" if matches and mine.get(key) else "–"

@@ -89,3 +89,22 @@ def awkward_source(seed: int, batch: int = 1, evaluate: int = 4):
 
     calib = np.random.default_rng(seed).standard_normal((8, 3, 9, 4)).astype(np.float32)
     return load_source(randomize_bn(Awkward(), seed=3), (batch, 3, 9, 4), calib=calib, eval_x=calib[:evaluate])
+
+
+def run_kernel(call, x: np.ndarray, geometry, target, lib, session=None, folder=None) -> np.ndarray:
+    """Run a compiled KernelCall (`lib`) on `x` here, or cross-compiled on the RPC `session` (linked in
+    `folder`); the float32 (N, O, OH, OW) output."""
+    import tvm
+    from tvm.support import cc
+
+    if session is None:
+        dev, module = tvm.cpu(), lib
+    else:
+        path = folder / "kernel.so"
+        lib.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
+        session.upload(str(path))
+        dev, module = session.cpu(), session.load_module(path.name)
+    out = np.zeros((geometry.batch, geometry.out_channels, *geometry.out_hw), np.float32)
+    args = [tvm.runtime.tensor(a, dev) for a in (x, *call.consts, out)]
+    module(*args)
+    return args[-1].numpy()

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from tvm.support import cc
 
 from tvmquant.batching import run_batched
 from tvmquant.compile import compile_model
@@ -21,7 +20,7 @@ from tvmquant.rpc import DeviceModule, connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import TargetSpec, load_target
 
-from models_for_tests import KERNEL_SHAPES, awkward_source
+from models_for_tests import KERNEL_SHAPES, awkward_source, run_kernel
 from test_arm_device import arm_device  # noqa: F401  (the shared emulated-device fixture)
 
 SHAPES = KERNEL_SHAPES + [(2, 64, 5, 16, 40, (3, 3), (1, 1), (1, 1)), (16, 130, 1, 1, 32, (1, 1), (1, 1), (0, 0))]
@@ -63,18 +62,7 @@ def _compile(layer, x, target: TargetSpec):
 def _run(layer, x, target, session=None, folder=None):
     """Run the layer's kernel here, or cross-compiled on the RPC `session` (linked in `folder`)."""
     call, lib = _compile(layer, x, target)
-    geometry = layer_geometry(layer, x.shape)
-    if session is None:
-        dev, module = tvm.cpu(), lib
-    else:
-        path = folder / "kernel.so"
-        lib.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
-        session.upload(str(path))
-        dev, module = session.cpu(), session.load_module(path.name)
-    out = np.zeros((geometry.batch, geometry.out_channels, *geometry.out_hw), np.float32)
-    args = [tvm.runtime.tensor(a, dev) for a in (x, *call.consts, out)]
-    module(*args)
-    return call, args[-1].numpy()
+    return call, run_kernel(call, x, layer_geometry(layer, x.shape), target, lib, session, folder)
 
 
 def _check(layer, x, call, got):

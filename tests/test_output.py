@@ -36,7 +36,7 @@ def test_json_compile_and_run_print_one_object_on_stdout(tmp_path):
     assert record["artifact"] == str(out) and record["target"] == "x86" and record["command"] == "compile"
     assert [layer["name"] for layer in record["layers"]] == ["conv", "fc"]
     for layer in record["layers"]:
-        assert LAYER_KEYS <= set(layer) and layer["kernel"] == "bitserial" and layer["wbits"] == 8
+        assert LAYER_KEYS <= set(layer) and layer["kernel"] in ("bitserial", "int8") and layer["wbits"] == 8
     assert record["agreement"] == 1.0 and record["max_abs_diff"] <= 1e-5 and record["latency_ms"] > 0
     assert "accuracy on" in proc.stderr  # the readable summary moved to stderr
 

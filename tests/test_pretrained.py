@@ -51,7 +51,7 @@ def test_mnist_cnn_w4a4_keeps_accuracy_on_real_digits(mnist, host_target, tmp_pa
     calib, x, y = mnist
     source = load_source(_mnist_cnn(), (1, 1, 28, 28), calib=calib, eval_x=x, eval_y=y)
     result, fp32, compiled = _compile_and_score(source, QuantConfig(4, 4, 8), host_target, tmp_path / "mnist.so")
-    assert set(result.kernels.values()) == {"bitserial"} and len(result.kernels) == 5
+    assert set(result.kernels.values()) <= {"bitserial", "int8"} and len(result.kernels) == 5
     assert fp32 >= 0.99, fp32  # the package's model: 99.70 % on all 5,000
     assert compiled >= fp32 - 0.01, (fp32, compiled)
 

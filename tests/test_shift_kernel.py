@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from tvm.support import cc
 
 from tvmquant.batching import run_batched
 from tvmquant.compile import compile_model
@@ -18,7 +17,7 @@ from tvmquant.rpc import DeviceModule, connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant, integer_core
 from tvmquant.target import load_target
 
-from models_for_tests import KERNEL_SHAPES, awkward_source
+from models_for_tests import KERNEL_SHAPES, awkward_source, run_kernel
 from test_arm_device import arm_device  # noqa: F401  (the shared emulated-device fixture)
 
 SHAPES = KERNEL_SHAPES
@@ -46,17 +45,7 @@ def _compile_and_run(layer, x, target, session=None, folder=None):
     geometry = layer_geometry(layer, x.shape)
     call = shift.instantiate(layer, geometry)
     lib = tvm.compile(tvm.IRModule({"main": call.prim}), target.tvm_target)
-    out_shape = (geometry.batch, geometry.out_channels, *geometry.out_hw)
-    if session is None:
-        dev, module = tvm.cpu(), lib
-    else:
-        path = folder / "kernel.so"
-        lib.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
-        session.upload(str(path))
-        dev, module = session.cpu(), session.load_module(path.name)
-    args = [tvm.runtime.tensor(a, dev) for a in (x, *call.consts, np.zeros(out_shape, np.float32))]
-    module(*args)
-    return args[-1].numpy()
+    return run_kernel(call, x, geometry, target, lib, session, folder)
 
 
 def _check(layer, x, got):

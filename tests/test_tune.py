@@ -84,7 +84,8 @@ def test_tune_json_is_one_object_on_stdout(tuned):
     assert record["command"] == "tune" and record["target"] == "x86" and record["artifact"] is None
     assert [layer["name"] for layer in record["layers"]] == ["conv", "fc"]
     assert all(layer["wbits"] == 8 and layer["kind"] is None for layer in record["layers"])  # first and last
-    assert {t["name"] for t in record["tasks"]} >= {"bitserial_conv", "bitserial_fc"}
+    names = [t["name"] for t in record["tasks"]]
+    assert any(n.endswith("_conv") for n in names) and any(n.endswith("_fc") for n in names), names
     assert "untuned ms" in proc.stderr
 
 

@@ -146,9 +146,9 @@ def test_cli_compile_run_and_bad_config(tmp_path, capsys):
     code = main(["compile", "--target", "vta", "--bits", "4", "--eval-limit", "8", "-o", str(out)])
     text = capsys.readouterr().out
     assert code == 0 and "bit-exact with the reference: yes" in text and "fc2" in text
-    manifest = json.loads((tmp_path / "m.vta" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "m.so.vta" / "manifest.json").read_text())
     for layer in manifest["layers"]:
-        insn = (tmp_path / "m.vta" / layer["instructions"]["file"]).read_bytes()
+        insn = (tmp_path / "m.so.vta" / layer["instructions"]["file"]).read_bytes()
         assert len(insn) == 16 * layer["instructions"]["count"]
         assert all(b["address"] >= 4096 and b["address"] % b["element_bytes"] == 0 for b in layer["buffers"])
     assert main(["run", "--target", "vta", "--eval-limit", "4", str(out)]) == 0
@@ -156,7 +156,7 @@ def test_cli_compile_run_and_bad_config(tmp_path, capsys):
     assert main(["deploy", "--rpc", "127.0.0.1:1", str(out)]) == 2  # a board needs pynq, not RPC
     assert "pynq" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({**json.loads((tmp_path / "m.vta" / "manifest.json").read_text())["config"], "LOG_ACC_BUFF_SIZE": 19}))
+    bad.write_text(json.dumps({**json.loads((tmp_path / "m.so.vta" / "manifest.json").read_text())["config"], "LOG_ACC_BUFF_SIZE": 19}))
     assert main(["compile", "--target", "vta", "--vta-config", str(bad), "-o", str(tmp_path / "x.so")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "micro-op must fit 32 bits" in err[0] and not (tmp_path / "x.so").exists()
@@ -194,5 +194,5 @@ def test_cli_mixed_host_and_vta_layers(tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0 and "agreement with the quantized reference 6/6" in text
     assert "conv2        VTA" in text and "conv1        host" in text and "fc2          host" in text
-    manifest = json.loads((tmp_path / "mixed.vta" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "mixed.so.vta" / "manifest.json").read_text())
     assert [entry["name"] for entry in manifest["layers"]] == ["conv2", "conv3", "fc1"]

@@ -163,9 +163,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
     parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save) or an ONNX model (.onnx); "
                         "default: built-in digits CNN")
-    parser.add_argument("--trust-model", action="store_true",
-                        help="load --model with torch's full loader, which can run code stored in the archive: only "
-                        "for archives you made yourself (default: refuse anything but plain tensors and aten ops)")
+    cli_eval_bench.add_trust_model(parser)
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
     parser.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
     parser.add_argument("--cuda-arch", metavar="sm_XY", help="CUDA targets: the GPU architecture to build for, "
@@ -179,8 +177,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=0.1,
                         help="multipoint: extra weight rows allowed, as a fraction of all output channels (default: 0.1)")
     parser.add_argument("--kernel", default="auto", choices=KERNELS,
-                        help="kernel family for the quantized layers: auto picks by weight kind (uniform -> bitserial, "
-                        "pow2 -> shift, codebook -> lut, multipoint -> multipoint); a family runs every layer it can, "
+                        help="kernel family for the quantized layers: auto picks by weight kind and a cost rule (uniform -> "
+                        "int8 for 8-bit and few-channel layers, else bitserial; pow2 -> int8 where the target has a dot "
+                        "instruction, else shift; codebook -> lut, multipoint -> multipoint); a family runs every layer it can, "
                         "the others keep auto's choice and the summary says why (default: auto)")
     parser.add_argument("--act-scale", default="mse", choices=("mse", "pow2"),
                         help="activation scales: least squared error, or powers of two with signed codes (default: "

@@ -52,6 +52,7 @@ def add_parsers(sub, first_last: callable, shape: callable) -> None:
         epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument("--model", help="a .pt2 (torch.export) or .onnx model (default: built-in digits CNN)")
+    add_trust_model(ev)
     ev.add_argument("--input-shape", type=shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
     ev.add_argument("--calib", help="calibration inputs, .npy (default: the built-in model's calibration digits)")
     ev.add_argument("--eval-data", help="evaluation inputs, .npy (default: built-in test digits, else the calibration data)")
@@ -72,15 +73,24 @@ def add_parsers(sub, first_last: callable, shape: callable) -> None:
     )
     bench.add_argument("artifact", type=Path, help="the .so written by tvmquant compile (for a target that runs here)")
     bench.add_argument("--model", help="the model it was compiled from (default: built-in digits CNN, if it was)")
+    add_trust_model(bench)
     bench.add_argument("--input-shape", type=shape, help="input shape, if the model's is dynamic")
     bench.add_argument("--calib", help="calibration inputs for ONNX Runtime int8, .npy (default: the built-in model's)")
     bench.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default: 10)")
     bench.add_argument("--min-time", type=float, default=0.05, help="seconds of calls per timing (default: 0.05)")
 
 
+def add_trust_model(parser: argparse.ArgumentParser) -> None:
+    """--trust-model, for every command that reads --model (see safe_load)."""
+    parser.add_argument("--trust-model", action="store_true",
+                        help="load --model with torch's full loader, which can run code stored in the archive: only "
+                        "for archives you made yourself (default: refuse anything but plain tensors and aten ops)")
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    from .compile import BUILTIN, load_array, load_source
+    from .compile import BUILTIN, load_source
     from .sweep import markdown_table, sweep, write_outputs
+    from .validate import load_npy
     from .target import load_target
 
     target = None
@@ -88,10 +98,10 @@ def run_eval(args: argparse.Namespace) -> int:
         target = load_target(args.compile_target)
         if target.runs == "rpc":
             raise UserError(f"--compile-target runs each point here; '{target.name}' runs over RPC (use a local target)")
-    calib = load_array(args.calib, "calibration") if args.calib else None
-    eval_x = load_array(args.eval_data, "evaluation data") if args.eval_data else None
-    eval_y = load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
-    source = load_source(args.model, args.input_shape, calib, eval_x, eval_y)
+    calib = load_npy(args.calib, "calibration") if args.calib else None
+    eval_x = load_npy(args.eval_data, "evaluation data") if args.eval_data else None
+    eval_y = load_npy(args.eval_labels, "evaluation labels") if args.eval_labels else None
+    source = load_source(args.model, args.input_shape, calib, eval_x, eval_y, args.trust_model)
     out = args.out or Path("tvmquant_out") / f"eval-{source.name if args.model else BUILTIN}"
     fp32, points = sweep(source, args.methods, args.bits, args.first_last_bits, target, out)
     print()
@@ -107,7 +117,8 @@ def run_bench(args: argparse.Namespace) -> int:
     # interleaved round (scripts/bench.py measured PyTorch 5x slower with OpenMP's default spinning).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .bench_cmd import bench, print_bench
-    from .compile import BUILTIN, load_array, load_source, read_sidecar
+    from .compile import BUILTIN, load_source, read_sidecar
+    from .validate import load_npy
     from .target import load_target
 
     if args.rounds < 1 or args.min_time <= 0:
@@ -118,7 +129,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UserError(f"bench times on this machine; {args.artifact} is for '{target.name}' (use run or deploy there)")
     if args.model is None and meta["model"] != BUILTIN:
         raise UserError(f"{args.artifact} was compiled from '{meta['model']}': pass it with --model (and --calib)")
-    calib = load_array(args.calib, "calibration") if args.calib else None
-    source = load_source(args.model, args.input_shape or tuple(meta["input_shape"]), calib)
+    calib = load_npy(args.calib, "calibration") if args.calib else None
+    source = load_source(args.model, args.input_shape or tuple(meta["input_shape"]), calib, trust_model=args.trust_model)
     print_bench(bench(args.artifact, source, args.rounds, args.min_time), args.artifact)
     return 0

@@ -60,6 +60,11 @@ def _run(gm: fx.GraphModule, x: np.ndarray) -> np.ndarray:
         return gm(torch.from_numpy(x)).numpy()
 
 
+def _classes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> int | None:
+    """How many classes the model scores (labels must lie below), from one batch of the model's own shape."""
+    return validate.classes_of(_run(gm, np.zeros(input_shape, np.float32)))
+
+
 def load_source(
     model: str | Path | torch.nn.Module | None,
     input_shape: tuple[int, ...] | None = None,
@@ -102,7 +107,7 @@ def load_source(
     eval_x = validate.model_input(eval_x, input_shape, "evaluation data")
     gm, folded = frontend.prepare(ep, input_shape)
     if eval_y is not None:
-        eval_y = validate.labels(eval_y, len(eval_x), validate.classes_of(_run(gm, eval_x[:1])), "evaluation labels")
+        eval_y = validate.labels(eval_y, len(eval_x), _classes(gm, input_shape), "evaluation labels")
     layers = frontend.find_layers(gm)
     if not layers:
         raise UserError(f"model '{name}' has no conv2d or linear layer with parameter weights to quantize")
@@ -153,7 +158,7 @@ def compile_model(
     """
     gm = source.gm
     if train_data is not None:  # the class range needs the model's output width
-        validate.labels(train_data[1], len(train_data[0]), validate.classes_of(source.fp32(source.calib[:1])), "training labels")
+        validate.labels(train_data[1], len(train_data[0]), _classes(gm, source.input_shape), "training labels")
     if train is None:
         scheme = quantize_model(gm, source.layers, source.calib, config, source.batch_size)
     else:

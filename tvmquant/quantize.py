@@ -161,5 +161,5 @@ def quantize_with_training(
     acts = calibrate_activations(gm, chosen, calib, batch_size, config.act_scale)
     bits = {layer.name: wbits for layer, wbits, _ in chosen}
     trained, weights = train_quantized(gm, layers, bits, acts, config.method, data, batch_size, train, options)
-    acts = calibrate_activations(with_weights(trained, layers, weights), chosen, calib, batch_size)
+    acts = calibrate_activations(with_weights(trained, layers, weights), chosen, calib, batch_size, config.act_scale)
     return assemble(chosen, weights, acts, scheme), trained

@@ -1,6 +1,6 @@
 """The VTA part of an artifact: real bytes plus a manifest another VTA implementation can replay.
 
-`OUT.so` is the host part (Relax VM, LLVM); beside it `OUT.vta/` holds, per VTA layer, the instruction stream
+`OUT.so` is the host part (Relax VM, LLVM); beside it `OUT.so.vta/` holds, per VTA layer, the instruction stream
 (16-byte little-endian words), the micro-op buffer (4-byte words) and the DRAM images of its weights and
 accumulator constants, and `manifest.json` says where each goes (docs/VTA.md describes the format). Reading
 it back decodes the instruction words, so what runs is what was written.
@@ -27,7 +27,8 @@ FORMAT = "tvmquant-vta/1"
 
 
 def folder_of(artifact: Path) -> Path:
-    return artifact.with_suffix(".vta")
+    """`m.so` -> `m.so.vta/`, beside the sidecars `m.so.json` and `m.so.npz`."""
+    return artifact.with_name(artifact.name + ".vta")
 
 
 def _elements(config: VtaConfig) -> dict[str, str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..outputs import check_output, default_output
 from ..outputs import sidecar_paths
 from ..resources import shipped_tuning_dir, user_tuning_dir
 from ..target import TARGETS_DIR, load_target
@@ -41,11 +42,13 @@ def vta_config(target: str, override: str | None) -> VtaConfig:
 
 def compile_command(args: argparse.Namespace, source, config, train, train_data) -> int:
     """`compile --target vta`: writes OUT.so, OUT.json/.npz and OUT.vta/, then checks it on the simulator."""
+    from .artifact import folder_of
     from .pipeline import compile_vta, vta_quant_config
 
     target, vta = load_target(args.target), vta_config(args.target, args.vta_config)
     held, _ = vta_quant_config(config, vta)
-    output = args.output or Path("tvmquant_out") / f"{source.name}-{vta.name}-w{held.wbits}a{held.abits}.so"
+    output = args.output or default_output(source.name, vta.name, held.wbits, held.abits, held.method, args.kernel)
+    check_output(output, [args.model, args.calib, args.eval_data, args.eval_labels, args.train_data])
     out = compile_vta(source, config, target, vta, output, tuning_logs(args.target, args.tuning_log), train,
                       train_data, args.kernel)
     for note in out.notes:
@@ -65,7 +68,7 @@ def compile_command(args: argparse.Namespace, source, config, train, train_data)
     for name, why in r.scheme.kept_float.items():
         print(f"  {name:12s} host  float32          {why}")
     meta, data = sidecar_paths(output)
-    print(f"wrote {output}, {output.with_suffix('.vta')}/ (VTA programs, manifest.json), {meta.name}, {data.name}")
+    print(f"wrote {output}, {folder_of(output).name}/ (VTA programs, manifest.json), {meta.name}, {data.name}")
     return report_run(output, limit=args.eval_limit)
 
 

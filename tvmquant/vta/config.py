@@ -176,12 +176,13 @@ def load_config(path: str | Path) -> VtaConfig:
     """A vta_config.json by path, or by short name (`w4` -> targets/vta_config_w4.json, `default`)."""
     from ..target import TARGETS_DIR
 
+    folder = TARGETS_DIR
     text = str(path)
     if not text.endswith(".json"):
-        path = TARGETS_DIR / ("vta_config.json" if text in ("default", "") else f"vta_config_{text}.json")
+        path = folder / ("vta_config.json" if text in ("default", "") else f"vta_config_{text}.json")
     path = Path(path)
     if not path.is_file():
-        known = ", ".join(sorted(p.stem.replace("vta_config_", "") for p in TARGETS_DIR.glob("vta_config_*.json")))
+        known = ", ".join(sorted(p.stem.replace("vta_config_", "") for p in folder.glob("vta_config_*.json")))
         raise UserError(f"VTA config not found: {path} (known: default, {known})")
     try:
         data = json.loads(path.read_text())

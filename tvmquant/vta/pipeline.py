@@ -17,10 +17,9 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
-from .. import frontend
+from .. import frontend, outputs
 from ..batching import run_batched
 from ..build import Lowered, build
-from .. import outputs
 from ..compile import CompileResult, ModelSource, write_sidecar
 from ..outputs import sidecar_paths
 from ..quantize import QuantConfig, quantize_model, quantize_with_training
