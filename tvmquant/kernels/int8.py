@@ -390,8 +390,8 @@ def supports(layer: LayerScheme) -> str | None:
 def build_primfunc(
     cfg: Int8Conv2dConfig, multiplier: int, inv_scale: float, zero_point: int, scheduled: bool = True
 ) -> tirx.PrimFunc:
-    """The kernel (x, wpack, e, [d,] scale) -> float32 output, for one layer instance; `scheduled=False` is the
-    plain TE function (what `tune` extracts tasks from: MetaSchedule cannot analyse the dot intrinsic)."""
+    """The kernel (x, wpack, e, [d,] scale) -> float32 output, for one layer instance (`scheduled=False`: the
+    plain TE function)."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
     wpack = te.placeholder((cfg.blocks, *cfg.kernel, cfg.channels4 // GROUP, LANES, GROUP), "int8", name="wpack")
     e = te.placeholder((cfg.out_channels,), cfg.acc_dtype, name="e")
@@ -405,11 +405,11 @@ def build_primfunc(
 
 def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
     """UNIFORM / small-span POW2 layers: packed int8 weights, the folded corrections and the output scale.
-    Not tunable (TUNABLE is False): compile always gives it its default schedule; the ISA comes from the
-    current target."""
+    Scheduled unless `scheduled=False` (another target's rules schedule it: CUDA); never tuned (TUNABLE is
+    False); the ISA comes from the current target."""
     parts = decompose(layer)
     if isinstance(parts, str):
         raise ValueError(f"layer {layer.name}: {parts}")
     cfg = _config(layer, geometry, parts)
-    prim = build_primfunc(cfg, parts.multiplier, layer.act.inv_scale, layer.act.zero_point, scheduled)
+    prim = build_primfunc(cfg, parts.multiplier, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
     return KernelCall(prim, constants(layer, parts, cfg))
