@@ -224,6 +224,7 @@ def main() -> None:
         compiled = {k: v for run in runs for k, v in run["compiled"].items()}
         plot(next(iter(results.values())), args.out / "accuracy_vs_bits.png")
         commands = ["scripts/reproduce.py " + " ".join(run["argv"]) for run in runs]
+        (args.out / "results.json").write_text(json.dumps({"benches": results, "compiled": compiled, "runs": runs}, indent=1))
         write_report(results, compiled, train, max(run["seconds"] for run in runs), args, commands)
         return
     started = time.time()
@@ -378,8 +379,8 @@ def write_report(results, compiled, train, seconds, args, commands: list[str] | 
     ]
     for name, result in results.items():
         rows = result["rows"]
-        settings = [f"W{w}A{a}" for w, a in PTQ_SETTINGS if f"ptq uniform W{w}A{a}" in rows]
-        qat = [f"W{w}A{a}" for w, a in QAT_SETTINGS if f"qat uniform W{w}A{a}" in rows]
+        settings = [f"W{w}A{a}" for w, a in PTQ_SETTINGS if any(f"ptq {m} W{w}A{a}" in rows for m in PTQ_METHODS)]
+        qat = [f"W{w}A{a}" for w, a in QAT_SETTINGS if any(f"qat {m} W{w}A{a}" in rows for m in QAT_METHODS)]
         lines += [
             f"## {name}: fp32 {result['fp32']:.2f} %",
             "",
@@ -406,7 +407,8 @@ def write_report(results, compiled, train, seconds, args, commands: list[str] | 
         ]
         for method in QAT_METHODS:
             cells = " | ".join(f"{cell(rows, f'ptq {method} {s}')} | {cell(rows, f'qat {method} {s}')}" for s in qat)
-            times = " / ".join(f"{rows[f'qat {method} {s}']['seconds']:.0f} s" for s in qat)
+            times = " / ".join(f"{rows[f'qat {method} {s}']['seconds']:.0f} s" if f"qat {method} {s}" in rows else "-"
+                               for s in qat)
             lines.append(f"| {method} | {cells} | {times} |")
         lines += ["", "### The papers' claims, against the paper's baseline and against ours", "",
                   "| claim | method | paper's baseline | holds? | our baseline | holds? |",
