@@ -337,9 +337,10 @@ quantized weights in place; BatchNorm is folded before quantization; QAT is Adam
   Gaussian's outermost 8-bit level sits at 2.89 sigma and clips heavy tails). Training: gradual stages by progress
   through the run (one stage = one layer and its input), straight-through noise; activation noise is one code
   step of the uniform grid, not UNIQ's Gaussian-quantile activations.
-- **INQ** (`methods/inq.py`, `qat.InqTrainer`): at <= 3 bits n1 is chosen per layer by least squares (n <= the
-  paper's n1) from the pretrained weights; the paper's n1 = floor(log2(4 max|W| / 3)) left 0.1-2 % of the middle
-  layers' weights nonzero at 2 bits. From 4 bits the paper's rule is kept. n1 is fixed for the whole schedule, the
+- **INQ** (`methods/inq.py`, `qat.InqTrainer`): at 2 bits (ternary) n1 is chosen per layer by least squares
+  (n <= the paper's n1) from the pretrained weights; the paper's n1 = floor(log2(4 max|W| / 3)) left 0.1-2 % of
+  the middle layers' weights nonzero at 2 bits. From 3 bits the paper's rule is kept (least squares at 3 bits cost
+  the digits CNN 13 points). n1 is fixed for the whole schedule, the
   mask is persistent (the paper's intent; the authors' code rebuilds it). Each portion trains for a fixed number
   of steps (`portion_steps`); here the run's steps are shared by the portions so that INQ trains exactly as long
   as its uniform baseline. Adam instead of SGD; activations quantized (the paper's are float).
