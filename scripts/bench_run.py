@@ -23,21 +23,11 @@ import bench_ceilings
 import bench_report
 from bench_cases import QUICK, Case, all_cases
 from bench_variants import PEERS, CheckFailed, Context, Prepared, Unavailable, Variant, our_variants
+from tvmquant.bench_cmd import time_call
 from tvmquant.errors import UserError
 from tvmquant.target import load_target
 
 CALIB_BATCHES = 4
-
-
-def time_call(fn, min_time: float) -> float:
-    """Seconds per call: calls repeated until min_time has passed (at least one)."""
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return elapsed / calls
 
 
 def select_cases(args: argparse.Namespace) -> list[Case]:
