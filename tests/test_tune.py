@@ -149,8 +149,9 @@ def test_compile_without_records_in_python_api_is_unchanged(tuned, host_target, 
     torch.manual_seed(0)
     calib = np.load(folder / "calib.npy")
     source = load_source(Tiny().eval(), (1, 1, 6, 6), calib=calib)
-    plain = compile_model(source, QuantConfig(2, 2), host_target, tmp_path / "a.so")
-    tuned_result = compile_model(source, QuantConfig(2, 2), host_target, tmp_path / "b.so", tuning_log=log_dir)
+    plain = compile_model(source, QuantConfig(2, 2), host_target, tmp_path / "a.so", kernel="bitserial")
+    tuned_result = compile_model(source, QuantConfig(2, 2), host_target, tmp_path / "b.so", tuning_log=log_dir,
+                                 kernel="bitserial")  # the family the fixture tuned
     assert plain.tuned == [] and tuned_result.tuned
 
 
