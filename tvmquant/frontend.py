@@ -32,6 +32,7 @@ class LayerInfo:
     node: str
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
+    groups: int = 1
     unsupported: str | None = None
 
 
@@ -159,10 +160,8 @@ def find_layers(gm: fx.GraphModule) -> list[LayerInfo]:
             layers.append(LayerInfo(name, "linear", weight.target, node.name))
             continue
         stride, padding, dilation, groups = _conv_geometry(node)
-        info = LayerInfo(name, "conv2d", weight.target, node.name, stride, padding)
-        if groups != 1:
-            info.unsupported = f"grouped convolution (groups={groups})"
-        elif dilation != (1, 1):
+        info = LayerInfo(name, "conv2d", weight.target, node.name, stride, padding, groups)
+        if dilation != (1, 1):
             info.unsupported = f"dilated convolution (dilation={dilation})"
         layers.append(info)
     return layers

@@ -67,6 +67,9 @@ def plan_layers(layers: list[LayerInfo], config: QuantConfig, scheme: QuantSchem
     edges = {supported[0].name, supported[-1].name} if supported else set()
     chosen = []
     for layer in supported:
+        if layer.groups != 1 and config.method == "multipoint":  # its output-error grams are per layer, not group
+            scheme.kept_float[layer.name] = f"grouped convolution (groups={layer.groups}) under multipoint"
+            continue
         wbits, abits = config.wbits, config.abits
         if layer.name in edges and config.first_last_bits != min(config.wbits, config.abits):
             if config.first_last_bits is None:
@@ -118,7 +121,7 @@ def assemble(
     for layer, _, _ in chosen:
         scheme.layers[layer.name] = LayerScheme(
             name=layer.name, op=layer.op, weight=weights[layer.name], act=acts[layer.name],
-            stride=layer.stride, padding=layer.padding,
+            stride=layer.stride, padding=layer.padding, groups=layer.groups,
         )
     return scheme
 

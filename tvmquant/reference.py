@@ -58,7 +58,7 @@ def quantized_layer(
         else:
             kh, kw = layer.weight.codes.shape[-2:]
             weight = matrix.reshape(len(matrix), -1, kh, kw)
-            part = F.conv2d(centred, weight, stride=layer.stride, padding=layer.padding) * combine.reshape(-1, 1, 1)
+            part = F.conv2d(centred, weight, stride=layer.stride, padding=layer.padding, groups=layer.groups) * combine.reshape(-1, 1, 1)
         core = core + part
     out = core.float() * (operands.scale if layer.op == "linear" else operands.scale.reshape(1, -1, 1, 1))
     if bias is not None:

@@ -113,7 +113,8 @@ class ActQuant:
 
 @dataclass
 class LayerScheme:
-    """One quantized conv2d or linear layer: its weights, its input activations and its geometry."""
+    """One quantized conv2d or linear layer: its weights, its input activations and its geometry (`groups`:
+    a grouped conv's weight is (O, C/groups, KH, KW), each output channel's codes cover its group only)."""
 
     name: str
     op: str  # "conv2d" or "linear"
@@ -121,6 +122,7 @@ class LayerScheme:
     act: ActQuant
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
+    groups: int = 1
 
     def describe(self) -> str:
         return f"{self.weight.kind.value} W{self.weight.bits}A{self.act.bits}"

@@ -6,7 +6,8 @@ point, convolved with each T_j in float64 (exact: integers far below 2^53) and c
 
     out[n, o, y, x] = float32(sum_j combine[j, o] * sum_{c,r,s} (a - z_a) * T_j[o, c, r, s]) * scale[o]
 
-which is the reference's arithmetic (reference.py) step for step, so the two agree exactly. It is the correct
+which is the reference's arithmetic (reference.py) step for step, so the two agree exactly; in a grouped conv
+c runs over the C/groups input channels of o's group. It is the correct
 fallback for every kind and the baseline of the benchmarks, not a fast path.
 """
 
@@ -60,12 +61,15 @@ def dequant_conv2d(
         one, zero = tirx.const(1.0, "float64"), tirx.const(0.0, "float64")
         return tirx.Select(terms[o, c, r, s].astype("int32") == term_codes[j], one, zero)
 
-    c = te.reduce_axis((0, cfg.in_channels), name="c")
+    cin, cout = cfg.in_channels // cfg.groups, cfg.out_channels // cfg.groups
+    c = te.reduce_axis((0, cin), name="c")
     r, s = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s")
     oh, ow = cfg.out_hw
     acc = te.compute(
         (cfg.batch, cfg.terms, cfg.out_channels, oh, ow),
-        lambda n, j, o, y, z: te.sum(padded[n, c, y * sh + r, z * sw + s] * term(j, o, c, r, s), axis=[c, r, s]),
+        lambda n, j, o, y, z: te.sum(
+            padded[n, (o // cout) * cin + c, y * sh + r, z * sw + s] * term(j, o, c, r, s), axis=[c, r, s]
+        ),
         name="dense_acc",
     )
     # products stored before they are summed: one stage would let LLVM contract them into FMAs, which round
@@ -99,7 +103,7 @@ def build_primfunc(
     take (x, codes, term_codes, combine, scale); `scheduled=False` is the plain TE function another target's
     rules schedule."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
-    weights = (cfg.out_channels, cfg.in_channels, *cfg.kernel)
+    weights = (cfg.out_channels, cfg.in_channels // cfg.groups, *cfg.kernel)
     if cfg.onehot:
         terms = te.placeholder(weights, "uint8", name="codes")
         term_codes = te.placeholder((cfg.terms,), "int32", name="term_codes")
@@ -124,7 +128,7 @@ def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = Tr
     kept = core.nonzero_terms()
     onehot = core.onehot is not None
     cfg = DequantConv2dConfig(**vars(geometry), abits=layer.act.bits, terms=len(kept), onehot=onehot)
-    shape = (cfg.out_channels, cfg.in_channels, *cfg.kernel)
+    shape = (cfg.out_channels, cfg.in_channels // cfg.groups, *cfg.kernel)
     if onehot:
         terms = [core.onehot.reshape(shape).astype(np.uint8), np.asarray(kept, np.int32)]
     else:
@@ -143,12 +147,13 @@ def reference(
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     centred = np.pad(q.astype(np.float64) - zero_point, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     oh, ow = cfg.out_hw
+    cin, cout = cfg.in_channels // cfg.groups, cfg.out_channels // cfg.groups
     core = np.zeros((cfg.batch, cfg.out_channels, oh, ow))
     for j in range(cfg.terms):
         acc = np.zeros_like(core)
-        for r in range(kh):
-            for s in range(kw):
-                patch = centred[:, :, r : r + sh * oh : sh, s : s + sw * ow : sw]
-                acc += np.einsum("nchw,oc->nohw", patch, terms[j, :, :, r, s])
+        for g, r, s in np.ndindex(cfg.groups, kh, kw):
+            patch = centred[:, g * cin : (g + 1) * cin, r : r + sh * oh : sh, s : s + sw * ow : sw]
+            outs = slice(g * cout, (g + 1) * cout)
+            acc[:, outs] += np.einsum("nchw,oc->nohw", patch, terms[j, outs, :, r, s])
         core = core + combine[j][None, :, None, None] * acc
     return core.astype(np.float32) * scale[None, :, None, None]

@@ -4,7 +4,8 @@ user's `--kernel`.
 DESIGN.md's table: UNIFORM -> bit-serial popcount, POW2 -> shift-add, CODEBOOK -> lookup table, MULTIPOINT ->
 sum of bit-serial GEMMs; refined by `auto_family` for UNIFORM and POW2 layers, which the int8 dot-product family
 (kernels/int8.py) runs too. A family that cannot run a layer (see its `supports`) hands it to the next choice,
-and the dequant fallback runs anything.
+and the dequant fallback runs anything. Grouped and depthwise convs run on `depthwise` (kernels/depthwise.py:
+no other family has a grouped form; the dequant fallback has) and the summary says so.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..scheme import LayerScheme, WeightKind
-from . import bitserial, dequant, int8, lut, multipoint, shift
+from . import bitserial, depthwise, dequant, int8, lut, multipoint, shift
 
-FAMILIES: dict[str, ModuleType] = {m.FAMILY: m for m in (bitserial, int8, shift, lut, multipoint, dequant)}
+FAMILIES: dict[str, ModuleType] = {
+    m.FAMILY: m for m in (bitserial, int8, shift, lut, multipoint, depthwise, dequant)
+}
+GROUPED = (depthwise.FAMILY, dequant.FAMILY)  # the families with a grouped-conv form
 CHOICES = ("auto", *FAMILIES)
 PREFERRED = {
     WeightKind.UNIFORM: "bitserial",
@@ -58,18 +62,29 @@ def choose(layer: LayerScheme, requested: str = "auto") -> tuple[ModuleType, str
         raise ValueError(f"unknown kernel family '{requested}'; known: {', '.join(CHOICES)}")
     if requested == "auto":
         wanted = PREFERRED[layer.weight.kind]
-        if layer.weight.kind in (WeightKind.UNIFORM, WeightKind.POW2) and int8.supports(layer) is None:
+        if layer.groups != 1:
+            wanted = depthwise.FAMILY
+        elif layer.weight.kind in (WeightKind.UNIFORM, WeightKind.POW2) and int8.supports(layer) is None:
             wanted = auto_family(layer)
     else:
         wanted = requested
     family = FAMILIES.get(wanted)
     reason = f"no {wanted} kernel" if family is None else family.supports(layer)
+    if reason is None and layer.groups != 1 and wanted not in GROUPED:
+        reason = f"grouped convolution (groups={layer.groups})"
     if reason is None:
-        return family, None
+        return family, _grouped_note(layer) if family is depthwise and requested == "auto" else None
     if requested != "auto":
         fallback, _ = choose(layer, "auto")
         return fallback, f"{wanted}: {reason}"
     return dequant, f"{wanted}: {reason}"
+
+
+def _grouped_note(layer: LayerScheme) -> str:
+    """Why `auto` sent a grouped conv to the depthwise family, for the summary."""
+    per_group = layer.weight.codes.shape[1]
+    kind = "depthwise" if per_group == 1 else f"{per_group} channels per group"
+    return f"grouped conv, groups={layer.groups} ({kind}): int32 MACs over output rows, no family packs a group"
 
 
 def fixed_kernel(func_name: str) -> bool:

@@ -75,7 +75,7 @@ class _Rewriter(relax.PyExprMutator):
         op = getattr(call.op, "name", None)
         if op == "relax.nn.conv2d":
             layer = self._layer_of(call.args[1])
-            if layer is not None and call.attrs.groups == 1:
+            if layer is not None and call.attrs.groups == layer.groups:
                 return self._conv2d(call.args[0], layer)
         elif op == "relax.matmul" and isinstance(call.args[1], relax.Var):
             transposed = self.lookup_binding(call.args[1])

@@ -64,6 +64,8 @@ class HostQuant:
 def unsupported(layer: LayerScheme, config: VtaConfig) -> str | None:
     """Why VTA cannot run this layer exactly, or None."""
     act = layer.act
+    if layer.groups != 1:
+        return f"grouped convolution (groups={layer.groups}): the GEMM core has no grouped form"
     if act.bits > config.inp_bits:
         return f"{act.bits}-bit activations exceed the core's {config.inp_bits}-bit inputs"
     if act.zero_point != 1 << (act.bits - 1) or not float(np.log2(act.scale)).is_integer():
