@@ -131,10 +131,12 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     sch.unroll(s)
     sch.vectorize(z)
     init = sch.decompose_reduction(dot, c)
-    sch.vectorize(sch.get_loops(init)[-1])
     rescale = sch.get_sblock("rescale")
     sch.reverse_compute_at(rescale, row)
-    sch.vectorize(sch.get_loops(rescale)[-1])
+    for block in (init, rescale):
+        inner = sch.get_loops(block)[1:]  # the row's pixels (none when OW = 1)
+        if inner:
+            sch.vectorize(inner[-1])
     return sch.mod["main"]
 
 
