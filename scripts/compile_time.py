@@ -45,6 +45,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from tvmquant import frontend
+    from tvmquant.batching import run_batched
     from tvmquant.build import build
     from tvmquant.compile import load_source
     from tvmquant.quantize import QuantConfig, quantize_model
@@ -90,7 +91,7 @@ def main() -> int:
         if args.check:
             compiled = DeviceModule.local(artifact, "cpu")
             got = np.concatenate([compiled(x[None]) for x in source.eval_x])
-            want = ReferenceModel(source.gm, source.layers, scheme)(source.eval_x)
+            want = run_batched(ReferenceModel(source.gm, source.layers, scheme), source.eval_x, 1)
             np.testing.assert_array_equal(got, want)
             print(f"  compiled == reference bit for bit on {len(got)} inputs (max |out| {np.abs(got).max():.3g})")
     if profiler:

@@ -1,8 +1,8 @@
 """Relax module + QuantScheme -> executable: lower quantized layers, embed the remaining weights, compile.
 
-Without tuning records the kernels carry their default schedule and TVM's default pipeline does the rest.
-With records (a MetaSchedule database), the module is lowered with unscheduled kernels, exactly as `tune`
-extracted its tasks, so that the records match; kernels without a record fall back to the default schedule.
+CPU targets: the module is lowered with unscheduled tunable kernels, exactly as `tune` extracted its tasks, and
+fused; functions with a record (a MetaSchedule database) take its schedule, kernels without one their family's
+default schedule, and every remaining fp32 op a real one (cpu_schedule.py), not TVM's naive loop nest.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
+from .cpu_schedule import schedule_remaining
 from .database import task_key
 from .frontend import LayerInfo
 from .kernels.registry import tunable_family
@@ -122,23 +123,20 @@ def build(
     tvm_target = target.tvm_target
     cuda = tvm_target.kind.name == "cuda"
     with tvm_target:  # kernel families pick target-specific defaults (e.g. register tiles) from the context
-        mod, lowered = lower(mod, params, param_fqn, layers, scheme, tunable=database is not None, kernel=kernel,
-                             deferred=cuda)
+        mod, lowered = lower(mod, params, param_fqn, layers, scheme, tunable=not cuda, kernel=kernel, deferred=cuda)
     if cuda:
         from .cuda import pipeline as cuda_pipeline, toolkit
 
         toolkit.configure()  # exact float math for NVRTC, also where TVM compiles the kernels itself (a GPU here)
-        mod, tuned, slower = legalize(mod, tvm_target), [], []
-        if database is not None:
-            mod, tuned, slower = apply_records(mod, database, tvm_target, untuned_ms or {})
+    mod, tuned, slower = legalize(mod, tvm_target), [], []
+    if database is not None:
+        mod, tuned, slower = apply_records(mod, database, tvm_target, untuned_ms or {})
+    if cuda:
         executable = cuda_pipeline.finalize(cuda_pipeline.schedule(mod, tvm_target), tvm_target)
         return BuildResult(executable, lowered, tuned, slower)
-    if database is None:
-        return BuildResult(tvm.compile(mod, tvm_target), lowered, [], [])
-    mod = legalize(mod, tvm_target)
-    mod, tuned, slower = apply_records(mod, database, tvm_target, untuned_ms or {})
     with tvm_target:
         mod = schedule_kernels(mod)
+    mod = schedule_remaining(mod, tvm_target)
     # the second half of TVM's CPU pipeline (the package does not re-export these two)
     pipeline = tvm.transform.Sequential(
         cpu_pipeline.dataflow_lower_passes(tvm_target) + cpu_pipeline.finalize_passes(tvm_target)

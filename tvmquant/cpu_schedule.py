@@ -1,0 +1,91 @@
+"""Schedules for the fp32 ops a compiled model keeps (bias adds, ReLU/ReLU6, residual adds, pooling, softmax,
+reshapes, unquantized layers): without them TVM's CPU pipeline runs each as a naive single-threaded loop nest.
+
+After fusion every PrimFunc not yet scheduled (our kernels are, or carry a tuning record) gets the first rule
+that applies: TVM's `s_tir.dlight` CPU rules (GEMV for matrix-vector products, Reduction for softmax/norm
+chains), else `ParallelVectorize`: every block's leading spatial loops fused and spread over threads, the
+innermost spatial loop in vector lanes; in a reduction (pooling, an fp32 conv) that loop moves inside the
+reduction, so the window is summed for a vector of outputs at a time.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+MAX_VECTOR = 64  # lanes of one vectorised loop before it is split (LLVM splits the rest into registers)
+
+
+def _lanes(extent: int) -> int:
+    """The whole loop up to MAX_VECTOR lanes, else the widest power of two up to 16 that divides it (1: none)."""
+    if extent <= MAX_VECTOR:
+        return extent
+    lanes = 16
+    while extent % lanes:
+        lanes //= 2
+    return lanes
+
+
+def _vectorize(sch: s_tir.Schedule, loop) -> None:
+    extent = sch.get(loop).extent
+    if not isinstance(extent, tirx.IntImm) or int(extent) < 2:
+        return
+    lanes = _lanes(int(extent))
+    if lanes == int(extent):
+        sch.vectorize(loop)
+    elif lanes > 1:
+        sch.vectorize(sch.split(loop, [None, lanes])[1])
+
+
+class ParallelVectorize(CPUScheduleRule):
+    """The fallback rule: threads over leading spatial loops, lanes over the innermost spatial one."""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        for info in try_inline_contiguous_spatial(sch, infos) or infos:
+            _schedule_block(sch, info)
+        return sch
+
+
+def _schedule_block(sch: s_tir.Schedule, info) -> None:
+    kinds = info.dom_kind()
+    loops = [it.loop_rv for it in info.iters]
+    spatial = len(kinds) - len(kinds.lstrip("S"))
+    if spatial == 0 or "S" in kinds[spatial:]:  # no leading spatial loop, or spatial after reduction: leave it
+        if spatial:
+            sch.parallel(sch.fuse(*loops[:spatial]) if spatial > 1 else loops[0])
+        return
+    if spatial == len(loops):  # injective
+        if spatial > 1:
+            sch.parallel(sch.fuse(*loops[:-1]) if spatial > 2 else loops[0])
+        _vectorize(sch, loops[-1])
+        return
+    inner = loops[spatial - 1]
+    if spatial < 2 or int(sch.get(inner).extent) < 4:  # nothing to put in lanes: threads only
+        sch.parallel(sch.fuse(*loops[:spatial]) if spatial > 1 else loops[0])
+        return
+    sch.parallel(sch.fuse(*loops[: spatial - 1]) if spatial > 2 else loops[0])
+    sch.reorder(*loops[spatial:], inner)
+    init = sch.decompose_reduction(info.block_rv, loops[spatial])
+    _vectorize(sch, inner)
+    _vectorize(sch, sch.get_loops(init)[-1])
+
+
+def rules() -> list:
+    """The rules in the order they are tried."""
+    return [dlight.cpu.GEMV(), dlight.cpu.Reduction(), ParallelVectorize()]
+
+
+def schedule_remaining(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Every PrimFunc without `tirx.is_scheduled` gets the first rule that applies (under `target`)."""
+    with target:
+        return dlight.ApplyDefaultSchedule(*rules())(mod)
