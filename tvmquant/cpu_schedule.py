@@ -75,8 +75,8 @@ def _schedule_block(sch: s_tir.Schedule, info) -> None:
         return
     sch.parallel(sch.fuse(*loops[: spatial - 1]) if spatial > 2 else loops[0])
     sch.reorder(*loops[spatial:], inner)
+    _vectorize(sch, inner)  # before the init is split off: TVM refuses it on the update block afterwards
     init = sch.decompose_reduction(info.block_rv, loops[spatial])
-    _vectorize(sch, inner)
     _vectorize(sch, sch.get_loops(init)[-1])
 
 
