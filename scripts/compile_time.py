@@ -35,6 +35,21 @@ def _model(name: str):
     return MODELS[name]()
 
 
+def _print_profile(artifact: Path, x: np.ndarray, runs: int) -> None:
+    """The per-function table, then its sum per kind: each kernel family, and the fp32 ops TVM compiled."""
+    from tvmquant.kernels.registry import FAMILIES
+    from tvmquant.profile import print_profile, profile
+    from tvmquant.rpc import DeviceModule
+
+    rows = profile(DeviceModule.local(artifact), x, runs)
+    print_profile(rows[:25], runs)
+    kinds: dict[str, list[float]] = {}
+    for row in rows:
+        kind = next((f for f in FAMILIES if row.name.startswith(f"{f}_")), "fp32 ops (TVM)")
+        kinds.setdefault(kind, []).append(row.ms)
+    print("  by kind: " + ", ".join(f"{k} {sum(v):.2f} ms in {len(v)}" for k, v in sorted(kinds.items())))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=[*MODELS, "resnet18"])
@@ -42,6 +57,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--profile", type=int, default=0, help="print the N slowest functions of the build")
     parser.add_argument("--check", action="store_true", help="compiled == reference bit for bit")
+    parser.add_argument("--run-profile", type=int, default=0, metavar="RUNS",
+                        help="time every function of the compiled model (VM instrument hook, as `run --profile`)")
     args = parser.parse_args()
 
     from tvmquant import frontend
@@ -94,6 +111,8 @@ def main() -> int:
             want = run_batched(ReferenceModel(source.gm, source.layers, scheme), source.eval_x, 1)
             np.testing.assert_array_equal(got, want)
             print(f"  compiled == reference bit for bit on {len(got)} inputs (max |out| {np.abs(got).max():.3g})")
+        if args.run_profile:
+            _print_profile(artifact, source.eval_x[:1], args.run_profile)
     if profiler:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.profile)
     return 0

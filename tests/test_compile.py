@@ -37,15 +37,15 @@ def test_compiled_matches_reference(tmp_path, host_target, wbits, abits, first_l
         assert np.abs(ref - run_batched(source.fp32, source.eval_x, 2)).max() > 1e-3
 
 
-def test_grouped_conv_stays_float_with_named_warning(tmp_path, host_target):
+def test_grouped_conv_is_quantized_on_the_depthwise_family_and_exact(tmp_path, host_target):
     model = WithDepthwise().eval()
     data = np.random.default_rng(0).standard_normal((6, 4, 6, 6)).astype(np.float32)
     source = load_source(model, (1, 4, 6, 6), calib=data)
-    with pytest.warns(UserWarning, match="'dw' kept in float32: grouped convolution"):
-        result = compile_model(source, QuantConfig(2, 2, 8), host_target, tmp_path / "dw.so")
-    assert "dw" in result.scheme.kept_float and "dw" not in result.kernels
+    result = compile_model(source, QuantConfig(2, 2, 8), host_target, tmp_path / "dw.so")
+    assert not result.scheme.kept_float and result.kernels["dw"] == "depthwise"
+    assert result.scheme.layers["dw"].groups == 8 and "groups=8 (depthwise)" in result.lowered.notes["dw"]
     compiled = run_batched(DeviceModule.local(result.artifact), data, 1)
-    np.testing.assert_allclose(compiled, result.reference_outputs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(compiled, result.reference_outputs)
 
 
 def test_builtin_model_w4a4_keeps_accuracy(tmp_path, host_target):

@@ -28,11 +28,11 @@ def test_layers_found_with_geometry():
     assert layers["fc1"].op == "linear" and layers["conv1"].unsupported is None
 
 
-def test_grouped_conv_marked_unsupported():
+def test_grouped_conv_found_with_its_groups():
     ep = frontend.export_module(WithDepthwise().eval(), (1, 4, 6, 6))
     gm, _ = frontend.prepare(ep, (1, 4, 6, 6))
     layers = {layer.name: layer for layer in frontend.find_layers(gm)}
-    assert "groups=8" in layers["dw"].unsupported
+    assert layers["dw"].groups == 8 and layers["dw"].unsupported is None and layers["conv"].groups == 1
 
 
 def test_relax_params_keep_pytorch_names():
