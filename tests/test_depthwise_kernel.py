@@ -111,7 +111,7 @@ def test_numpy_reference_is_the_grouped_convolution():
     t = depthwise.integer_matrix(layer).reshape(g.out_channels, -1, *g.kernel)
     a = np.clip(np.rint(x * layer.act.inv_scale) + layer.act.zero_point, 0, layer.act.qmax).astype(np.int64)
     a = np.pad(a - layer.act.zero_point, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    cin, cout = g.in_channels // g.groups, g.out_channels // g.groups
+    cin, cout = g.in_channels // g.conv_groups, g.out_channels // g.conv_groups
     want = np.zeros((g.batch, g.out_channels, *g.out_hw), np.int64)
     for o, c, r, s in np.ndindex(*t.shape):
         src = (o // cout) * cin + c

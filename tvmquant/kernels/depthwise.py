@@ -48,12 +48,12 @@ class DepthwiseConfig(ConvGeometry):
     @property
     def group_in(self) -> int:
         """Input channels per group."""
-        return self.in_channels // self.groups
+        return self.in_channels // self.conv_groups
 
     @property
     def group_out(self) -> int:
         """Output channels per group."""
-        return self.out_channels // self.groups
+        return self.out_channels // self.conv_groups
 
 
 def integer_matrix(layer: LayerScheme) -> np.ndarray | str:
@@ -149,11 +149,11 @@ def reference_int(x: np.ndarray, t: np.ndarray, cfg: ConvGeometry, inv_scale: fl
     q = np.clip(np.rint(x.astype(np.float32) * np.float32(inv_scale)) + zero_point, 0, (1 << abits) - 1)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     centred = np.pad(q.astype(np.int64) - zero_point, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    cin, cout = cfg.in_channels // cfg.groups, cfg.out_channels // cfg.groups
+    cin, cout = cfg.in_channels // cfg.conv_groups, cfg.out_channels // cfg.conv_groups
     weight = t.reshape(cfg.out_channels, cin, kh, kw)
     oh, ow = cfg.out_hw
     out = np.zeros((cfg.batch, cfg.out_channels, oh, ow), np.int64)
-    for g in range(cfg.groups):
+    for g in range(cfg.conv_groups):
         ins, outs = slice(g * cin, (g + 1) * cin), slice(g * cout, (g + 1) * cout)
         for r in range(kh):
             for s in range(kw):

@@ -61,7 +61,7 @@ def dequant_conv2d(
         one, zero = tirx.const(1.0, "float64"), tirx.const(0.0, "float64")
         return tirx.Select(terms[o, c, r, s].astype("int32") == term_codes[j], one, zero)
 
-    cin, cout = cfg.in_channels // cfg.groups, cfg.out_channels // cfg.groups
+    cin, cout = cfg.in_channels // cfg.conv_groups, cfg.out_channels // cfg.conv_groups
     c = te.reduce_axis((0, cin), name="c")
     r, s = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s")
     oh, ow = cfg.out_hw
@@ -103,7 +103,7 @@ def build_primfunc(
     take (x, codes, term_codes, combine, scale); `scheduled=False` is the plain TE function another target's
     rules schedule."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
-    weights = (cfg.out_channels, cfg.in_channels // cfg.groups, *cfg.kernel)
+    weights = (cfg.out_channels, cfg.in_channels // cfg.conv_groups, *cfg.kernel)
     if cfg.onehot:
         terms = te.placeholder(weights, "uint8", name="codes")
         term_codes = te.placeholder((cfg.terms,), "int32", name="term_codes")
@@ -128,7 +128,7 @@ def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = Tr
     kept = core.nonzero_terms()
     onehot = core.onehot is not None
     cfg = DequantConv2dConfig(**vars(geometry), abits=layer.act.bits, terms=len(kept), onehot=onehot)
-    shape = (cfg.out_channels, cfg.in_channels // cfg.groups, *cfg.kernel)
+    shape = (cfg.out_channels, cfg.in_channels // cfg.conv_groups, *cfg.kernel)
     if onehot:
         terms = [core.onehot.reshape(shape).astype(np.uint8), np.asarray(kept, np.int32)]
     else:
@@ -147,11 +147,11 @@ def reference(
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     centred = np.pad(q.astype(np.float64) - zero_point, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     oh, ow = cfg.out_hw
-    cin, cout = cfg.in_channels // cfg.groups, cfg.out_channels // cfg.groups
+    cin, cout = cfg.in_channels // cfg.conv_groups, cfg.out_channels // cfg.conv_groups
     core = np.zeros((cfg.batch, cfg.out_channels, oh, ow))
     for j in range(cfg.terms):
         acc = np.zeros_like(core)
-        for g, r, s in np.ndindex(cfg.groups, kh, kw):
+        for g, r, s in np.ndindex(cfg.conv_groups, kh, kw):
             patch = centred[:, g * cin : (g + 1) * cin, r : r + sh * oh : sh, s : s + sw * ow : sw]
             outs = slice(g * cout, (g + 1) * cout)
             acc[:, outs] += np.einsum("nchw,oc->nohw", patch, terms[j, outs, :, r, s])

@@ -36,4 +36,4 @@ def layer_geometry(layer: LayerScheme, shape: tuple[int, int, int, int]) -> Conv
     """The conv geometry of `layer` on an NCHW input `shape` (linear layers: (rows, K, 1, 1))."""
     w = layer.weight
     kernel = tuple(w.codes.shape[-2:]) if layer.op == "conv2d" else (1, 1)
-    return ConvGeometry(*shape, w.out_channels, kernel, layer.stride, layer.padding, groups=layer.groups)
+    return ConvGeometry(*shape, w.out_channels, kernel, layer.stride, layer.padding, conv_groups=layer.groups)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Input (N, C, H, W), O output channels, kernel, stride and padding of one layer instance; `groups` (keyword
-    only, so that families' configs can add fields) splits C and O into groups that see only their own."""
+    """Input (N, C, H, W), O output channels, kernel, stride and padding of one layer instance; `conv_groups`
+    (keyword only, so that families' configs can add fields) splits C and O into groups that see only their own."""
 
     batch: int
     in_channels: int
@@ -18,12 +18,12 @@ class ConvGeometry:
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
-    groups: int = field(default=1, kw_only=True)
+    conv_groups: int = field(default=1, kw_only=True)
 
     @property
     def reduction(self) -> int:
-        """K: the length of each output's dot product (C / groups * KH * KW)."""
-        return self.in_channels // self.groups * self.kernel[0] * self.kernel[1]
+        """K: the length of each output's dot product (C / conv_groups * KH * KW)."""
+        return self.in_channels // self.conv_groups * self.kernel[0] * self.kernel[1]
 
     @property
     def out_hw(self) -> tuple[int, int]:
