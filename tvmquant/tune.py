@@ -27,6 +27,7 @@ from . import _ms_workers, frontend, tempdirs
 from .console import metaschedule_log, quiet_metaschedule_console
 from .console import progress as progress_bar
 from .build import legalize, lower
+from .cpu_schedule import schedule_remaining
 from .kernels.registry import fixed_kernel
 from .compile import ModelSource
 from .database import load_task_state, locked, open_database, save_task_state, task_key
@@ -113,15 +114,15 @@ def _default_schedule(task: ms.ExtractedTask, target: tvm.target.Target) -> tvm.
         return cuda_pipeline.schedule(mod, target)
     family = tunable_family(task.task_name)
     if family is not None:
-        mod = tvm.IRModule({"main": family.schedule(mod["main"])})
-    return mod
+        return tvm.IRModule({"main": family.schedule(mod["main"])})
+    return schedule_remaining(mod, target)
 
 
 def measure_untuned(
     tasks: list[ms.ExtractedTask], target: TargetSpec, builder: ms.builder.Builder, runner: ms.runner.Runner
 ) -> list[float | None]:
     """Latency (ms) of each task as `compile` builds it without records: our default kernel schedule, or
-    TVM's plain lowering for fp32 ops. Measured with the same builder and runner as the trials."""
+    cpu_schedule's rules for fp32 ops. Measured with the same builder and runner as the trials."""
     with target.tvm_target:
         mods = [_default_schedule(task, target.tvm_target) for task in tasks]
     built = builder.build([ms.builder.BuilderInput(mod, target.tvm_target) for mod in mods])
