@@ -179,8 +179,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", default="auto", choices=KERNELS,
                         help="kernel family for the quantized layers: auto picks by weight kind and a cost rule (uniform -> "
                         "int8 for 8-bit and few-channel layers, else bitserial; pow2 -> int8 where the target has a dot "
-                        "instruction, else shift; codebook -> lut, multipoint -> multipoint); a family runs every layer it can, "
-                        "the others keep auto's choice and the summary says why (default: auto)")
+                        "instruction, else shift; codebook -> lut, multipoint -> multipoint; grouped convs -> "
+                        "depthwise); a family runs every layer it can, the others keep auto's choice and the summary "
+                        "says why (default: auto)")
     parser.add_argument("--act-scale", default="mse", choices=("mse", "pow2"),
                         help="activation scales: least squared error, or powers of two with signed codes (default: "
                         "mse; --target vta always uses pow2)")
