@@ -89,3 +89,10 @@ def awkward_source(seed: int, batch: int = 1, evaluate: int = 4):
 
     calib = np.random.default_rng(seed).standard_normal((8, 3, 9, 4)).astype(np.float32)
     return load_source(randomize_bn(Awkward(), seed=3), (batch, 3, 9, 4), calib=calib, eval_x=calib[:evaluate])
+
+
+def run_compiled(result, x, batch: int):
+    """The compiled artifact of a CompileResult run here, through the one device-run path."""
+    from tvmquant.device_run import DeviceAddress, run_on_device
+
+    return run_on_device(result.target, result.artifact, x, batch, DeviceAddress()).outputs

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+from tvmquant.pipeline import BuildOptions, TuningRecords
 from tvmquant.compile import compile_model, load_source
 from tvmquant.database import RECORDS, WORKLOADS, open_database, read_database
 from tvmquant.quantize import QuantConfig
@@ -134,7 +135,8 @@ def test_compile_without_records_in_python_api_is_unchanged(tuned, host_target, 
     calib = np.load(folder / "calib.npy")
     source = load_source(Tiny().eval(), (1, 1, 6, 6), calib=calib)
     plain = compile_model(source, QuantConfig(2, 2), host_target, tmp_path / "a.so")
-    tuned_result = compile_model(source, QuantConfig(2, 2), host_target, tmp_path / "b.so", tuning_log=log_dir)
+    tuned_result = compile_model(source, QuantConfig(2, 2), host_target, tmp_path / "b.so",
+                                 BuildOptions(records=TuningRecords.read(log_dir)))
     assert plain.tuned == [] and tuned_result.tuned
 
 

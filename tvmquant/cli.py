@@ -57,12 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "shared library with the weights inside, and report accuracy of fp32 vs quantized reference vs "
         "compiled module. Tuning records in tuning_logs/TARGET/ (or --tuning-log) are applied; compile never tunes.",
     )
-    _model_args(comp, METHODS, CHOICES)
-    comp.add_argument("--train", action="store_true",
-                      help=f"quantization-aware fine-tuning ({', '.join(QAT_METHODS)}); otherwise post-training")
-    comp.add_argument("--epochs", type=int, default=3, help="--train: epochs (default: 3)")
-    comp.add_argument("--lr", type=float, default=1e-4, help="--train: Adam learning rate (default: 1e-4)")
-    comp.add_argument("--train-data", help="--train: .npz with arrays x (N, ...) and y (N,) labels (default: built-in digits train split)")
+    _model_args(comp, METHODS, QAT_METHODS, CHOICES)
     comp.add_argument("--eval-data", help="evaluation inputs, .npy (default: built-in test digits, else the calibration data)")
     comp.add_argument("--eval-labels", help="integer labels for --eval-data, .npy, to report accuracy")
     comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: tuning_logs/TARGET/ if it has records)")
@@ -76,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with MetaSchedule and the XGBoost cost model, measuring on the device through an RPC tracker (or here for "
         "x86), and add the records to TVM's JSON database in tuning_logs/TARGET/. A second run resumes.",
     )
-    _model_args(tune, METHODS, CHOICES)
+    _model_args(tune, METHODS, QAT_METHODS, CHOICES)
     tune.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the device(s) registered with (needed for non-local targets)")
     tune.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker")
     tune.add_argument("--trials", type=int, default=16, help="measured trials per task, in total over runs (default: 16)")
@@ -110,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_args(parser: argparse.ArgumentParser, methods, kernels) -> None:
+def _model_args(parser: argparse.ArgumentParser, methods, qat_methods, kernels) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
     parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
@@ -128,6 +123,11 @@ def _model_args(parser: argparse.ArgumentParser, methods, kernels) -> None:
                         "pow2 -> shift, codebook -> lut, multipoint -> multipoint); a family runs every layer it can, "
                         "the others keep auto's choice and the summary says why (default: auto)")
     parser.add_argument("--calib", help="calibration inputs, .npy of shape (N, ...) (default: the built-in model's held-out calibration digits)")
+    parser.add_argument("--train", action="store_true",
+                        help=f"quantization-aware fine-tuning ({', '.join(qat_methods)}); otherwise post-training")
+    parser.add_argument("--epochs", type=int, default=3, help="--train: epochs (default: 3)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="--train: Adam learning rate (default: 1e-4)")
+    parser.add_argument("--train-data", help="--train: .npz with arrays x (N, ...) and y (N,) labels (default: built-in digits train split)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,29 +146,48 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .compile import BUILTIN, compile_model, default_tuning_log, load_array, load_source, load_train_data
+    from .compile import compile_model, default_tuning_log
     from .database import has_records
-    from .train import TrainConfig
+    from .device_run import DeviceAddress
+    from .evaluation import evaluate
+    from .pipeline import BuildOptions, TuningRecords
     from .report import print_compile_summary
+    from .source import BUILTIN, load_array, load_source
     from .target import load_target
 
-    target, config = load_target(args.target), _config(args)
-    train = TrainConfig(epochs=args.epochs, lr=args.lr) if args.train else None
-    if args.train_data and not args.train:
-        raise UserError("--train-data is only used with --train")
+    target = load_target(args.target)
+    _check_training_args(args)
     eval_x = load_array(args.eval_data, "evaluation data") if args.eval_data else None
     eval_y = load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
     source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y)
+    request = _request(args, source)
     output = args.output or Path("tvmquant_out") / (
-        f"{source.name if args.model else BUILTIN}-{target.name}-w{config.wbits}a{config.abits}.so"
+        f"{source.name if args.model else BUILTIN}-{target.name}-w{request.config.wbits}a{request.config.abits}.so"
     )
     tuning_log = args.tuning_log
     if tuning_log is None and has_records(default_tuning_log(target)):
         tuning_log = default_tuning_log(target)
-    train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
-    result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel)
-    print_compile_summary(result, args.rpc or target.default_rpc)
+    options = BuildOptions(args.kernel, TuningRecords.read(tuning_log) if tuning_log else None)
+    result = compile_model(source, request, target, output, options)
+    address = DeviceAddress(rpc=args.rpc or target.default_rpc)
+    print_compile_summary(result, evaluate(result, address), address.rpc)
     return 0
+
+
+def _check_training_args(args: argparse.Namespace) -> None:
+    if args.train_data and not args.train:
+        raise UserError("--train-data is only used with --train")
+
+
+def _request(args: argparse.Namespace, source):
+    """The QuantRequest of compile and tune alike (so tuning records match what compile builds)."""
+    from .pipeline import QuantRequest
+    from .source import load_train_data
+    from .train import TrainConfig
+
+    train = TrainConfig(epochs=args.epochs, lr=args.lr) if args.train else None
+    train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
+    return QuantRequest(_config(args), train, train_data)
 
 
 def _config(args: argparse.Namespace):
@@ -184,19 +203,22 @@ def _config(args: argparse.Namespace):
 
 
 def _calib(args: argparse.Namespace):
-    from .compile import load_array
+    from .source import load_array
 
     return load_array(args.calib, "calibration") if args.calib else None
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .compile import default_tuning_log, load_source
+    from .compile import default_tuning_log
     from .report import print_tune_summary
     from .rpc import parse_address, tracker_servers
+    from .source import load_source
     from .target import load_target
-    from .tune import Tracker, tune
+    from .tune import Tracker, TuneOptions, tune
 
-    target, config = load_target(args.target), _config(args)
+    target = load_target(args.target)
+    _config(args)  # option errors before any device or model work
+    _check_training_args(args)
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
     tracker, workers = None, 1
@@ -208,14 +230,15 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"measuring on {workers} server(s) under key '{args.rpc_key}' at {args.rpc_tracker}")
     source = load_source(args.model, args.input_shape, _calib(args))
     log_dir = args.log_dir or default_tuning_log(target)
-    results = tune(source, config, target, log_dir, args.trials, tracker, args.timeout, workers, kernel=args.kernel)
+    options = TuneOptions(args.trials, tracker, args.timeout, workers, kernel=args.kernel)
+    results = tune(source, _request(args, source), target, log_dir, options)
     print_tune_summary(results, target.name, log_dir)
     return 0
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from .compile import read_sidecar
-    from .rpc import connect, request
+    from .artifact import read_sidecar
+    from .device_run import DeviceAddress
     from .target import load_target
 
     meta, _ = read_sidecar(args.artifact)
@@ -223,42 +246,33 @@ def _deploy(args: argparse.Namespace) -> int:
     if args.rpc_tracker:
         if not args.rpc_key:
             raise UserError("--rpc-tracker needs --rpc-key")
-        where = f"{target.name} device '{args.rpc_key}' via tracker {args.rpc_tracker}"
-        return run_artifact(args.artifact, target, lambda: request(args.rpc_tracker, args.rpc_key), where, args.repeat)
+        return run_artifact(args.artifact, target, DeviceAddress(tracker=args.rpc_tracker, key=args.rpc_key), args.repeat)
     if not args.rpc:
         raise UserError("give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
-    where = f"{target.name} device at {args.rpc}"
-    return run_artifact(args.artifact, target, lambda: connect(args.rpc), where, args.repeat)
+    return run_artifact(args.artifact, target, DeviceAddress(rpc=args.rpc), args.repeat)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .rpc import connect
+    from .device_run import DeviceAddress
     from .target import load_target
 
     target = load_target(args.target)
-    if target.runs == "rpc":
-        address = args.rpc or target.default_rpc
-        return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}", args.repeat)
-    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat)
+    address = DeviceAddress(rpc=args.rpc or target.default_rpc) if target.runs == "rpc" else DeviceAddress()
+    return run_artifact(args.artifact, target, address, args.repeat)
 
 
-def run_artifact(artifact: Path, target, session: Callable | None, where: str, repeat: int) -> int:
-    """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy."""
-    from .batching import run_batched
-    from .compile import read_sidecar
+def run_artifact(artifact: Path, target, address, repeat: int) -> int:
+    """Run the artifact's saved inputs on its device (device_run), compare with the reference, print; for run
+    and deploy."""
+    from .artifact import read_sidecar
+    from .device_run import run_on_device
     from .report import compare, print_comparison
-    from .rpc import DeviceModule, device_errors
 
     meta, data = read_sidecar(artifact)
     if meta["target"] != target.name:
         raise UserError(f"{artifact} was compiled for '{meta['target']}', not '{target.name}'")
-    batch = meta["input_shape"][0]
-    with device_errors(where):
-        module = DeviceModule.remote(session(), artifact) if session else DeviceModule.local(artifact)
-        outputs = run_batched(module, data["inputs"], batch, f"running on {where}")
-        latency = module.latency_ms(data["inputs"][:batch], repeat=repeat)
+    run = run_on_device(target, artifact, data["inputs"], meta["input_shape"][0], address, repeat)
     print(f"{artifact}  ({meta['model']}, {target.name})")
-    print_comparison(compare(outputs, data["reference"], data.get("labels")), meta["eval_label"])
-    print(f"latency on {where}: {latency:.3f} ms per batch of {batch} (median of {repeat} repeats)")
+    print_comparison(compare(run.outputs, data["reference"], data.get("labels")), meta["eval_label"])
+    print(f"latency on {run.where}: {run.latency_ms:.3f} ms per batch of {meta['input_shape'][0]} (median of {repeat} repeats)")
     return 0
-

@@ -1,4 +1,5 @@
-"""The `compile` pipeline as a Python API: model in, quantized scheme, compiled artifact and its evaluation out.
+"""The `compile` command as a Python API: model in; quantized scheme, artifact, its sidecar files and its
+evaluation out. The compiler itself is pipeline.py; this adds the reference outputs and the files.
 
     source = load_source(None)                     # the built-in digits CNN, or a .pt2 path, or an nn.Module
     result = compile_model(source, QuantConfig(2, 2), load_target("x86"), Path("out.so"))
@@ -6,112 +7,27 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import fx
 
-from . import frontend
+from . import pipeline
+from .artifact import write_sidecar
 from .batching import run_batched
-from .build import Lowered, build
-from .database import load_task_state, read_database
-from .errors import UserError
-from .frontend import LayerInfo
-from .quantize import QuantConfig, quantize_model, quantize_with_training
+from .pipeline import BuildOptions, QuantRequest
+from .passes.lower_quantized import Lowered
+from .quantize import QuantConfig
 from .reference import ReferenceModel
 from .scheme import QuantScheme, WeightKind
-from .rpc import DeviceModule, connect, device_errors, is_listening
-from .target import TargetSpec, TUNING_LOGS_DIR
-from .train import TrainConfig
-
-BUILTIN = "digits_cnn"
-
-
-@dataclass
-class ModelSource:
-    """A model ready to quantize: folded graph, its layers, and the data to calibrate and evaluate on."""
-
-    name: str
-    gm: fx.GraphModule
-    input_shape: tuple[int, ...]
-    layers: list[LayerInfo]
-    folded_bn: list[str]
-    calib: np.ndarray
-    eval_x: np.ndarray
-    eval_y: np.ndarray | None
-    eval_label: str
-
-    @property
-    def batch_size(self) -> int:
-        return self.input_shape[0]
-
-    def fp32(self, x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.gm(torch.from_numpy(x)).numpy()
-
-
-def load_array(path: str | Path, what: str) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} file not found: {path}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise UserError(f"{what} file {path} is not a readable .npy array: {exc}") from exc
-
-
-def load_source(
-    model: str | Path | torch.nn.Module | None,
-    input_shape: tuple[int, ...] | None = None,
-    calib: np.ndarray | None = None,
-    eval_x: np.ndarray | None = None,
-    eval_y: np.ndarray | None = None,
-) -> ModelSource:
-    """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data."""
-    eval_label = "the evaluation data"
-    if model is None:
-        from .models import digits
-
-        name, input_shape = BUILTIN, input_shape or digits.INPUT_SHAPE
-        ep = frontend.export_module(digits.load_model(), input_shape)
-        if calib is None:
-            calib = digits.load_split("calib")[0]
-        if eval_x is None:
-            eval_x, eval_y = digits.load_split("test")
-            eval_label = f"{len(eval_x)} held-out real digits (sklearn)"
-    elif isinstance(model, torch.nn.Module):
-        if input_shape is None:
-            raise UserError("input_shape is required for an nn.Module")
-        name, ep = type(model).__name__, frontend.export_module(model, input_shape)
-    else:
-        name, ep = Path(model).stem, frontend.load_exported(model)
-    input_shape = frontend.input_shape_of(ep, input_shape)
-    if calib is None:
-        raise UserError(f"model '{name}' needs calibration data: pass --calib FILE.npy of shape (N, {_dims(input_shape)})")
-    calib = frontend.as_numpy_input(calib, input_shape)
-    if eval_x is None:
-        eval_x, eval_label = calib, f"{len(calib)} calibration samples (no --eval-data given)"
-    eval_x = frontend.as_numpy_input(eval_x, input_shape)
-    if eval_y is not None and len(eval_y) != len(eval_x):
-        raise UserError(f"{len(eval_y)} labels for {len(eval_x)} evaluation samples")
-    gm, folded = frontend.prepare(ep, input_shape)
-    layers = frontend.find_layers(gm)
-    if not layers:
-        raise UserError(f"model '{name}' has no conv2d or linear layer with parameter weights to quantize")
-    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label)
-
-
-def _dims(shape: tuple[int, ...]) -> str:
-    return ", ".join(map(str, shape[1:]))
+from .source import ModelSource, load_source  # noqa: F401  (load_source: the public API's other half)
+from .target import TUNING_LOGS_DIR, TargetSpec
 
 
 @dataclass
 class CompileResult:
     source: ModelSource
-    config: QuantConfig
+    request: QuantRequest
     target: TargetSpec
     scheme: QuantScheme
     lowered: Lowered
@@ -120,6 +36,10 @@ class CompileResult:
     tuning_log: Path | None = None  # the database whose records were applied
     tuned: list[str] = field(default_factory=list)  # functions scheduled by a tuning record
     untuned_faster: list[str] = field(default_factory=list)  # records not applied: the untuned build was faster
+
+    @property
+    def config(self) -> QuantConfig:
+        return self.request.config
 
     @property
     def kernels(self) -> dict[str, str]:
@@ -132,110 +52,27 @@ def default_tuning_log(target: TargetSpec) -> Path:
 
 
 def compile_model(
-    source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path, tuning_log: Path | None = None,
-    train: TrainConfig | None = None, train_data: tuple[np.ndarray, np.ndarray] | None = None,
-    kernel: str = "auto",
+    source: ModelSource, request: QuantRequest | QuantConfig, target: TargetSpec, output: Path,
+    options: BuildOptions = BuildOptions(),
 ) -> CompileResult:
-    """Quantize (post-training, or with QAT when `train` is given), lower, compile and export; writes the
-    artifact and its sidecar files. QAT data defaults to the built-in model's training split.
-
-    `tuning_log`: a `tune` log folder whose matching records schedule the kernels (no tuning happens here).
-    `kernel`: "auto" (each layer's scheme kind picks its kernel family) or a family to use wherever it applies.
-    """
-    gm = source.gm
-    if train is None:
-        scheme = quantize_model(gm, source.layers, source.calib, config, source.batch_size)
-    else:
-        data = train_data if train_data is not None else default_train_data(source)
-        scheme, gm = quantize_with_training(
-            gm, source.layers, source.calib, config, source.batch_size, train, data
-        )
-    mod, params, param_fqn = frontend.to_relax(gm, source.input_shape)
-    database, untuned = None, {}
-    if tuning_log:
-        database = read_database(tuning_log)
-        untuned = {k: v["untuned_ms"] for k, v in load_task_state(tuning_log).items() if "untuned_ms" in v}
-    built = build(mod, params, param_fqn, source.layers, scheme, target, database, untuned, kernel)
-    reference = ReferenceModel(gm, source.layers, scheme)
+    """Quantize (a bare QuantConfig: post-training), build with `options` (kernel choice, tuning records; no
+    tuning happens here), export; writes the artifact and its sidecar files."""
+    request = request if isinstance(request, QuantRequest) else QuantRequest(request)
+    quantized = pipeline.quantize(source, request)
+    built = pipeline.build(source, quantized, target, options)
+    reference = ReferenceModel(quantized.gm, source.layers, quantized.scheme)
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
-    result = CompileResult(source, config, target, scheme, built.lowered, output, reference_outputs,
-                           tuning_log, built.tuned, built.untuned_faster)
-    target.export(built.executable, output)
-    write_sidecar(result)
+    records = options.records
+    result = CompileResult(source, request, target, quantized.scheme, built.lowered, output, reference_outputs,
+                           records.log_dir if records else None, built.tuned, built.untuned_faster)
+    pipeline.export(built.executable, target, output)
+    write_sidecar(output, sidecar_meta(result), sidecar_arrays(result))
     return result
 
 
-def default_train_data(source: ModelSource) -> tuple[np.ndarray, np.ndarray]:
-    """The built-in digits training split (real data); other models must bring theirs."""
-    if source.name != BUILTIN:
-        raise UserError(f"model '{source.name}' needs training data for --train: pass --train-data FILE.npz with arrays x and y")
-    from .models import digits
-
-    return digits.load_split("train")
-
-
-def load_train_data(path: str | Path, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """A .npz with `x` (N, ...) inputs and `y` (N,) integer labels."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"training data file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            x, y = data["x"], data["y"]
-    except Exception as exc:
-        raise UserError(f"{path} is not a .npz with arrays 'x' and 'y': {exc}") from exc
-    x = frontend.as_numpy_input(x, input_shape)
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-        raise UserError(f"{path}: 'y' must be {len(x)} integer labels, got shape {y.shape} dtype {y.dtype}")
-    return x, y.astype(np.int64)
-
-
-@dataclass
-class Evaluation:
-    """Outputs of fp32, quantized reference and compiled module on the evaluation data."""
-
-    fp32: np.ndarray
-    reference: np.ndarray
-    compiled: np.ndarray | None
-    where: str  # where the compiled module ran, or why it did not
-    latency_ms: float | None = None
-
-
-def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
-    """Run the exported artifact itself: here for local targets, on the RPC device if one is up."""
-    src, target = result.source, result.target
-    fp32 = run_batched(src.fp32, src.eval_x, src.batch_size)
-    if target.runs == "rpc":
-        if not rpc_address or not is_listening(rpc_address):
-            reason = f"not run: no device at {rpc_address}" if rpc_address else "not run: no --rpc device given"
-            if target.name == "arm_cpu":
-                reason += " (start the emulated one: scripts/arm64-device.sh start)"
-            return Evaluation(fp32, result.reference_outputs, None, reason)
-        where = f"{target.name} device at {rpc_address}"
-        try:
-            with device_errors(where):
-                module = DeviceModule.remote(connect(rpc_address), result.artifact)
-                compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
-                latency = module.latency_ms(src.eval_x[: src.batch_size])
-        except UserError as exc:
-            return Evaluation(fp32, result.reference_outputs, None, f"not run: {exc}")
-        return Evaluation(fp32, result.reference_outputs, compiled, where, latency)
-    module, where = DeviceModule.local(result.artifact), f"{target.name}, this machine"
-    compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
-    latency = module.latency_ms(src.eval_x[: src.batch_size])
-    return Evaluation(fp32, result.reference_outputs, compiled, where, latency)
-
-
-def sidecar_paths(artifact: Path) -> tuple[Path, Path]:
-    """`model.so` -> (`model.json` metadata, `model.npz` evaluation inputs and reference outputs)."""
-    return artifact.with_suffix(".json"), artifact.with_suffix(".npz")
-
-
-def write_sidecar(result: CompileResult) -> None:
-    """What `tvmquant run` needs to check an artifact on a device without PyTorch or the original model."""
-    meta_path, data_path = sidecar_paths(result.artifact)
+def sidecar_meta(result: CompileResult) -> dict:
     src = result.source
-    meta = {
+    return {
         "model": src.name,
         "target": result.target.name,
         "input_shape": list(src.input_shape),
@@ -246,21 +83,14 @@ def write_sidecar(result: CompileResult) -> None:
         "eval_label": src.eval_label,
         "tuned_functions": result.tuned,
     }
-    meta_path.write_text(json.dumps(meta, indent=2))
+
+
+def sidecar_arrays(result: CompileResult) -> dict[str, np.ndarray]:
+    src = result.source
     arrays = {"inputs": src.eval_x, "reference": result.reference_outputs}
     if src.eval_y is not None:
         arrays["labels"] = src.eval_y
-    np.savez_compressed(data_path, **arrays)
-
-
-def read_sidecar(artifact: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    meta_path, data_path = sidecar_paths(artifact)
-    if not artifact.is_file():
-        raise UserError(f"artifact not found: {artifact}")
-    if not (meta_path.is_file() and data_path.is_file()):
-        raise UserError(f"{artifact} has no {meta_path.name}/{data_path.name} beside it (written by tvmquant compile)")
-    with np.load(data_path, allow_pickle=False) as data:
-        return json.loads(meta_path.read_text()), dict(data)
+    return arrays
 
 
 def weight_bytes(result: CompileResult) -> list[tuple[str, int, int]]:

@@ -11,6 +11,7 @@ from torch import fx
 
 import torch
 
+from . import actquant
 from .calibrate import record_input_grams, record_layer_inputs
 from .errors import UserError
 from .frontend import LayerInfo
@@ -43,13 +44,6 @@ class QuantConfig:
             raise UserError(f"--budget must be >= 0 (extra rows as a fraction of channels), got {self.budget}")
         if self.method in ("inq", "multipoint") and min(self.wbits, self.first_last_bits or 8) < 2:
             raise UserError(f"method '{self.method}' needs at least 2 weight bits")
-
-
-def dequantized_input(x: torch.Tensor, act: ActQuant) -> torch.Tensor:
-    """The real value of x after activation quantization, computed as the kernels quantize it."""
-    inv = torch.tensor(act.inv_scale, dtype=torch.float32)
-    codes = torch.clamp(torch.round(x.float() * inv) + act.zero_point, 0, act.qmax)
-    return (codes - act.zero_point) * np.float32(act.scale)
 
 
 def plan_layers(layers: list[LayerInfo], config: QuantConfig, scheme: QuantScheme) -> list[tuple[LayerInfo, int, int]]:
@@ -91,7 +85,7 @@ def quantize_weights(
     bits = {layer.name: wbits for layer, wbits, _ in chosen}
     if config.method == "multipoint":
         kernels = {name: tuple(w.shape[2:]) for name, w in weights.items()}
-        quant = {name: (lambda x, a=act: dequantized_input(x, a)) for name, act in acts.items()}
+        quant = {name: (lambda x, a=act: actquant.torch_dequantized(x, a)) for name, act in acts.items()}
         grams = record_input_grams(gm, [layer for layer, _, _ in chosen], kernels, quant, calib, batch_size)
         return multipoint.quantize_layers(weights, bits, grams, config.budget)
     single = {

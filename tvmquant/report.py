@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .compile import CompileResult, evaluate, weight_bytes
+from .compile import CompileResult, weight_bytes
 
 if TYPE_CHECKING:
+    from .evaluation import Evaluation
     from .tune import TaskResult
 
 
@@ -55,7 +56,7 @@ def _kb(n: int) -> str:
     return f"{n / 1024:8.1f} KB"
 
 
-def print_compile_summary(result: CompileResult, rpc_address: str | None) -> None:
+def print_compile_summary(result: CompileResult, ev: Evaluation, rpc_address: str | None) -> None:
     """Layers and kernels, weight sizes, accuracy of fp32 / reference / compiled, and where the artifact is."""
     src, cfg, scheme = result.source, result.config, result.scheme
     first_last = "fp32" if cfg.first_last_bits is None else f"W{cfg.first_last_bits}A{cfg.first_last_bits}"
@@ -82,7 +83,6 @@ def print_compile_summary(result: CompileResult, rpc_address: str | None) -> Non
     for name, note in result.lowered.notes.items():
         print(f"  note: {name} runs on {result.kernels[name]} ({note})")
 
-    ev = evaluate(result, rpc_address)
     labels = src.eval_y
     if result.tuning_log:
         print(f"\ntuning records applied from {result.tuning_log}: {len(result.tuned)} function(s) "

@@ -28,6 +28,8 @@ class TargetSpec:
     cross_compiler: str | None
     runs: str  # "local" or "rpc"
     default_rpc: str | None = None
+    adapter: str = "cpu"  # the target kind's adapter (tvmquant/adapters/)
+    device_hint: str | None = None  # how to bring a device up, for "not run" messages
 
     @property
     def tvm_target(self) -> Target:
@@ -78,6 +80,8 @@ def load_target(name: str) -> TargetSpec:
             cross_compiler=data.get("cross_compiler"),
             runs=data.get("runs", "local"),
             default_rpc=data.get("default_rpc"),
+            adapter=data.get("adapter", "cpu"),
+            device_hint=data.get("device_hint"),
         )
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"target file {path} is malformed: {exc}") from exc

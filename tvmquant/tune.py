@@ -1,7 +1,8 @@
 """`tune`: MetaSchedule with the XGBoost cost model over the model's tasks, measured here or on an RPC device.
 
-Tasks are the model as `compile` would build it, but with unscheduled kernels (see `build.legalize`): our
-bit-serial kernels plus the fused fp32 ops. Records go to TVM's JSON database in the log folder, which is
+Tasks are the model as `compile` builds it, up to the records (`pipeline.tuning_module`): our tunable
+kernels, unscheduled, plus the fused fp32 ops. The model is quantized with the same options as `compile`
+(method options, QAT); since activation scales are kernel inputs, records also survive re-calibration. Records go to TVM's JSON database in the log folder, which is
 locked for the run (`database.locked`). A task with `trials` successful records already, or whose search space ran out
 before that, is not tuned again, so a second run resumes; untuned latencies and exhausted spaces are kept
 beside the database (`tasks.json`) for the same reason.
@@ -9,7 +10,6 @@ beside the database (`tasks.json`) for the same reason.
 
 from __future__ import annotations
 
-import functools
 import sys
 import types
 from collections.abc import Iterator
@@ -25,12 +25,13 @@ from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from . import _ms_workers, frontend
-from .build import legalize, lower
-from .compile import ModelSource
+from . import _ms_workers, pipeline
+from .adapters import adapter_for
 from .database import load_task_state, locked, open_database, save_task_state, task_key
-from .kernels.registry import tunable_family
-from .quantize import QuantConfig, quantize_model
+from .kernels.family import FAMILY_ATTR
+from .kernels.registry import FAMILIES
+from .pipeline import QuantRequest
+from .source import ModelSource
 from .target import TargetSpec
 
 # The builder/exporter run in MetaSchedule's worker processes: ship them by value, so a worker never needs
@@ -59,23 +60,23 @@ class TaskResult:
     failed: int  # of those, how many failed
 
 
-def extract_tasks(
-    source: ModelSource, config: QuantConfig, target: TargetSpec, kernel: str = "auto"
-) -> list[ms.ExtractedTask]:
+@dataclass(frozen=True)
+class TuneOptions:
+    """How much to tune and where to measure."""
+
+    trials: int
+    tracker: Tracker | None = None
+    timeout: float = 60.0
+    workers: int = 1
+    progress: bool = True
+    kernel: str = "auto"
+
+
+def extract_tasks(source: ModelSource, request: QuantRequest, target: TargetSpec, kernel: str = "auto") -> list[ms.ExtractedTask]:
     """The model's tunable functions, as `compile` with tuning records will look them up."""
-    scheme = quantize_model(source.gm, source.layers, source.calib, config, source.batch_size)
-    mod, params, param_fqn = frontend.to_relax(source.gm, source.input_shape)
-    with target.tvm_target:
-        mod, _ = lower(mod, params, param_fqn, source.layers, scheme, tunable=True, kernel=kernel)
-    tasks = ms.relax_integration.extract_tasks(legalize(mod, target.tvm_target), target.tvm_target)
+    mod = pipeline.tuning_module(source, pipeline.quantize(source, request), target, kernel)
+    tasks = ms.relax_integration.extract_tasks(mod, target.tvm_target)
     return sorted(tasks, key=lambda task: task.task_name)
-
-
-def make_builder(target: TargetSpec, timeout: float) -> ms.builder.LocalBuilder:
-    f_export = None
-    if target.cross_compiler:
-        f_export = functools.partial(_ms_workers.export_so, cross_compiler=target.cross_compiler)
-    return ms.builder.LocalBuilder(f_build=_ms_workers.build, f_export=f_export, timeout_sec=timeout)
 
 
 def make_runner(tracker: Tracker | None, timeout: float, workers: int) -> ms.runner.Runner:
@@ -101,11 +102,13 @@ def _seconds(record: ms.database.TuningRecord) -> float | None:
     return sum(secs) / len(secs) if secs and max(secs) < FAILED else None
 
 
-def _default_schedule(task: ms.ExtractedTask) -> tvm.IRModule:
+def _default_schedule(task: ms.ExtractedTask, target: TargetSpec) -> tvm.IRModule:
+    """The task as `compile` builds it without a record (pipeline.default_schedules on the task alone)."""
     mod = task.dispatched[0]
-    family = tunable_family(task.task_name)
-    if family is not None:
-        mod = tvm.IRModule({"main": family.schedule(mod["main"])})
+    family = FAMILIES.get(str(mod["main"].attrs.get(FAMILY_ATTR, "")))
+    rule = family.rule_for(target.tvm_target) if family is not None else None
+    if rule is not None:
+        mod = tvm.IRModule({"main": rule.apply(mod["main"], target.tvm_target, False).mod["main"]})
     return mod
 
 
@@ -114,14 +117,14 @@ def measure_untuned(
 ) -> list[float | None]:
     """Latency (ms) of each task as `compile` builds it without records: our default kernel schedule, or
     TVM's plain lowering for fp32 ops. Measured with the same builder and runner as the trials."""
-    with target.tvm_target:
-        mods = [_default_schedule(task) for task in tasks]
+    mods = [_default_schedule(task, target) for task in tasks]
     built = builder.build([ms.builder.BuilderInput(mod, target.tvm_target) for mod in mods])
+    device = adapter_for(target).runner_device
     inputs, where = [], []
     for i, (mod, result) in enumerate(zip(mods, built)):
         if result.error_msg is None:
             args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-            inputs.append(ms.runner.RunnerInput(result.artifact_path, "cpu", args))
+            inputs.append(ms.runner.RunnerInput(result.artifact_path, device, args))
             where.append(i)
     latencies: list[float | None] = [None] * len(tasks)
     for i, future in zip(where, runner.run(inputs)):
@@ -149,21 +152,13 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
 
 
 def tune(
-    source: ModelSource,
-    config: QuantConfig,
-    target: TargetSpec,
-    log_dir: Path,
-    trials: int,
-    tracker: Tracker | None = None,
-    timeout: float = 60.0,
-    workers: int = 1,
-    progress: bool = True,
-    kernel: str = "auto",
+    source: ModelSource, request: QuantRequest, target: TargetSpec, log_dir: Path, options: TuneOptions
 ) -> list[TaskResult]:
-    """Tune every task of the model up to `trials` records each; returns the per-task summary."""
-    tasks = extract_tasks(source, config, target, kernel)
-    builder = make_builder(target, timeout)
-    runner = make_runner(tracker, timeout, workers)
+    """Tune every task of the model up to `options.trials` records each; returns the per-task summary."""
+    trials, progress = options.trials, options.progress
+    tasks = extract_tasks(source, request, target, options.kernel)
+    builder = adapter_for(target).builder(target, options.timeout)
+    runner = make_runner(options.tracker, options.timeout, options.workers)
     with locked(log_dir):
         database = open_database(log_dir)
         state = load_task_state(log_dir)
@@ -201,26 +196,6 @@ def tune(
     return results
 
 
-def search_space() -> ms.space_generator.PostOrderApply:
-    """TVM's default CPU rules, except that multi-level tiling does not fuse the consumer into the tiles:
-    in our kernels the consumer also reads the activation sums, and TVM 0.27's reverse_compute_at then
-    raises instead of skipping the candidate, which ends the whole run."""
-    rules = [
-        ms.schedule_rule.InlineConstantScalars(),
-        ms.schedule_rule.AutoInline(
-            into_producer=False, into_consumer=True, inline_const_tensor=True, disallow_if_then_else=True,
-            require_injective=True, require_ordered=True, disallow_op=["tirx.exp"],
-        ),
-        ms.schedule_rule.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
-        ms.schedule_rule.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64),
-        ms.schedule_rule.ParallelizeVectorizeUnroll(
-            max_jobs_per_core=16, max_vectorize_extent=64, unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True,
-        ),
-        ms.schedule_rule.RandomComputeLocation(),
-    ]
-    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="llvm", mutator_probs="llvm")
-
-
 @contextmanager
 def _without_tensor_intrin() -> Iterator[None]:
     """TuneContext imports `tvm.s_tir.tensor_intrin` (~50 s, mostly CUDA intrinsics) though none of our rules
@@ -238,7 +213,8 @@ def _without_tensor_intrin() -> Iterator[None]:
 
 def _tune_one(task, remaining, target, work_dir, builder, runner, database, callback) -> None:
     with _without_tensor_intrin():
-        contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts([task], work_dir, space=search_space())
+        space = adapter_for(target).tuning_space()
+        contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts([task], work_dir, space=space)
     ms.tune.tune_tasks(
         tasks=contexts, task_weights=[1.0], work_dir=work_dir,
         max_trials_global=remaining, max_trials_per_task=remaining, num_trials_per_iter=min(remaining, 16),

@@ -17,14 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
+from tvm.target import Target
 
+from .. import actquant
 from ..scheme import LayerScheme, integer_core
-from .bitserial import quantize_activations
-from .family import KernelCall
+from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
-
-FAMILY = "dequant"
-TUNABLE = False
 
 
 @dataclass(frozen=True)
@@ -36,14 +34,14 @@ class DequantConv2dConfig(ConvGeometry):
 
 
 def dequant_conv2d(
-    x: te.Tensor, terms: te.Tensor, combine: te.Tensor, scale: te.Tensor, cfg: DequantConv2dConfig,
-    inv_scale: float, zero_point: int,
+    x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, terms: te.Tensor, combine: te.Tensor,
+    scale: te.Tensor, cfg: DequantConv2dConfig,
 ) -> te.Tensor:
     """float32 output (N, O, OH, OW) from float32 x (N, C, H, W), float64 terms (J, O, C, KH, KW),
     float64 combine (J, O) and float32 scale (O,)."""
-    q = quantize_activations(x, inv_scale, zero_point, cfg.abits)
+    q = actquant.te_codes(x, inv_scale, zero_point, cfg.abits)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
-    zp = tirx.const(zero_point, "int32")
+    zp = zero_point[0]
 
     def centred(n, c, h, w):
         inside = tirx.all(h >= ph, h < cfg.height + ph, w >= pw, w < cfg.width + pw)
@@ -68,7 +66,7 @@ def dequant_conv2d(
     return te.compute(core.shape, lambda n, o, y, z: core[n, o, y, z].astype("float32") * scale[o], name="rescale")
 
 
-def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     """Default CPU schedule: threads over (batch, output channel) everywhere, quantization inlined."""
     sch = Schedule(func)
     sch.compute_inline(sch.get_sblock("quantize"))
@@ -82,29 +80,29 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def build_primfunc(cfg: DequantConv2dConfig, inv_scale: float, zero_point: int) -> tirx.PrimFunc:
-    """The scheduled kernel: (x, terms, combine, scale) -> float32 output, for one layer instance."""
+def build_primfunc(cfg: DequantConv2dConfig) -> tirx.PrimFunc:
+    """The unscheduled kernel (x, act_inv_scale, act_zero_point, terms, combine, scale) -> float32 output."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
+    inv, zp = actquant.te_placeholders()
     terms = te.placeholder((cfg.terms, cfg.out_channels, cfg.in_channels, *cfg.kernel), "float64", name="terms")
     combine = te.placeholder((cfg.terms, cfg.out_channels), "float64", name="combine")
     scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
-    out = dequant_conv2d(x, terms, combine, scale, cfg, inv_scale, zero_point)
-    return schedule(te.create_prim_func([x, terms, combine, scale, out]))
+    out = dequant_conv2d(x, inv, zp, terms, combine, scale, cfg)
+    return te.create_prim_func([x, inv, zp, terms, combine, scale, out])
 
 
 def supports(layer: LayerScheme) -> str | None:
     return None
 
 
-def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
+def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
     """Every kind; the terms that are zero everywhere are dropped (they add exactly +0)."""
     core = integer_core(layer)
     kept = core.nonzero_terms()
     cfg = DequantConv2dConfig(**vars(geometry), abits=layer.act.bits, terms=len(kept))
     shape = (cfg.out_channels, cfg.in_channels, *cfg.kernel)
     terms = np.stack([core.term(j).reshape(shape) for j in kept]).astype(np.float64)
-    prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point)
-    return KernelCall(prim, [terms, core.combine[kept], core.scale])
+    return kernel_call(build_primfunc(cfg), layer, [terms, core.combine[kept], core.scale])
 
 
 def reference(
@@ -112,8 +110,7 @@ def reference(
     inv_scale: float, zero_point: int,
 ) -> np.ndarray:
     """numpy reference: quantize x as the kernel does, convolve each term in float64, combine, scale in float32."""
-    qmax = (1 << cfg.abits) - 1
-    q = np.clip(np.rint(x.astype(np.float32) * np.float32(inv_scale)) + zero_point, 0, qmax)
+    q = actquant.numpy_codes(x, inv_scale, zero_point, cfg.abits)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     centred = np.pad(q.astype(np.float64) - zero_point, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     oh, ow = cfg.out_hw
@@ -126,3 +123,6 @@ def reference(
                 acc += np.einsum("nchw,oc->nohw", patch, terms[j, :, :, r, s])
         core = core + combine[j][None, :, None, None] * acc
     return core.astype(np.float32) * scale[None, :, None, None]
+
+
+FAMILY = Family("dequant", tunable=False, check=supports, build=compute, schedules={"cpu": schedule})
