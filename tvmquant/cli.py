@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserError
@@ -40,7 +39,7 @@ def _first_last(text: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .kernels.registry import CHOICES
-    from .quantize import METHODS, QAT_METHODS
+    from .methods.registry import METHODS
 
     parser = argparse.ArgumentParser(
         prog="tvmquant",
@@ -57,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "shared library with the weights inside, and report accuracy of fp32 vs quantized reference vs "
         "compiled module. Tuning records in tuning_logs/TARGET/ (or --tuning-log) are applied; compile never tunes.",
     )
-    _model_args(comp, METHODS, QAT_METHODS, CHOICES)
+    _model_args(comp, METHODS, CHOICES)
     comp.add_argument("--eval-data", help="evaluation inputs, .npy (default: built-in test digits, else the calibration data)")
     comp.add_argument("--eval-labels", help="integer labels for --eval-data, .npy, to report accuracy")
     comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: tuning_logs/TARGET/ if it has records)")
@@ -71,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with MetaSchedule and the XGBoost cost model, measuring on the device through an RPC tracker (or here for "
         "x86), and add the records to TVM's JSON database in tuning_logs/TARGET/. A second run resumes.",
     )
-    _model_args(tune, METHODS, QAT_METHODS, CHOICES)
+    _model_args(tune, METHODS, CHOICES)
     tune.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the device(s) registered with (needed for non-local targets)")
     tune.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker")
     tune.add_argument("--trials", type=int, default=16, help="measured trials per task, in total over runs (default: 16)")
@@ -105,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_args(parser: argparse.ArgumentParser, methods, qat_methods, kernels) -> None:
+def _model_args(parser: argparse.ArgumentParser, methods, kernels) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
     parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
@@ -116,6 +115,10 @@ def _model_args(parser: argparse.ArgumentParser, methods, qat_methods, kernels) 
     parser.add_argument("--first-last-bits", type=_first_last, default=8, metavar="{1..8,fp32}",
                         help="precision of the first and last layer, which hurt accuracy most (default: 8)")
     parser.add_argument("--method", default="uniform", help=f"quantization method: {', '.join(methods)} (default: uniform)")
+    options = "; ".join(f"{m.name}: " + ", ".join(f"{o.name}={'|'.join(o.choices) if o.choices else o.default}"
+                                                  for o in m.options) for m in methods.values() if m.options)
+    parser.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"a method option, repeatable ({options})")
     parser.add_argument("--budget", type=float, default=0.1,
                         help="multipoint: extra weight rows allowed, as a fraction of all output channels (default: 0.1)")
     parser.add_argument("--kernel", default="auto", choices=kernels,
@@ -124,7 +127,8 @@ def _model_args(parser: argparse.ArgumentParser, methods, qat_methods, kernels) 
                         "the others keep auto's choice and the summary says why (default: auto)")
     parser.add_argument("--calib", help="calibration inputs, .npy of shape (N, ...) (default: the built-in model's held-out calibration digits)")
     parser.add_argument("--train", action="store_true",
-                        help=f"quantization-aware fine-tuning ({', '.join(qat_methods)}); otherwise post-training")
+                        help="quantization-aware fine-tuning (" + ", ".join(n for n, m in methods.items() if m.trains)
+                        + "); otherwise post-training")
     parser.add_argument("--epochs", type=int, default=3, help="--train: epochs (default: 3)")
     parser.add_argument("--lr", type=float, default=1e-4, help="--train: Adam learning rate (default: 1e-4)")
     parser.add_argument("--train-data", help="--train: .npz with arrays x (N, ...) and y (N,) labels (default: built-in digits train split)")
@@ -191,6 +195,7 @@ def _request(args: argparse.Namespace, source):
 
 
 def _config(args: argparse.Namespace):
+    from .methods.registry import parse_method_opts
     from .quantize import QuantConfig
 
     return QuantConfig(
@@ -199,6 +204,7 @@ def _config(args: argparse.Namespace):
         first_last_bits=args.first_last_bits,
         method=args.method,
         budget=args.budget,
+        options=tuple(parse_method_opts(args.method_opt).items()),
     )
 
 

@@ -9,18 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 from torch import fx
 
-import torch
 
 from . import actquant
 from .calibrate import record_input_grams, record_layer_inputs
 from .errors import UserError
 from .frontend import LayerInfo
-from .methods import balanced, inq, multipoint, qnet, uniform, uniq
+from .methods import uniform
+from .methods.registry import QAT_METHODS, PtqJob, method_named
 from .scheme import ActQuant, LayerScheme, QuantScheme, WeightQuant
 from .train import TrainConfig, train_quantized
-
-METHODS = ("uniform", "uniq", "inq", "balanced", "multipoint", "qnet")
-QAT_METHODS = ("uniq", "inq", "balanced", "qnet")
 
 
 @dataclass(frozen=True)
@@ -31,19 +28,30 @@ class QuantConfig:
     abits: int = 2
     first_last_bits: int | None = 8
     method: str = "uniform"
-    budget: float = 0.1  # multipoint: extra rows as a fraction of all quantized output channels
+    budget: float = 0.1  # multipoint: extra rows as a fraction of all quantized output channels (--budget)
+    options: tuple[tuple[str, object], ...] = ()  # further method options (--method-opt KEY=VALUE)
 
     def __post_init__(self) -> None:
         checks = (("--wbits/--bits", self.wbits), ("--abits/--bits", self.abits), ("--first-last-bits", self.first_last_bits))
         for flag, value in checks:
             if value is not None and not (isinstance(value, int) and 1 <= value <= 8):
                 raise UserError(f"{flag} must be an integer from 1 to 8, got {value}")
-        if self.method not in METHODS:
-            raise UserError(f"unknown method '{self.method}'; known: {', '.join(METHODS)}")
+        method = method_named(self.method)
         if self.budget < 0:
             raise UserError(f"--budget must be >= 0 (extra rows as a fraction of channels), got {self.budget}")
-        if self.method in ("inq", "multipoint") and min(self.wbits, self.first_last_bits or 8) < 2:
-            raise UserError(f"method '{self.method}' needs at least 2 weight bits")
+        if min(self.wbits, self.first_last_bits or 8) < method.min_bits:
+            raise UserError(f"method '{self.method}' needs at least {method.min_bits} weight bits")
+        if "budget" in dict(self.options):
+            raise UserError("give the multipoint budget as --budget")
+        self.method_options()  # every option checked now, before any work
+
+    def method_options(self) -> dict[str, object]:
+        """The method's options: its defaults, --budget where it has one, then --method-opt."""
+        method = method_named(self.method)
+        given = dict(self.options)
+        if any(o.name == "budget" for o in method.options):
+            given["budget"] = self.budget
+        return method.resolve(given)
 
 
 def plan_layers(layers: list[LayerInfo], config: QuantConfig, scheme: QuantScheme) -> list[tuple[LayerInfo, int, int]]:
@@ -83,19 +91,13 @@ def quantize_weights(
     """Post-training weight quantization by the configured method (no training)."""
     weights = {layer.name: gm.get_parameter(layer.weight).detach().numpy() for layer, _, _ in chosen}
     bits = {layer.name: wbits for layer, wbits, _ in chosen}
-    if config.method == "multipoint":
+
+    def grams() -> dict[str, np.ndarray]:
         kernels = {name: tuple(w.shape[2:]) for name, w in weights.items()}
         quant = {name: (lambda x, a=act: actquant.torch_dequantized(x, a)) for name, act in acts.items()}
-        grams = record_input_grams(gm, [layer for layer, _, _ in chosen], kernels, quant, calib, batch_size)
-        return multipoint.quantize_layers(weights, bits, grams, config.budget)
-    single = {
-        "uniform": uniform.quantize_weight,
-        "uniq": uniq.quantize_weight,
-        "inq": inq.quantize_weight,
-        "balanced": balanced.quantize_weight,
-        "qnet": qnet.quantize_weight,
-    }[config.method]
-    return {name: single(w, bits[name]) for name, w in weights.items()}
+        return record_input_grams(gm, [layer for layer, _, _ in chosen], kernels, quant, calib, batch_size)
+
+    return method_named(config.method).ptq(PtqJob(weights, bits, grams), config.method_options())
 
 
 def assemble(
@@ -127,8 +129,12 @@ def quantize_with_training(
 ) -> tuple[QuantScheme, fx.GraphModule]:
     """QAT: activations calibrated on the float model, weights fine-tuned by the method, activations
     re-calibrated on the trained graph; returns the scheme and the trained graph (its biases changed too)."""
-    if config.method not in QAT_METHODS:
+    method = method_named(config.method)
+    if not method.trains:
         raise UserError(f"method '{config.method}' is post-training only; --train works with {', '.join(QAT_METHODS)}")
+    ignored = sorted(set(dict(config.options)) - set(method.qat_options))
+    if ignored:
+        raise UserError(f"--method-opt {', '.join(ignored)}: not used by {config.method}'s training (post-training only)")
     scheme = QuantScheme()
     chosen = plan_layers(layers, config, scheme)
     acts = calibrate_activations(gm, chosen, calib, batch_size)

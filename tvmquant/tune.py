@@ -30,6 +30,7 @@ from .adapters import adapter_for
 from .database import load_task_state, locked, open_database, save_task_state, task_key
 from .kernels.family import FAMILY_ATTR
 from .kernels.registry import FAMILIES
+from .passes.default_schedule import is_scheduled
 from .pipeline import QuantRequest
 from .source import ModelSource
 from .target import TargetSpec
@@ -73,9 +74,11 @@ class TuneOptions:
 
 
 def extract_tasks(source: ModelSource, request: QuantRequest, target: TargetSpec, kernel: str = "auto") -> list[ms.ExtractedTask]:
-    """The model's tunable functions, as `compile` with tuning records will look them up."""
+    """The model's tunable functions, as `compile` with tuning records will look them up (MetaSchedule would
+    also list the already scheduled kernels of non-tunable families: they are not tasks)."""
     mod = pipeline.tuning_module(source, pipeline.quantize(source, request), target, kernel)
     tasks = ms.relax_integration.extract_tasks(mod, target.tvm_target)
+    tasks = [task for task in tasks if not is_scheduled(task.dispatched[0]["main"])]
     return sorted(tasks, key=lambda task: task.task_name)
 
 

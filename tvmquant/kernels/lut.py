@@ -22,8 +22,8 @@ T-MAC for codebook activations x codebook weights does not arise and is not buil
 
 The default schedule gathers the 16-entry table with a vector of indices (scalar loads inserted into vectors
 on x86 and aarch64). A byte/word shuffle (`vpermw`, NEON `tbl`) would look up 16 entries per instruction; a
-tensorized prototype worked on x86 but did not measure faster, and a family's schedule is not told its target
-yet, so it is not in this kernel. Measured: 0.6-0.8x PyTorch fp32 (docs/BENCHMARKS.md), not the goal.
+tensorized prototype worked on x86 but did not measure faster, so it is not in this kernel (schedules now get
+the target, so a per-target rule could tensorize). Measured: 0.6-0.8x PyTorch fp32 (docs/BENCHMARKS.md), not the goal.
 """
 
 from __future__ import annotations
