@@ -398,7 +398,7 @@ def tune_fp32(unquantized: Quantized, src: ModelSource, ctx: Context, trials: in
                     task_scheduler="gradient",
                 )
             marker.write_text(json.dumps({"trials": trials}))
-    return TuningRecords(log_dir, read_database(log_dir), {})
+    return TuningRecords([log_dir], read_database(log_dir), {})
 
 
 @dataclass(frozen=True)

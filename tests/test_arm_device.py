@@ -47,11 +47,15 @@ def arm_device():
         _device_script("stop")
 
 
-def test_default_compile_runs_on_device(arm_device, tmp_path):
+@pytest.mark.parametrize("linker,shown", [("system", "aarch64-linux-gnu-gcc (system)"), ("zig", "zig cc -target aarch64")])
+def test_default_compile_runs_on_device(arm_device, tmp_path, linker, shown):
+    """The README's main job, linked by the Debian cross compiler or by the pip zig (a fresh machine)."""
     out = tmp_path / "digits-arm.so"
     cmd = [sys.executable, "-m", "tvmquant", "compile", "--target", "arm_cpu", "--bits", "2", "-o", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "TVMQUANT_LINKER": linker}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr
+    assert f"linked with {shown}" in proc.stdout
     assert f"on arm_cpu device at {arm_device}" in proc.stdout
     assert "top-1 agreement 360/360" in proc.stdout
 

@@ -41,6 +41,26 @@ def test_compile_then_run_end_to_end(tmp_path):
     assert "latency on x86" in proc.stdout
 
 
+def test_cli_names_match_the_registries():
+    from tvmquant import names
+    from tvmquant.kernels.registry import CHOICES
+    from tvmquant.methods.registry import METHODS, QAT_METHODS
+
+    assert names.KERNELS == CHOICES
+    assert names.METHODS == tuple(METHODS) and names.QAT_METHODS == QAT_METHODS
+
+
+def test_help_and_usage_errors_need_no_heavy_import():
+    """--help and a bad flag answer before torch or TVM is imported (they take seconds to load)."""
+    code = ("import sys; from tvmquant.cli import main\n"
+            "for argv in (['compile', '--bits', '9'], ['compile', '--nope'], ['tune', '--method', 'x']):\n"
+            "    assert main(argv) == 2\n"
+            "assert 'torch' not in sys.modules and 'tvm' not in sys.modules, sorted(sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert all(line.startswith("tvmquant: error:") for line in proc.stderr.splitlines()), proc.stderr
+
+
 def test_help_explains_commands(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["compile", "--help"])
@@ -84,7 +104,7 @@ def _bad_cases(tmp_path):
         "wbits 12": (["--wbits", "12"], "--wbits"),
         "first-last 0": (["--first-last-bits", "0"], "--first-last-bits"),
         "unknown target": (["--target", "riscv"], "unknown target 'riscv'; known targets: arm_cpu, x86"),
-        "unknown method": (["--method", "magic"], "unknown method 'magic'"),
+        "unknown method": (["--method", "magic"], "invalid choice: 'magic'"),
         "missing model": (["--model", str(tmp_path / "none.pt2")], "model file not found"),
         "corrupt model": (["--model", str(junk)], "is not a torch.export archive"),
         "foreign zip": (["--model", str(foreign)], "not a readable torch.export archive"),

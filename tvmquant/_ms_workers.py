@@ -12,15 +12,16 @@ def build(mod, target, _params):
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
 
 
-def export_so(mod, cross_compiler: str) -> str:
-    """A shared library the device loads directly (the default export writes a .tar it would have to link)."""
+def export_so(mod, link_command: list[str]) -> str:
+    """A shared library the device loads directly (the default export writes a .tar it would have to link);
+    `link_command` is `linker.Linker.command` (the system cross compiler or pip zig)."""
     import os
     import tempfile
 
-    from tvm.support import cc
+    from tvmquant.linker import link_function
 
     path = os.path.join(tempfile.mkdtemp(prefix="tvmquant-ms-"), "candidate.so")
-    mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+    mod.export_library(path, fcompile=link_function(link_command))
     return path
 
 

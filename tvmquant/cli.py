@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from .errors import UserError
+from .names import KERNELS, METHODS, QAT_METHODS
 
 EPILOG = """examples:
   python -m tvmquant compile --target arm_cpu --bits 2        built-in digits CNN, W2A2, for 64-bit ARM
@@ -28,20 +29,35 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _bits(text: str) -> int:
+    try:
+        bits = int(text)
+    except ValueError:
+        bits = 0
+    if not 1 <= bits <= 8:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 8, got '{text}'")
+    return bits
+
+
 def _first_last(text: str) -> int | None:
     if text == "fp32":
         return None
     try:
-        return int(text)
-    except ValueError:
+        return _bits(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected 1..8 or fp32, got '{text}'") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .kernels.registry import CHOICES
-    from .methods.registry import METHODS
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line and exit code 2, like every other user error."""
 
-    parser = argparse.ArgumentParser(
+    def error(self, message: str):
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; imports nothing heavy, so --help and usage errors are instant."""
+    parser = _Parser(
         prog="tvmquant",
         description="Quantize a trained PyTorch model to 1-8 bits and compile it with Apache TVM.",
         epilog=EPILOG,
@@ -54,12 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantize and compile a model into one shared library",
         description="Quantize a model (default: the built-in digits CNN), compile it for a target, write one "
         "shared library with the weights inside, and report accuracy of fp32 vs quantized reference vs "
-        "compiled module. Tuning records in tuning_logs/TARGET/ (or --tuning-log) are applied; compile never tunes.",
+        "compiled module. Tuning records (shipped ones and your own tune runs', or --tuning-log) are applied; "
+        "compile never tunes.",
     )
-    _model_args(comp, METHODS, CHOICES)
+    _model_args(comp)
     comp.add_argument("--eval-data", help="evaluation inputs, .npy (default: built-in test digits, else the calibration data)")
     comp.add_argument("--eval-labels", help="integer labels for --eval-data, .npy, to report accuracy")
-    comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: tuning_logs/TARGET/ if it has records)")
+    comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: the records shipped for "
+                      "TARGET plus your own in ~/.cache/tvmquant/tuning_logs/TARGET/)")
     comp.add_argument("--rpc", help="HOST:PORT of a TVM RPC server to evaluate a non-local target on (default: the target's)")
     comp.add_argument("-o", "--output", type=Path, help="artifact path (default: tvmquant_out/MODEL-TARGET-wWaA.so)")
 
@@ -68,13 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="autotune the model's kernels with MetaSchedule (XGBoost cost model), on the device over RPC",
         description="Extract the model's tunable tasks (bit-serial kernels and the remaining fp32 ops), tune each "
         "with MetaSchedule and the XGBoost cost model, measuring on the device through an RPC tracker (or here for "
-        "x86), and add the records to TVM's JSON database in tuning_logs/TARGET/. A second run resumes.",
+        "x86), and add the records to TVM's JSON database in --log-dir (default ~/.cache/tvmquant/tuning_logs/TARGET/). "
+        "A second run resumes.",
     )
-    _model_args(tune, METHODS, CHOICES)
+    _model_args(tune)
     tune.add_argument("--rpc-tracker", metavar="HOST:PORT", help="RPC tracker the device(s) registered with (needed for non-local targets)")
     tune.add_argument("--rpc-key", metavar="KEY", help="device key at the tracker")
     tune.add_argument("--trials", type=int, default=16, help="measured trials per task, in total over runs (default: 16)")
-    tune.add_argument("--log-dir", type=Path, help="database folder (default: tuning_logs/TARGET/)")
+    tune.add_argument("--log-dir", type=Path, help="database folder to add records to (default: "
+                      "~/.cache/tvmquant/tuning_logs/TARGET/, which compile applies by itself)")
     tune.add_argument("--timeout", type=float, default=60.0, help="seconds per build and per measurement before it counts as failed (default: 60)")
 
     deploy = sub.add_parser(
@@ -104,31 +124,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_args(parser: argparse.ArgumentParser, methods, kernels) -> None:
+def _model_args(parser: argparse.ArgumentParser) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
     parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
     parser.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
-    parser.add_argument("--bits", type=int, default=2, help="weight and activation bits, 1-8 (default: 2)")
-    parser.add_argument("--wbits", type=int, help="weight bits, overrides --bits")
-    parser.add_argument("--abits", type=int, help="activation bits, overrides --bits")
+    parser.add_argument("--bits", type=_bits, default=2, help="weight and activation bits, 1-8 (default: 2)")
+    parser.add_argument("--wbits", type=_bits, help="weight bits, overrides --bits")
+    parser.add_argument("--abits", type=_bits, help="activation bits, overrides --bits")
     parser.add_argument("--first-last-bits", type=_first_last, default=8, metavar="{1..8,fp32}",
                         help="precision of the first and last layer, which hurt accuracy most (default: 8)")
-    parser.add_argument("--method", default="uniform", help=f"quantization method: {', '.join(methods)} (default: uniform)")
-    options = "; ".join(f"{m.name}: " + ", ".join(f"{o.name}={'|'.join(o.choices) if o.choices else o.default}"
-                                                  for o in m.options) for m in methods.values() if m.options)
-    parser.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"a method option, repeatable ({options})")
+    parser.add_argument("--method", default="uniform", choices=METHODS, help="quantization method (default: uniform)")
     parser.add_argument("--budget", type=float, default=0.1,
                         help="multipoint: extra weight rows allowed, as a fraction of all output channels (default: 0.1)")
-    parser.add_argument("--kernel", default="auto", choices=kernels,
+    parser.add_argument("--kernel", default="auto", choices=KERNELS,
                         help="kernel family for the quantized layers: auto picks by weight kind (uniform -> bitserial, "
                         "pow2 -> shift, codebook -> lut, multipoint -> multipoint); a family runs every layer it can, "
                         "the others keep auto's choice and the summary says why (default: auto)")
+    parser.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method option, repeatable, e.g. fit=empirical (uniq), approx=mean (balanced), "
+                        "levels=uniform (qnet), max_points=2 (multipoint); a wrong one is named with the method's list")
     parser.add_argument("--calib", help="calibration inputs, .npy of shape (N, ...) (default: the built-in model's held-out calibration digits)")
     parser.add_argument("--train", action="store_true",
-                        help="quantization-aware fine-tuning (" + ", ".join(n for n, m in methods.items() if m.trains)
-                        + "); otherwise post-training")
+                        help=f"quantization-aware fine-tuning ({', '.join(QAT_METHODS)}); otherwise post-training")
     parser.add_argument("--epochs", type=int, default=3, help="--train: epochs (default: 3)")
     parser.add_argument("--lr", type=float, default=1e-4, help="--train: Adam learning rate (default: 1e-4)")
     parser.add_argument("--train-data", help="--train: .npz with arrays x (N, ...) and y (N,) labels (default: built-in digits train split)")
@@ -137,8 +155,8 @@ def _model_args(parser: argparse.ArgumentParser, methods, kernels) -> None:
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run}
         return commands[args.command](args)
     except UserError as exc:
@@ -150,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .compile import compile_model, default_tuning_log
-    from .database import has_records
+    from .compile import compile_model, default_tuning_logs
     from .device_run import DeviceAddress
     from .evaluation import evaluate
     from .pipeline import BuildOptions, TuningRecords
@@ -168,10 +185,8 @@ def _compile(args: argparse.Namespace) -> int:
     output = args.output or Path("tvmquant_out") / (
         f"{source.name if args.model else BUILTIN}-{target.name}-w{request.config.wbits}a{request.config.abits}.so"
     )
-    tuning_log = args.tuning_log
-    if tuning_log is None and has_records(default_tuning_log(target)):
-        tuning_log = default_tuning_log(target)
-    options = BuildOptions(args.kernel, TuningRecords.read(tuning_log) if tuning_log else None)
+    tuning_logs = [args.tuning_log] if args.tuning_log else default_tuning_logs(target)
+    options = BuildOptions(args.kernel, TuningRecords.read(tuning_logs) if tuning_logs else None)
     result = compile_model(source, request, target, output, options)
     address = DeviceAddress(rpc=args.rpc or target.default_rpc)
     print_compile_summary(result, evaluate(result, address), address.rpc)
@@ -215,8 +230,8 @@ def _calib(args: argparse.Namespace):
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .compile import default_tuning_log
     from .report import print_tune_summary
+    from .resources import user_tuning_dir
     from .rpc import parse_address, tracker_servers
     from .source import load_source
     from .target import load_target
@@ -235,7 +250,7 @@ def _tune(args: argparse.Namespace) -> int:
         tracker = Tracker(*parse_address(args.rpc_tracker), args.rpc_key)
         print(f"measuring on {workers} server(s) under key '{args.rpc_key}' at {args.rpc_tracker}")
     source = load_source(args.model, args.input_shape, _calib(args))
-    log_dir = args.log_dir or default_tuning_log(target)
+    log_dir = args.log_dir or user_tuning_dir(target.name)
     options = TuneOptions(args.trials, tracker, args.timeout, workers, kernel=args.kernel)
     results = tune(source, _request(args, source), target, log_dir, options)
     print_tune_summary(results, target.name, log_dir)
@@ -268,8 +283,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def run_artifact(artifact: Path, target, address, repeat: int) -> int:
-    """Run the artifact's saved inputs on its device (device_run), compare with the reference, print; for run
-    and deploy."""
+    """Run the artifact's saved inputs on its device (device_run, the path compile's evaluation takes too),
+    compare with the reference, print; for run and deploy."""
     from .artifact import read_sidecar
     from .device_run import run_on_device
     from .report import compare, print_comparison
@@ -277,8 +292,9 @@ def run_artifact(artifact: Path, target, address, repeat: int) -> int:
     meta, data = read_sidecar(artifact)
     if meta["target"] != target.name:
         raise UserError(f"{artifact} was compiled for '{meta['target']}', not '{target.name}'")
-    run = run_on_device(target, artifact, data["inputs"], meta["input_shape"][0], address, repeat)
+    batch = meta["input_shape"][0]
+    run = run_on_device(target, artifact, data["inputs"], batch, address, repeat)
     print(f"{artifact}  ({meta['model']}, {target.name})")
     print_comparison(compare(run.outputs, data["reference"], data.get("labels")), meta["eval_label"])
-    print(f"latency on {run.where}: {run.latency_ms:.3f} ms per batch of {meta['input_shape'][0]} (median of {repeat} repeats)")
+    print(f"latency on {run.where}: {run.latency_ms:.3f} ms per batch of {batch} (median of {repeat} repeats)")
     return 0

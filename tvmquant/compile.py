@@ -15,13 +15,15 @@ import numpy as np
 from . import pipeline
 from .artifact import write_sidecar
 from .batching import run_batched
-from .pipeline import BuildOptions, QuantRequest
+from .database import has_records
 from .passes.lower_quantized import Lowered
+from .pipeline import BuildOptions, QuantRequest
 from .quantize import QuantConfig
 from .reference import ReferenceModel
+from .resources import shipped_tuning_dir, user_tuning_dir
 from .scheme import QuantScheme, WeightKind
 from .source import ModelSource, load_source  # noqa: F401  (load_source: the public API's other half)
-from .target import TUNING_LOGS_DIR, TargetSpec
+from .target import TargetSpec
 
 
 @dataclass
@@ -33,9 +35,10 @@ class CompileResult:
     lowered: Lowered
     artifact: Path
     reference_outputs: np.ndarray = field(repr=False)
-    tuning_log: Path | None = None  # the database whose records were applied
+    tuning_logs: list[Path] = field(default_factory=list)  # the databases whose records were applied
     tuned: list[str] = field(default_factory=list)  # functions scheduled by a tuning record
     untuned_faster: list[str] = field(default_factory=list)  # records not applied: the untuned build was faster
+    linked_with: str = ""  # the linker that made the artifact (system cross compiler or pip zig)
 
     @property
     def config(self) -> QuantConfig:
@@ -46,9 +49,10 @@ class CompileResult:
         return self.lowered.kernels
 
 
-def default_tuning_log(target: TargetSpec) -> Path:
-    """Where `tune` writes and `compile` looks by default: tuning_logs/<target>/ beside targets/."""
-    return TUNING_LOGS_DIR / target.name
+def default_tuning_logs(target: TargetSpec) -> list[Path]:
+    """What `compile` applies by default: the records shipped for the target, then the user's own `tune`
+    records (user_tuning_dir); those that exist and hold records."""
+    return [d for d in (shipped_tuning_dir(target.name), user_tuning_dir(target.name)) if has_records(d)]
 
 
 def compile_model(
@@ -64,8 +68,8 @@ def compile_model(
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
     records = options.records
     result = CompileResult(source, request, target, quantized.scheme, built.lowered, output, reference_outputs,
-                           records.log_dir if records else None, built.tuned, built.untuned_faster)
-    pipeline.export(built.executable, target, output)
+                           records.log_dirs if records else [], built.tuned, built.untuned_faster)
+    result.linked_with = pipeline.export(built.executable, target, output)
     write_sidecar(output, sidecar_meta(result), sidecar_arrays(result))
     return result
 

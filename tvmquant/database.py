@@ -148,6 +148,12 @@ def read_database(log_dir: Path) -> ms.database.JSONDatabase:
         return _json_database(copy)  # JSONDatabase reads everything at construction
 
 
+def read_databases(log_dirs: list[Path]) -> ms.database.Database:
+    """Several folders' records as one database: each query answers with the best record among them."""
+    databases = [read_database(d) for d in log_dirs]
+    return databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
+
+
 def _json_database(log_dir: Path) -> ms.database.JSONDatabase:
     return ms.database.JSONDatabase(
         path_workload=str(log_dir / WORKLOADS), path_tuning_record=str(log_dir / RECORDS),

@@ -25,7 +25,7 @@ from tvm import relax
 
 from . import frontend
 from .adapters import TargetAdapter, adapter_for
-from .database import load_task_state, read_database, task_key
+from .database import load_task_state, read_databases, task_key
 from .kernels.registry import FAMILIES
 from .passes.default_schedule import ApplyDefaultSchedule
 from .passes.lower_quantized import Lowered, LowerQuantizedLayers
@@ -47,16 +47,20 @@ class QuantRequest:
 
 @dataclass(frozen=True)
 class TuningRecords:
-    """A `tune` log folder as compile applies it: the database and the untuned latencies it measured."""
+    """`tune` log folders as compile applies them: one database (with several, each query answers with the best
+    record among them) and the untuned latencies `tune` measured."""
 
-    log_dir: Path
+    log_dirs: list[Path]
     database: object = field(repr=False)
     untuned_ms: dict[str, float] = field(repr=False)
 
     @classmethod
-    def read(cls, log_dir: Path) -> TuningRecords:
-        untuned = {k: v["untuned_ms"] for k, v in load_task_state(log_dir).items() if "untuned_ms" in v}
-        return cls(log_dir, read_database(log_dir), untuned)
+    def read(cls, log_dirs: Path | list[Path]) -> TuningRecords:
+        dirs = [log_dirs] if isinstance(log_dirs, Path) else list(log_dirs)
+        untuned: dict[str, float] = {}
+        for log in dirs:
+            untuned.update({k: v["untuned_ms"] for k, v in load_task_state(log).items() if "untuned_ms" in v})
+        return cls(dirs, read_databases(dirs), untuned)
 
 
 @dataclass(frozen=True)
@@ -155,8 +159,9 @@ def finalize(mod: tvm.IRModule, spec: TargetSpec) -> relax.VMExecutable:
     return tvm.compile(mod, target, relax_pipeline=pipeline)
 
 
-def export(executable: relax.VMExecutable, spec: TargetSpec, path: Path) -> None:
-    adapter_for(spec).export(spec, executable, path)
+def export(executable: relax.VMExecutable, spec: TargetSpec, path: Path) -> str:
+    """Write the artifact; returns what linked it."""
+    return adapter_for(spec).export(spec, executable, path)
 
 
 def tuning_module(source: ModelSource, quantized: Quantized, spec: TargetSpec, kernel: str = "auto") -> tvm.IRModule:

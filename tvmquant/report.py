@@ -84,8 +84,8 @@ def print_compile_summary(result: CompileResult, ev: Evaluation, rpc_address: st
         print(f"  note: {name} runs on {result.kernels[name]} ({note})")
 
     labels = src.eval_y
-    if result.tuning_log:
-        print(f"\ntuning records applied from {result.tuning_log}: {len(result.tuned)} function(s) "
+    if result.tuning_logs:
+        print(f"\ntuning records applied from {', '.join(map(str, result.tuning_logs))}: {len(result.tuned)} function(s) "
               f"({', '.join(result.tuned) or 'none'}); no tuning done here")
         if result.untuned_faster:
             print(f"  kept untuned (faster than their best record): {', '.join(result.untuned_faster)}")
@@ -101,7 +101,8 @@ def print_compile_summary(result: CompileResult, ev: Evaluation, rpc_address: st
               f" ({c.max_rel_diff:.2g} relative)")
         print(f"  latency: {ev.latency_ms:.3f} ms per batch of {src.batch_size} (TVM time evaluator, median)")
     size = result.artifact.stat().st_size
-    print(f"\nartifact: {result.artifact} ({size / 1024:.0f} KB, weights inside; metadata and check data in "
+    print(f"\nartifact: {result.artifact} ({size / 1024:.0f} KB, weights inside, linked with {result.linked_with}; "
+          f"metadata and check data in "
           f"{result.artifact.with_suffix('.json').name}, {result.artifact.with_suffix('.npz').name})")
     if result.target.runs == "rpc":
         print(f"run it:   python -m tvmquant run --target {result.target.name} --rpc {rpc_address or 'HOST:PORT'} {result.artifact}")

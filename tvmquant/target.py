@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +12,10 @@ import tvm
 from tvm.target import Target
 
 from .errors import UserError
+from .linker import Linker, find_linker
+from .resources import shipped_dir
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
-TUNING_LOGS_DIR = TARGETS_DIR.parent / "tuning_logs"
+TARGETS_DIR = shipped_dir("targets")
 
 
 @dataclass(frozen=True)
@@ -41,18 +41,17 @@ class TargetSpec:
             config["num-cores"] = psutil.cpu_count(logical=False) or 1
         return Target(config)
 
-    def export(self, executable, path: Path) -> None:
-        """Write a shared library (weights embedded) for this target; atomically, so no half-written file."""
-        fcompile = None
-        if self.cross_compiler:
-            if shutil.which(self.cross_compiler) is None:
-                raise UserError(
-                    f"target '{self.name}' needs the cross compiler '{self.cross_compiler}' "
-                    "(Debian: apt-get install gcc-aarch64-linux-gnu, or run scripts/arm64-device.sh setup)"
-                )
-            from tvm.support import cc
+    def linker(self) -> Linker | None:
+        """How artifacts for a cross target are linked (None: TVM's host default)."""
+        if not self.cross_compiler:
+            return None
+        return find_linker(self.cross_compiler, self.tvm_config.get("mtriple", ""), self.name)
 
-            fcompile = cc.cross_compiler(self.cross_compiler)
+    def export(self, executable, path: Path) -> str:
+        """Write a shared library (weights embedded) for this target; atomically, so no half-written file.
+        Returns what linked it."""
+        linker = self.linker()
+        fcompile = linker.fcompile() if linker else None
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.partial.so")
         try:
@@ -60,6 +59,7 @@ class TargetSpec:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        return linker.description if linker else "the host compiler (TVM default)"
 
 
 def known_targets() -> list[str]:

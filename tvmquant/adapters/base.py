@@ -47,8 +47,8 @@ class TargetAdapter(Protocol):
     def runner_device(self) -> str:
         """The device type MetaSchedule's runner measures candidates on ("cpu", "cuda", ...)."""
 
-    def export(self, spec: TargetSpec, executable: tvm.relax.VMExecutable, path: Path) -> None:
-        """Link and write the artifact."""
+    def export(self, spec: TargetSpec, executable: tvm.relax.VMExecutable, path: Path) -> str:
+        """Link and write the artifact; returns what linked it (for the summary)."""
 
     def device(self, session: rpc.RPCSession | None) -> tvm.runtime.Device:
         """Where an artifact runs: in this process (session None) or on the RPC session's device."""

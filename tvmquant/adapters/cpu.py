@@ -61,13 +61,13 @@ class CpuAdapter:
     def builder(self, spec: TargetSpec, timeout: float) -> ms.builder.Builder:
         from tvm.s_tir import meta_schedule as ms
 
-        f_export = None
-        if spec.cross_compiler:
-            f_export = functools.partial(_ms_workers.export_so, cross_compiler=spec.cross_compiler)
+        f_export, linker = None, spec.linker()
+        if linker is not None:
+            f_export = functools.partial(_ms_workers.export_so, link_command=list(linker.command))
         return ms.builder.LocalBuilder(f_build=_ms_workers.build, f_export=f_export, timeout_sec=timeout)
 
-    def export(self, spec: TargetSpec, executable: tvm.relax.VMExecutable, path: Path) -> None:
-        spec.export(executable, path)
+    def export(self, spec: TargetSpec, executable: tvm.relax.VMExecutable, path: Path) -> str:
+        return spec.export(executable, path)
 
     def device(self, session: rpc.RPCSession | None) -> tvm.runtime.Device:
         return tvm.cpu() if session is None else session.cpu()
