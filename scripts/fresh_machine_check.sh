@@ -21,7 +21,7 @@ echo "fresh: --help answered in ${elapsed} s"
 
 "$WORK/venv/bin/python" -m tvmquant compile --target arm_cpu --bits 2 2>&1 | tee "$WORK/summary.txt" | grep -v "batch/s" || true
 grep -q "linked with zig cc -target aarch64-linux-gnu" "$WORK/summary.txt" || { echo "fresh: not linked by pip zig"; exit 1; }
-test -s tvmquant_out/digits_cnn-arm_cpu-w2a2.so || { echo "fresh: no artifact"; exit 1; }
-file tvmquant_out/digits_cnn-arm_cpu-w2a2.so | grep -q "ARM aarch64" || { echo "fresh: artifact is not aarch64"; exit 1; }
+test -s tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so || { echo "fresh: no artifact"; exit 1; }
+file tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so | grep -q "ARM aarch64" || { echo "fresh: artifact is not aarch64"; exit 1; }
 "$WORK/venv/bin/python" -m tvmquant compile --target x86 --bits 2 > /dev/null 2>&1 || { echo "fresh: x86 compile failed"; exit 1; }
 echo "fresh: the README's main job passed from a plain pip install, linked by the pip zig"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tvmquant.cli import main
+from tvmquant.outputs import sidecar_paths
 
 
 def test_compile_then_run_end_to_end(tmp_path):
@@ -20,7 +21,7 @@ def test_compile_then_run_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "top-1 agreement 360/360" in proc.stdout
     assert "bitserial" in proc.stdout and "BatchNorm folded into: conv1, conv2" in proc.stdout
-    assert out.is_file() and out.with_suffix(".json").is_file() and out.with_suffix(".npz").is_file()
+    assert out.is_file() and all(p.is_file() for p in sidecar_paths(out))
 
     # the artifact is self-contained: load_module + VirtualMachine, float32 in and out like the model
     import tvm
@@ -150,8 +151,8 @@ def test_run_without_a_device_is_one_line_error(tmp_path, capsys):
     source = load_source(Awkward().eval(), (1, 3, 9, 4), calib=calib)
     artifact = tmp_path / "a.so"
     compile_model(source, QuantConfig(2, 2, 8), load_target("x86"), artifact)
-    artifact.with_suffix(".json").write_text(
-        artifact.with_suffix(".json").read_text().replace('"target": "x86"', '"target": "arm_cpu"')
+    sidecar_paths(artifact)[0].write_text(
+        sidecar_paths(artifact)[0].read_text().replace('"target": "x86"', '"target": "arm_cpu"')
     )
     capsys.readouterr()
     assert main(["run", "--target", "arm_cpu", "--rpc", "127.0.0.1:1", str(artifact)]) == 2

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from tvmquant import frontend
+from tvmquant import frontend, validate
 from tvmquant.errors import UserError
 
 from models_for_tests import Awkward, WithDepthwise, randomize_bn
@@ -77,4 +77,4 @@ def test_unsupported_operator_is_named():
 
 def test_calibration_shape_checked():
     with pytest.raises(UserError, match=r"expected \(N, 3, 9, 4\)"):
-        frontend.as_numpy_input(np.zeros((4, 3, 9, 9)), (1, 3, 9, 4))
+        validate.model_input(np.zeros((4, 3, 9, 9)), (1, 3, 9, 4))

@@ -13,6 +13,7 @@ import pytest
 from tvmquant.pipeline import BuildOptions, TuningRecords
 from tvmquant.compile import compile_model, load_source
 from tvmquant.database import RECORDS, WORKLOADS, open_database, read_database
+from tvmquant.outputs import sidecar_paths
 from tvmquant.quantize import QuantConfig
 
 from models_for_tests import save_tiny
@@ -45,6 +46,8 @@ def test_tune_writes_a_valid_database_and_a_summary(tuned):
     stdout = outs[0][0]
     assert "untuned ms" in stdout and "best ms" in stdout
     assert "bitserial_conv" in stdout and "bitserial_fc" in stdout
+    assert "[INFO]" not in stdout + outs[0][1]  # MetaSchedule's log went to its file
+    assert "[task_scheduler.cc" in (log_dir / "metaschedule.log").read_text()
     for name in (WORKLOADS, RECORDS):
         lines = (log_dir / name).read_text().splitlines()
         assert lines and all(json.loads(line) for line in lines)
@@ -72,6 +75,18 @@ def test_second_run_resumes_without_measuring(tuned):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (log_dir / RECORDS).read_text() == before
     assert "tuning " not in proc.stderr.replace("tuning x86", "")  # no task was tuned again
+
+
+def test_tune_json_is_one_object_on_stdout(tuned):
+    _, model, calib, log_dir, _ = tuned
+    proc = subprocess.run(_tune_cmd(model, calib, log_dir, "--json"), capture_output=True, text=True, timeout=TUNE_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(proc.stdout)
+    assert record["command"] == "tune" and record["target"] == "x86" and record["artifact"] is None
+    assert [layer["name"] for layer in record["layers"]] == ["conv", "fc"]
+    assert all(layer["wbits"] == 8 and layer["kind"] is None for layer in record["layers"])  # first and last
+    assert {t["name"] for t in record["tasks"]} >= {"bitserial_conv", "bitserial_fc"}
+    assert "untuned ms" in proc.stderr
 
 
 def test_compile_applies_records_and_stays_correct(tuned, tmp_path):
@@ -174,8 +189,8 @@ def test_no_server_under_the_key_is_a_one_line_error(empty_tracker, command, tmp
     else:
         artifact = tmp_path / "m.so"
         artifact.write_bytes(b"")
-        artifact.with_suffix(".json").write_text(json.dumps({"target": "arm_cpu", "input_shape": [1, 1, 6, 6], "model": "m"}))
-        np.savez(artifact.with_suffix(".npz"), inputs=np.zeros(1))
+        sidecar_paths(artifact)[0].write_text(json.dumps({"target": "arm_cpu", "input_shape": [1, 1, 6, 6], "model": "m"}))
+        np.savez(sidecar_paths(artifact)[1], inputs=np.zeros(1))
         args = ["deploy", str(artifact)]
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "tvmquant", *args, "--rpc-tracker", empty_tracker, "--rpc-key", "nobody"],

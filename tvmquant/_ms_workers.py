@@ -20,7 +20,8 @@ def export_so(mod, link_command: list[str]) -> str:
 
     from tvmquant.linker import link_function
 
-    path = os.path.join(tempfile.mkdtemp(prefix="tvmquant-ms-"), "candidate.so")
+    # named after the tune process (this worker's parent), so a later run can remove it if tune is killed
+    path = os.path.join(tempfile.mkdtemp(prefix=f"tvmquant-ms-{os.getppid()}-"), "candidate.so")
     mod.export_library(path, fcompile=link_function(link_command))
     return path
 

@@ -1,5 +1,6 @@
-"""The files beside a compiled artifact: `model.json` (what it is) and `model.npz` (inputs and the quantized
-reference's outputs), so `run`/`deploy` can check it on a device without PyTorch or the original model."""
+"""Reading the files beside a compiled artifact (outputs.sidecar_paths: `OUT.so.json` metadata, `OUT.so.npz`
+inputs and the quantized reference's outputs), so `run`/`deploy` can check it on a device without PyTorch or
+the original model. compile.write_sidecar writes them."""
 
 from __future__ import annotations
 
@@ -9,17 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-
-
-def sidecar_paths(artifact: Path) -> tuple[Path, Path]:
-    """`model.so` -> (`model.json` metadata, `model.npz` evaluation inputs and reference outputs)."""
-    return artifact.with_suffix(".json"), artifact.with_suffix(".npz")
-
-
-def write_sidecar(artifact: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-    meta_path, data_path = sidecar_paths(artifact)
-    meta_path.write_text(json.dumps(meta, indent=2))
-    np.savez_compressed(data_path, **arrays)
+from .outputs import sidecar_paths
 
 
 def read_sidecar(artifact: Path) -> tuple[dict, dict[str, np.ndarray]]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from tqdm import tqdm
+
+from .console import progress as progress_bar
 
 
 def fixed_batches(data: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -20,7 +21,7 @@ def fixed_batches(data: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarra
 
 def run_batched(fn, data: np.ndarray, batch_size: int, progress: str | None = None) -> np.ndarray:
     """Apply a fixed-batch function to all of `data` and drop the padding; a progress bar if `progress`."""
-    batches = tqdm(
+    batches = progress_bar(
         fixed_batches(data, batch_size), total=-(-len(data) // batch_size), desc=progress,
         unit="batch", leave=False, disable=progress is None,
     )

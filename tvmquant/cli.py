@@ -7,16 +7,32 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import cli_eval_bench
 from .errors import UserError
+from .json_output import HELP as JSON_HELP
 from .names import KERNELS, METHODS, QAT_METHODS
 
 EPILOG = """examples:
   python -m tvmquant compile --target arm_cpu --bits 2        built-in digits CNN, W2A2, for 64-bit ARM
   python -m tvmquant compile --model net.pt2 --calib x.npy --wbits 2 --abits 4 -o net.so
-  python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2.so
+  python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
   python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8
-  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2.so
+  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
+  python -m tvmquant eval --methods uniform,inq --bits 2,4      accuracy against bits, table and plot
+  python -m tvmquant bench tvmquant_out/digits_cnn-x86-w2a2-uniform.so  against PyTorch fp32 and ONNX Runtime int8
 """
+
+EXAMPLES = {  # each subcommand's --help ends with these
+    "compile": """  python -m tvmquant compile --target arm_cpu --bits 2
+  python -m tvmquant compile --model net.onnx --calib x.npy --wbits 2 --abits 4 --method uniq -o net.so
+  python -m tvmquant compile --bits 4 --report report.html --json > compile.json""",
+    "tune": """  python -m tvmquant tune --target x86 --trials 16
+  python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8 --json""",
+    "deploy": """  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
+  python -m tvmquant deploy --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so --json""",
+    "run": """  python -m tvmquant run --target x86 tvmquant_out/digits_cnn-x86-w2a2-uniform.so
+  python -m tvmquant run --target arm_cpu --rpc 127.0.0.1:9091 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so --json""",
+}
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -79,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: the records shipped for "
                       "TARGET plus your own in ~/.cache/tvmquant/tuning_logs/TARGET/)")
     comp.add_argument("--rpc", help="HOST:PORT of a TVM RPC server to evaluate a non-local target on (default: the target's)")
-    comp.add_argument("-o", "--output", type=Path, help="artifact path (default: tvmquant_out/MODEL-TARGET-wWaA.so)")
+    comp.add_argument("-o", "--output", type=Path, help="artifact path; its sidecars are OUTPUT.json and OUTPUT.npz beside it "
+                      "(default: tvmquant_out/MODEL-TARGET-wWaA-METHOD[-KERNEL].so)")
+    comp.add_argument("--report", type=Path, metavar="REPORT.html",
+                      help="also write one self-contained HTML page: layers, accuracy, weight histograms, bytes and time per layer")
 
     tune = sub.add_parser(
         "tune",
@@ -121,12 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", required=True, help="the target it was compiled for")
     run.add_argument("--rpc", help="HOST:PORT of the device's TVM RPC server (default: the target's; unused for local targets)")
     run.add_argument("--repeat", type=int, default=5, help="timing repeats (default: 5)")
+    for command in (comp, tune, deploy, run):
+        command.add_argument("--json", action="store_true", help=JSON_HELP)
+    for name, examples in EXAMPLES.items():
+        sub.choices[name].epilog = "examples:\n" + examples
+        sub.choices[name].formatter_class = argparse.RawDescriptionHelpFormatter
+    cli_eval_bench.add_parsers(sub, _first_last, _shape)
     return parser
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
     """What decides the compiled program, shared by compile and tune so that tuning records match."""
-    parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save); default: built-in digits CNN")
+    parser.add_argument("--model", help="a torch.export archive (.pt2, from torch.export.save) or an ONNX model (.onnx); "
+                        "default: built-in digits CNN")
+    parser.add_argument("--trust-model", action="store_true",
+                        help="load --model with torch's full loader, which can run code stored in the archive: only "
+                        "for archives you made yourself (default: refuse anything but plain tensors and aten ops)")
     parser.add_argument("--input-shape", type=_shape, help="input shape, e.g. 1,3,224,224 (default: from the model)")
     parser.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
     parser.add_argument("--bits", type=_bits, default=2, help="weight and activation bits, 1-8 (default: 2)")
@@ -157,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
     try:
         args = build_parser().parse_args(argv)
-        commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run}
+        commands = {"compile": _compile, "tune": _tune, "deploy": _deploy, "run": _run,
+                    "eval": cli_eval_bench.run_eval, "bench": cli_eval_bench.run_bench}
+        if getattr(args, "json", False):
+            from .json_output import stdout_to_stderr
+
+            with stdout_to_stderr():
+                return commands[args.command](args)
         return commands[args.command](args)
     except UserError as exc:
         print(f"tvmquant: error: {exc}", file=sys.stderr)
@@ -169,27 +204,40 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     from .compile import compile_model, default_tuning_logs
-    from .device_run import DeviceAddress
     from .evaluation import evaluate
+    from .outputs import check_output, default_output
     from .pipeline import BuildOptions, TuningRecords
     from .report import print_compile_summary
-    from .source import BUILTIN, load_array, load_source
+    from .source import BUILTIN, load_source
     from .target import load_target
+    from .validate import load_npy
 
-    target = load_target(args.target)
+    target, config = load_target(args.target), _config(args)
+    if args.report:
+        from .html_report import check_report_path
+
+        check_report_path(args.report)
     _check_training_args(args)
-    eval_x = load_array(args.eval_data, "evaluation data") if args.eval_data else None
-    eval_y = load_array(args.eval_labels, "evaluation labels") if args.eval_labels else None
-    source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y)
+    logs = [args.tuning_log] if args.tuning_log else default_tuning_logs(target)
+    model_name = Path(args.model).stem if args.model else BUILTIN
+    output = args.output or default_output(model_name, target.name, config.wbits, config.abits, config.method, args.kernel)
+    check_output(output, [args.model, args.calib, args.eval_data, args.eval_labels, args.train_data, *logs])
+    eval_x = load_npy(args.eval_data, "evaluation data") if args.eval_data else None
+    eval_y = load_npy(args.eval_labels, "evaluation labels") if args.eval_labels else None
+    source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y, args.trust_model)
     request = _request(args, source)
-    output = args.output or Path("tvmquant_out") / (
-        f"{source.name if args.model else BUILTIN}-{target.name}-w{request.config.wbits}a{request.config.abits}.so"
-    )
-    tuning_logs = [args.tuning_log] if args.tuning_log else default_tuning_logs(target)
-    options = BuildOptions(args.kernel, TuningRecords.read(tuning_logs) if tuning_logs else None)
+    options = BuildOptions(args.kernel, TuningRecords.read(logs) if logs else None)
     result = compile_model(source, request, target, output, options)
-    address = DeviceAddress(rpc=args.rpc or target.default_rpc)
-    print_compile_summary(result, evaluate(result, address), address.rpc)
+    evaluation = evaluate(result, args.rpc or target.default_rpc)
+    print_compile_summary(result, evaluation, args.rpc or target.default_rpc)
+    if args.report:
+        from .html_report import write_compile_report
+
+        print(f"report:   {write_compile_report(args.report, result, evaluation)} (one HTML file; open it in a browser)")
+    if args.json:
+        from .json_output import compile_record, emit
+
+        emit(compile_record(result, evaluation, args.report))
     return 0
 
 
@@ -224,9 +272,9 @@ def _config(args: argparse.Namespace):
 
 
 def _calib(args: argparse.Namespace):
-    from .source import load_array
+    from .validate import load_npy
 
-    return load_array(args.calib, "calibration") if args.calib else None
+    return load_npy(args.calib, "calibration") if args.calib else None
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -237,8 +285,7 @@ def _tune(args: argparse.Namespace) -> int:
     from .target import load_target
     from .tune import Tracker, TuneOptions, tune
 
-    target = load_target(args.target)
-    _config(args)  # option errors before any device or model work
+    target, config = load_target(args.target), _config(args)  # option errors before any device or model work
     _check_training_args(args)
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
@@ -249,11 +296,15 @@ def _tune(args: argparse.Namespace) -> int:
         workers = tracker_servers(args.rpc_tracker, args.rpc_key)
         tracker = Tracker(*parse_address(args.rpc_tracker), args.rpc_key)
         print(f"measuring on {workers} server(s) under key '{args.rpc_key}' at {args.rpc_tracker}")
-    source = load_source(args.model, args.input_shape, _calib(args))
+    source = load_source(args.model, args.input_shape, _calib(args), trust_model=args.trust_model)
     log_dir = args.log_dir or user_tuning_dir(target.name)
     options = TuneOptions(args.trials, tracker, args.timeout, workers, kernel=args.kernel)
     results = tune(source, _request(args, source), target, log_dir, options)
     print_tune_summary(results, target.name, log_dir)
+    if args.json:
+        from .json_output import emit, tune_record
+
+        emit(tune_record(results, source, config, target.name, log_dir))
     return 0
 
 
@@ -264,13 +315,15 @@ def _deploy(args: argparse.Namespace) -> int:
 
     meta, _ = read_sidecar(args.artifact)
     target = load_target(meta["target"])
+    json_for = "deploy" if args.json else None
     if args.rpc_tracker:
         if not args.rpc_key:
             raise UserError("--rpc-tracker needs --rpc-key")
-        return run_artifact(args.artifact, target, DeviceAddress(tracker=args.rpc_tracker, key=args.rpc_key), args.repeat)
+        return run_artifact(args.artifact, target, DeviceAddress(tracker=args.rpc_tracker, key=args.rpc_key),
+                            args.repeat, json_for)
     if not args.rpc:
         raise UserError("give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
-    return run_artifact(args.artifact, target, DeviceAddress(rpc=args.rpc), args.repeat)
+    return run_artifact(args.artifact, target, DeviceAddress(rpc=args.rpc), args.repeat, json_for)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -279,12 +332,12 @@ def _run(args: argparse.Namespace) -> int:
 
     target = load_target(args.target)
     address = DeviceAddress(rpc=args.rpc or target.default_rpc) if target.runs == "rpc" else DeviceAddress()
-    return run_artifact(args.artifact, target, address, args.repeat)
+    return run_artifact(args.artifact, target, address, args.repeat, "run" if args.json else None)
 
 
-def run_artifact(artifact: Path, target, address, repeat: int) -> int:
+def run_artifact(artifact: Path, target, address, repeat: int, json_for: str | None = None) -> int:
     """Run the artifact's saved inputs on its device (device_run, the path compile's evaluation takes too),
-    compare with the reference, print; for run and deploy."""
+    compare with the reference, print; for run and deploy. `json_for`: the command to emit a --json record for."""
     from .artifact import read_sidecar
     from .device_run import run_on_device
     from .report import compare, print_comparison
@@ -295,6 +348,11 @@ def run_artifact(artifact: Path, target, address, repeat: int) -> int:
     batch = meta["input_shape"][0]
     run = run_on_device(target, artifact, data["inputs"], batch, address, repeat)
     print(f"{artifact}  ({meta['model']}, {target.name})")
-    print_comparison(compare(run.outputs, data["reference"], data.get("labels")), meta["eval_label"])
+    comparison = compare(run.outputs, data["reference"], data.get("labels"))
+    print_comparison(comparison, meta["eval_label"])
     print(f"latency on {run.where}: {run.latency_ms:.3f} ms per batch of {batch} (median of {repeat} repeats)")
+    if json_for:
+        from .json_output import emit, run_record
+
+        emit(run_record(json_for, artifact, meta, comparison, run.latency_ms, run.where))
     return 0

@@ -1,5 +1,5 @@
-"""The `compile` command as a Python API: model in; quantized scheme, artifact, its sidecar files and its
-evaluation out. The compiler itself is pipeline.py; this adds the reference outputs and the files.
+"""The `compile` command as a Python API: model in; quantized scheme, artifact and its sidecar files out. The
+compiler itself is pipeline.py; this adds the reference outputs and writes the files.
 
     source = load_source(None)                     # the built-in digits CNN, or a .pt2 path, or an nn.Module
     result = compile_model(source, QuantConfig(2, 2), load_target("x86"), Path("out.so"))
@@ -7,22 +7,25 @@ evaluation out. The compiler itself is pipeline.py; this adds the reference outp
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import pipeline
-from .artifact import write_sidecar
+from . import outputs, pipeline, validate
+from .artifact import read_sidecar  # noqa: F401  (re-exported: run, deploy and bench read artifacts)
 from .batching import run_batched
 from .database import has_records
+from .evaluation import Evaluation, evaluate  # noqa: F401  (re-exported for the reports)
+from .outputs import sidecar_paths
 from .passes.lower_quantized import Lowered
 from .pipeline import BuildOptions, QuantRequest
 from .quantize import QuantConfig
 from .reference import ReferenceModel
 from .resources import shipped_tuning_dir, user_tuning_dir
 from .scheme import QuantScheme, WeightKind
-from .source import ModelSource, load_source  # noqa: F401  (load_source: the public API's other half)
+from .source import BUILTIN, ModelSource, load_source, load_train_data  # noqa: F401  (re-exported: the API)
 from .target import TargetSpec
 
 
@@ -60,8 +63,11 @@ def compile_model(
     options: BuildOptions = BuildOptions(),
 ) -> CompileResult:
     """Quantize (a bare QuantConfig: post-training), build with `options` (kernel choice, tuning records; no
-    tuning happens here), export; writes the artifact and its sidecar files."""
+    tuning happens here), export; writes the artifact and its sidecar files, all or nothing."""
     request = request if isinstance(request, QuantRequest) else QuantRequest(request)
+    if request.train_data is not None:  # the class range needs the model's output width
+        x, y = request.train_data
+        validate.labels(y, len(x), validate.classes_of(source.fp32(source.calib[:1])), "training labels")
     quantized = pipeline.quantize(source, request)
     built = pipeline.build(source, quantized, target, options)
     reference = ReferenceModel(quantized.gm, source.layers, quantized.scheme)
@@ -69,14 +75,18 @@ def compile_model(
     records = options.records
     result = CompileResult(source, request, target, quantized.scheme, built.lowered, output, reference_outputs,
                            records.log_dirs if records else [], built.tuned, built.untuned_faster)
-    result.linked_with = pipeline.export(built.executable, target, output)
-    write_sidecar(output, sidecar_meta(result), sidecar_arrays(result))
+    with outputs.replace_together(output, *sidecar_paths(output)) as (artifact, meta, data):
+        result.linked_with = pipeline.export(built.executable, target, artifact)
+        write_sidecar(result, meta, data)
     return result
 
 
-def sidecar_meta(result: CompileResult) -> dict:
+def write_sidecar(result: CompileResult, meta_path: Path, data_path: Path) -> None:
+    """What `tvmquant run` needs to check an artifact on a device without PyTorch or the original model."""
+    from .json_output import layer_rows
+
     src = result.source
-    return {
+    meta = {
         "model": src.name,
         "target": result.target.name,
         "input_shape": list(src.input_shape),
@@ -86,15 +96,14 @@ def sidecar_meta(result: CompileResult) -> dict:
         "kept_float": result.scheme.kept_float,
         "eval_label": src.eval_label,
         "tuned_functions": result.tuned,
+        "layer_table": layer_rows(result),  # what `run --json` reports per layer
     }
-
-
-def sidecar_arrays(result: CompileResult) -> dict[str, np.ndarray]:
-    src = result.source
+    meta_path.write_text(json.dumps(meta, indent=2))
     arrays = {"inputs": src.eval_x, "reference": result.reference_outputs}
     if src.eval_y is not None:
         arrays["labels"] = src.eval_y
-    return arrays
+    with open(data_path, "wb") as out:  # a file object: savez would append ".npz" to a temporary name
+        np.savez_compressed(out, **arrays)
 
 
 def weight_bytes(result: CompileResult) -> list[tuple[str, int, int]]:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
+import re
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ import tvm
 import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
+from . import safe_fs, tempdirs
+from .db_lines import BadLine, parse_record, parse_workload
 from .errors import UserError
 
 WORKLOADS = "database_workload.json"
@@ -36,15 +37,16 @@ TASKS = "tasks.json"  # per task: untuned latency (ms), and whether its search s
 def locked(log_dir: Path, timeout: float | None = None) -> Iterator[None]:
     """Exclusive lock on a log folder for the whole of one `tune` run, so two runs never interleave lines.
 
-    A second run waits (saying so), then continues from the first one's records.
+    A second run waits (saying so), then continues from the first one's records. The lock file is never
+    followed if it is a link, and names the holder's pid: a pid that is no longer running (a `tune` killed with
+    SIGKILL) is reported and its lock taken over; the kernel released the flock itself when it died.
     """
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / LOCK, "a+") as handle:
+    safe_fs.make_dir(log_dir)
+    with os.fdopen(safe_fs.open_fd(log_dir / LOCK, os.O_RDWR | os.O_CREAT), "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = _holder(handle.read()) or "another process"
             print(f"waiting for {holder} to finish with {log_dir}", file=sys.stderr, flush=True)
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
@@ -55,6 +57,10 @@ def locked(log_dir: Path, timeout: float | None = None) -> Iterator[None]:
                     if deadline is not None and time.monotonic() > deadline:
                         raise UserError(f"{log_dir} is locked by {holder} (waited {timeout:.0f} s)") from None
                     time.sleep(0.5)
+        handle.seek(0)
+        stale = _holder(handle.read())
+        if stale and "not running" in stale:
+            print(f"{log_dir}: taking over the lock left by {stale}", file=sys.stderr, flush=True)
         handle.seek(0)
         handle.truncate()
         handle.write(f"tvmquant tune (pid {os.getpid()})\n")
@@ -67,8 +73,17 @@ def locked(log_dir: Path, timeout: float | None = None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _holder(text: str) -> str | None:
+    """Who the lock file names, and whether that pid still runs."""
+    match = re.search(r"pid (\d+)", text)
+    if match is None:
+        return text.strip()[:80] or None
+    pid = int(match.group(1))
+    return f"tvmquant tune (pid {pid})" if tempdirs.pid_alive(pid) else f"tvmquant tune (pid {pid}, not running)"
+
+
 def _lines(path: Path) -> list[str]:
-    return path.read_text(errors="replace").splitlines() if path.is_file() else []
+    return (safe_fs.read_text(path) or "").splitlines()
 
 
 def repair(log_dir: Path, shown_as: Path | None = None) -> list[str]:
@@ -83,10 +98,10 @@ def repair(log_dir: Path, shown_as: Path | None = None) -> list[str]:
     new_index: dict[int, int] = {}
     for number, line in enumerate(_lines(wl_path), start=1):
         try:
-            workloads.append(ms.database.Workload.from_json(json.loads(line)))
-        except Exception as exc:  # json or TVM parse errors: the line is unusable either way
+            workloads.append(parse_workload(line))
+        except BadLine as exc:
             workloads.append(None)
-            problems.append(f"{shown / WORKLOADS}:{number}: unreadable workload dropped ({_reason(exc)})")
+            problems.append(f"{shown / WORKLOADS}:{number}: unreadable workload dropped: {exc}")
             rejected[wl_path].append(line)
             continue
         new_index[number - 1] = len(kept_workloads)
@@ -94,55 +109,51 @@ def repair(log_dir: Path, shown_as: Path | None = None) -> list[str]:
     kept_records: list[str] = []
     for number, line in enumerate(_lines(rec_path), start=1):
         try:
-            index, record = json.loads(line)
-            workload = workloads[index] if isinstance(index, int) and 0 <= index < len(workloads) else None
-            if workload is None:
-                raise ValueError(f"refers to missing workload {index}")
-            ms.database.TuningRecord.from_json(record, workload)
-        except Exception as exc:
-            problems.append(f"{shown / RECORDS}:{number}: unreadable tuning record dropped ({_reason(exc)})")
+            index, record = parse_record(line, workloads)
+        except BadLine as exc:
+            problems.append(f"{shown / RECORDS}:{number}: unreadable tuning record dropped: {exc}")
             rejected[rec_path].append(line)
             continue
         kept_records.append(json.dumps([new_index[index], record], separators=(",", ":")) if index != new_index[index] else line)
     if problems:
         for path, lines in rejected.items():
             if lines:
-                with open(path.with_name(path.name + ".rejected"), "a") as out:
-                    out.writelines(f"{line}\n" for line in lines)
+                safe_fs.append_lines(path.with_name(path.name + ".rejected"), lines)
         _write_atomic(wl_path, kept_workloads)
         _write_atomic(rec_path, kept_records)
     return problems
 
 
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1][:120]}" if text else type(exc).__name__
-
-
 def _write_atomic(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in lines))
-    os.replace(tmp, path)
+    safe_fs.write_atomic(path, "".join(f"{line}\n" for line in lines))
 
 
 def open_database(log_dir: Path) -> ms.database.JSONDatabase:
     """The folder's JSONDatabase for writing, after `repair` in place; the caller holds `locked(log_dir)`."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+    safe_fs.make_dir(log_dir)
     for problem in repair(log_dir):
         warnings.warn(problem, stacklevel=2)
+    _refuse_links(log_dir)  # TVM appends to these by name
     return _json_database(log_dir)
+
+
+def _refuse_links(log_dir: Path) -> None:
+    for name in (WORKLOADS, RECORDS, TASKS, LOCK, f"{WORKLOADS}.rejected", f"{RECORDS}.rejected"):
+        safe_fs.refuse_symlink(log_dir / name)
 
 
 def read_database(log_dir: Path) -> ms.database.JSONDatabase:
     """The folder's records for reading (compile): repaired on a private copy, so the folder is never changed
     and a `tune` writing it meanwhile is not disturbed."""
+    _refuse_links(log_dir)
     if not (log_dir / WORKLOADS).is_file():
         raise UserError(f"no tuning records in {log_dir} (expected {WORKLOADS} and {RECORDS})")
-    with tempfile.TemporaryDirectory(prefix="tvmquant-db-") as tmp:
-        copy = Path(tmp)
+    tempdirs.clean_stale()
+    with tempdirs.private_dir("db") as copy:
         for name in (WORKLOADS, RECORDS):
-            if (log_dir / name).is_file():
-                shutil.copyfile(log_dir / name, copy / name)
+            text = safe_fs.read_text(log_dir / name)
+            if text is not None:
+                (copy / name).write_text(text)
         for problem in repair(copy, shown_as=log_dir):
             warnings.warn(problem, stacklevel=2)
         return _json_database(copy)  # JSONDatabase reads everything at construction
@@ -173,7 +184,7 @@ def task_key(name: str, mod: tvm.IRModule) -> str:
 def load_task_state(log_dir: Path) -> dict[str, dict]:
     path = log_dir / TASKS
     try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
+        data = json.loads(safe_fs.read_text(path) or "{}")
         return {k: dict(v) for k, v in data.items()}
     except (ValueError, TypeError, AttributeError):
         warnings.warn(f"{path} is unreadable; untuned latencies will be measured again", stacklevel=2)
@@ -181,6 +192,4 @@ def load_task_state(log_dir: Path) -> dict[str, dict]:
 
 
 def save_task_state(log_dir: Path, state: dict[str, dict]) -> None:
-    tmp = log_dir / f".{TASKS}.tmp"
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
-    tmp.replace(log_dir / TASKS)
+    safe_fs.write_atomic(log_dir / TASKS, json.dumps(state, indent=1, sort_keys=True) + "\n")

@@ -56,16 +56,20 @@ class DeviceRun:
     where: str
 
 
+def open_module(spec: TargetSpec, artifact: Path, address: DeviceAddress) -> DeviceModule:
+    """The artifact loaded on the device `address` reaches (the adapter says which device that is)."""
+    session = address.session()
+    device = adapter_for(spec).device(session)
+    return DeviceModule.local(artifact, device) if session is None else DeviceModule.remote(session, artifact, device)
+
+
 def run_on_device(
     spec: TargetSpec, artifact: Path, inputs: np.ndarray, batch: int, address: DeviceAddress, repeat: int = 5
 ) -> DeviceRun:
     """Load the artifact on the device, run `inputs` in fixed batches, time one batch; one-line UserError on failure."""
     where = address.describe(spec)
-    adapter = adapter_for(spec)
     with device_errors(where):
-        session = address.session()
-        device = adapter.device(session)
-        module = DeviceModule.local(artifact, device) if session is None else DeviceModule.remote(session, artifact, device)
+        module = open_module(spec, artifact, address)
         outputs = run_batched(module, inputs, batch, f"running on {where}")
         latency = module.latency_ms(inputs[:batch], repeat=repeat)
     return DeviceRun(outputs, latency, where)

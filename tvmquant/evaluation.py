@@ -4,13 +4,16 @@ evaluation data (run through device_run, the path `run` and `deploy` use too). C
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .batching import run_batched
-from .compile import CompileResult
 from .device_run import DeviceAddress, run_on_device
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .compile import CompileResult
 
 
 @dataclass
@@ -24,13 +27,12 @@ class Evaluation:
     latency_ms: float | None = None
 
 
-def evaluate(result: CompileResult, address: DeviceAddress) -> Evaluation:
-    """Run the exported artifact itself (device_run.run_on_device): here for local targets, on the device if
-    one is reachable; a device that is not is a reason, not an error."""
+def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
+    """Run the exported artifact itself (device_run.run_on_device): here for local targets, on the RPC device
+    at `rpc_address` if one is reachable; a device that is not is a reason, not an error."""
     src, target = result.source, result.target
     fp32 = run_batched(src.fp32, src.eval_x, src.batch_size)
-    if target.runs == "local":
-        address = DeviceAddress()
+    address = DeviceAddress() if target.runs == "local" else DeviceAddress(rpc=rpc_address)
     reason = "no --rpc device given" if address.local and target.runs != "local" else address.unreachable()
     if reason is None:
         try:

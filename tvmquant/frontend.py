@@ -7,15 +7,14 @@ sides see: the FX graph as `get_attr` targets and Relax as parameter names via t
 
 from __future__ import annotations
 
-import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import fx
 
+from . import safe_load
 from .errors import UserError
 
 _CONV = torch.ops.aten.conv2d.default
@@ -36,31 +35,31 @@ class LayerInfo:
     unsupported: str | None = None
 
 
-def load_exported(path: str | Path) -> torch.export.ExportedProgram:
-    """Load a `.pt2` written by torch.export.save, with errors a user can act on."""
+def load_exported(path: str | Path, trust: bool = False) -> torch.export.ExportedProgram:
+    """Load a `.pt2` written by torch.export.save, with errors a user can act on; untrusted (the default)
+    archives are checked first so that they cannot run code (see `safe_load`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
     if not zipfile.is_zipfile(path):
         raise UserError(f"{path} is not a torch.export archive (.pt2 written by torch.export.save)")
     try:
-        return torch.export.load(path)
+        return safe_load.load_exported(path, trust)
+    except UserError:
+        raise
     except Exception as exc:  # torch raises many types for foreign or damaged archives
-        raise UserError(f"{path} is not a readable torch.export archive: {type(exc).__name__}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{path} is not a readable torch.export archive: {type(exc).__name__}: {first}") from exc
 
 
 def export_module(module: torch.nn.Module, input_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
     """torch.export a module for one float32 input of a fixed shape."""
-    fake_tensor_log = logging.getLogger("torch._subclasses.fake_tensor")
-    level = fake_tensor_log.level
-    fake_tensor_log.setLevel(logging.CRITICAL)  # it logs a full traceback before raising; we report one line
     try:
-        return torch.export.export(module.eval(), (torch.zeros(input_shape),))
+        with safe_load.quiet_loggers("torch._subclasses.fake_tensor"):
+            return torch.export.export(module.eval(), (torch.zeros(input_shape),))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"torch.export failed for input shape {tuple(input_shape)}: {first}") from exc
-    finally:
-        fake_tensor_log.setLevel(level)
 
 
 def input_shape_of(ep: torch.export.ExportedProgram, override: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -218,13 +217,3 @@ def _unsupported_op(exc: Exception) -> str:
     if marker in text:
         return "unsupported operator(s) " + text[text.index(marker) + len(marker):].strip(" :")
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def as_numpy_input(batch: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
-    """Check that calibration/eval data matches the model input (ignoring batch size) and make it float32."""
-    if batch.ndim != len(input_shape) or tuple(batch.shape[1:]) != tuple(input_shape[1:]):
-        raise UserError(
-            f"data of shape {tuple(batch.shape)} does not fit the model input {tuple(input_shape)} "
-            f"(expected (N, {', '.join(map(str, input_shape[1:]))}))"
-        )
-    return np.ascontiguousarray(batch, dtype=np.float32)

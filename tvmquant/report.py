@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .compile import CompileResult, weight_bytes
+from .compile import CompileResult, Evaluation, weight_bytes
+from .sizes import code_bytes, ratio_text, size_note
+from .outputs import sidecar_paths
 
 if TYPE_CHECKING:
-    from .evaluation import Evaluation
     from .tune import TaskResult
 
 
@@ -57,28 +58,43 @@ def _kb(n: int) -> str:
 
 
 def print_compile_summary(result: CompileResult, ev: Evaluation, rpc_address: str | None) -> None:
-    """Layers and kernels, weight sizes, accuracy of fp32 / reference / compiled, and where the artifact is."""
+    """Layers and kernels, weight sizes, accuracy of fp32 / reference / compiled (`ev`, from
+    evaluation.evaluate: this only prints), and where the artifact is."""
     src, cfg, scheme = result.source, result.config, result.scheme
     first_last = "fp32" if cfg.first_last_bits is None else f"W{cfg.first_last_bits}A{cfg.first_last_bits}"
     print(f"\n{src.name} -> {result.target.name}: {cfg.method} W{cfg.wbits}A{cfg.abits} (first/last layer: {first_last})")
     if src.folded_bn:
         print(f"BatchNorm folded into: {', '.join(src.folded_bn)}")
+    for note in src.notes:
+        print(f"note: {note}")
     sizes = {name: (fp32, packed) for name, fp32, packed in weight_bytes(result)}
-    print(f"\n  {'layer':<14}{'op':<8}{'weight':<16}{'quantized as':<18}{'kernel':<12}{'fp32':>11}{'deployed':>11}")
+    width = max([len("layer"), *(len(info.name) for info in src.layers)]) + 2
+    print(f"\n  {'layer':<{width}}{'op':<8}{'weight':<16}{'quantized as':<18}{'kernel':<12}{'fp32':>11}{'codes':>11}"
+          f"{'deployed':>11}")
+    size_notes = []
     for info in src.layers:
         layer = scheme.layers.get(info.name)
-        shape = "x".join(map(str, src.gm.get_parameter(info.weight).shape))
+        weight_shape = tuple(src.gm.get_parameter(info.weight).shape)
+        shape = "x".join(map(str, weight_shape))
         if layer is None:
-            print(f"  {info.name:<14}{info.op:<8}{shape:<16}{'float32':<18}{'tvm':<12}   ({scheme.kept_float[info.name]})")
+            print(f"  {info.name:<{width}}{info.op:<8}{shape:<16}{'float32':<18}{'tvm':<12}   ({scheme.kept_float[info.name]})")
             continue
         fp32, packed = sizes[info.name]
         kernel = result.kernels.get(info.name, "?")
-        print(f"  {info.name:<14}{info.op:<8}{shape:<16}{layer.describe():<18}{kernel:<12}{_kb(fp32):>11}{_kb(packed):>11}")
+        codes = code_bytes(fp32 // 4, layer.weight.bits)
+        print(f"  {info.name:<{width}}{info.op:<8}{shape:<16}{layer.describe():<18}{kernel:<12}{_kb(fp32):>11}"
+              f"{_kb(codes):>11}{_kb(packed):>11}")
+        note = size_note(info.name, kernel, info.op, weight_shape, layer.weight.bits, fp32, packed)
+        if note:
+            size_notes.append(note)
     total_fp32 = sum(f for f, _ in sizes.values())
     total_packed = sum(p for _, p in sizes.values())
     if total_packed:
-        print(f"  {'quantized weights total':<68}{_kb(total_fp32):>11}{_kb(total_packed):>11}"
-              f"  ({total_fp32 / total_packed:.1f}x smaller)")
+        print(f"  {'quantized weights total':<{width + 54}}{_kb(total_fp32):>11}{'':>11}{_kb(total_packed):>11}"
+              f"  ({ratio_text(total_fp32, total_packed)})")
+    print("  (codes: bits x weights; deployed: the kernel's constants in the artifact, packed codes and per-channel data)")
+    for note in size_notes:
+        print(f"  note: {note}")
 
     for name, note in result.lowered.notes.items():
         print(f"  note: {name} runs on {result.kernels[name]} ({note})")
@@ -101,9 +117,9 @@ def print_compile_summary(result: CompileResult, ev: Evaluation, rpc_address: st
               f" ({c.max_rel_diff:.2g} relative)")
         print(f"  latency: {ev.latency_ms:.3f} ms per batch of {src.batch_size} (TVM time evaluator, median)")
     size = result.artifact.stat().st_size
+    meta, data = sidecar_paths(result.artifact)
     print(f"\nartifact: {result.artifact} ({size / 1024:.0f} KB, weights inside, linked with {result.linked_with}; "
-          f"metadata and check data in "
-          f"{result.artifact.with_suffix('.json').name}, {result.artifact.with_suffix('.npz').name})")
+          f"metadata and check data in {meta.name}, {data.name})")
     if result.target.runs == "rpc":
         print(f"run it:   python -m tvmquant run --target {result.target.name} --rpc {rpc_address or 'HOST:PORT'} {result.artifact}")
 

@@ -1,16 +1,16 @@
-"""Where a model comes from: the built-in digits CNN, a torch.export archive or an nn.Module, with the data
-to calibrate, evaluate and (QAT) train on."""
+"""Where a model comes from: the built-in digits CNN, a torch.export archive, an ONNX file or an nn.Module, with
+the data to calibrate, evaluate and (QAT) train on."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import fx
 
-from . import frontend
+from . import frontend, validate
 from .errors import UserError
 from .frontend import LayerInfo
 
@@ -30,24 +30,19 @@ class ModelSource:
     eval_x: np.ndarray
     eval_y: np.ndarray | None
     eval_label: str
+    notes: list[str] = field(default_factory=list)  # what the loader changed, for the summary
 
     @property
     def batch_size(self) -> int:
         return self.input_shape[0]
 
     def fp32(self, x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.gm(torch.from_numpy(x)).numpy()
+        return _run(self.gm, x)
 
 
-def load_array(path: str | Path, what: str) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} file not found: {path}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise UserError(f"{what} file {path} is not a readable .npy array: {exc}") from exc
+def _run(gm: fx.GraphModule, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return gm(torch.from_numpy(x)).numpy()
 
 
 def load_source(
@@ -56,9 +51,11 @@ def load_source(
     calib: np.ndarray | None = None,
     eval_x: np.ndarray | None = None,
     eval_y: np.ndarray | None = None,
+    trust_model: bool = False,
 ) -> ModelSource:
-    """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data."""
-    eval_label = "the evaluation data"
+    """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data; a .pt2 is
+    loaded as untrusted unless `trust_model` (see safe_load)."""
+    eval_label, notes = "the evaluation data", []
     if model is None:
         from .models import digits
 
@@ -73,22 +70,28 @@ def load_source(
         if input_shape is None:
             raise UserError("input_shape is required for an nn.Module")
         name, ep = type(model).__name__, frontend.export_module(model, input_shape)
+    elif Path(model).suffix.lower() == ".onnx":
+        from .onnx_import import load_onnx
+
+        onnx_model = load_onnx(model, input_shape)
+        name, notes = Path(model).stem, onnx_model.notes
+        ep = frontend.export_module(onnx_model.module, onnx_model.input_shape)
     else:
-        name, ep = Path(model).stem, frontend.load_exported(model)
+        name, ep = Path(model).stem, frontend.load_exported(model, trust_model)
     input_shape = frontend.input_shape_of(ep, input_shape)
     if calib is None:
         raise UserError(f"model '{name}' needs calibration data: pass --calib FILE.npy of shape (N, {_dims(input_shape)})")
-    calib = frontend.as_numpy_input(calib, input_shape)
+    calib = validate.model_input(calib, input_shape, "calibration data")
     if eval_x is None:
         eval_x, eval_label = calib, f"{len(calib)} calibration samples (no --eval-data given)"
-    eval_x = frontend.as_numpy_input(eval_x, input_shape)
-    if eval_y is not None and len(eval_y) != len(eval_x):
-        raise UserError(f"{len(eval_y)} labels for {len(eval_x)} evaluation samples")
+    eval_x = validate.model_input(eval_x, input_shape, "evaluation data")
     gm, folded = frontend.prepare(ep, input_shape)
+    if eval_y is not None:
+        eval_y = validate.labels(eval_y, len(eval_x), validate.classes_of(_run(gm, eval_x[:1])), "evaluation labels")
     layers = frontend.find_layers(gm)
     if not layers:
         raise UserError(f"model '{name}' has no conv2d or linear layer with parameter weights to quantize")
-    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label)
+    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label, notes)
 
 
 def _dims(shape: tuple[int, ...]) -> str:
@@ -114,7 +117,5 @@ def load_train_data(path: str | Path, input_shape: tuple[int, ...]) -> tuple[np.
             x, y = data["x"], data["y"]
     except Exception as exc:
         raise UserError(f"{path} is not a .npz with arrays 'x' and 'y': {exc}") from exc
-    x = frontend.as_numpy_input(x, input_shape)
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-        raise UserError(f"{path}: 'y' must be {len(x)} integer labels, got shape {y.shape} dtype {y.dtype}")
-    return x, y.astype(np.int64)
+    x = validate.model_input(x, input_shape, f"training data {path} 'x'")
+    return x, validate.labels(y, len(x), None, f"training data {path} 'y'")

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx
-from tqdm import tqdm
 
+from .console import progress
 from .errors import UserError
 from .frontend import LayerInfo
 from .qat import FLOAT, NOISE, Trainer, fake_quant, make_trainer
@@ -92,7 +92,7 @@ def train_quantized(
     forward = QuantForward(gm, names, acts, trainer)
     optimizer = torch.optim.Adam(list(gm.parameters()) + trainer.parameters(), lr=config.lr)
     order = np.array([], dtype=np.int64)
-    with tqdm(total=total, desc=f"QAT {method}", unit="step") as bar:
+    with progress(total=total, desc=f"QAT {method}", unit="step") as bar:
         for step in range(total):
             trainer.start_step(step / total)
             if len(order) < micro * batch:

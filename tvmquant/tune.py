@@ -14,19 +14,19 @@ import sys
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
 import tvm
 import tvm_ffi
-from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from . import _ms_workers, pipeline
+from . import _ms_workers, pipeline, tempdirs
 from .adapters import adapter_for
+from .console import metaschedule_log, quiet_metaschedule_console
+from .console import progress as progress_bar
 from .database import load_task_state, locked, open_database, save_task_state, task_key
 from .kernels.family import FAMILY_ATTR
 from .kernels.registry import FAMILIES
@@ -141,7 +141,7 @@ def measure_untuned(
 class _Progress(ms.measure_callback.PyMeasureCallback):
     """Advances a tqdm bar per measured candidate and counts failures."""
 
-    def __init__(self, bar: tqdm):
+    def __init__(self, bar):  # a console.progress bar
         self.bar = bar
         self.failed = 0
         self.measured = 0
@@ -162,7 +162,8 @@ def tune(
     tasks = extract_tasks(source, request, target, options.kernel)
     builder = adapter_for(target).builder(target, options.timeout)
     runner = make_runner(options.tracker, options.timeout, options.workers)
-    with locked(log_dir):
+    tempdirs.clean_stale()
+    with tempdirs.exit_cleanly_on_termination(), locked(log_dir):
         database = open_database(log_dir)
         state = load_task_state(log_dir)
         keys = [task_key(task.task_name, task.dispatched[0]) for task in tasks]
@@ -176,7 +177,7 @@ def tune(
         had = [sum(1 for r in _records(database, task.dispatched[0]) if _seconds(r) is not None) for task in tasks]
         todo = [i for i in range(len(tasks)) if had[i] < trials and not state.get(keys[i], {}).get("exhausted")]
         results = []
-        with tempfile.TemporaryDirectory(prefix="tvmquant-tune-") as work_dir, tqdm(
+        with tempdirs.private_dir("tune") as work_dir, progress_bar(
             total=sum(trials - had[i] for i in todo), unit="trial", desc=f"tuning {target.name}",
             disable=not progress,
         ) as bar:
@@ -184,9 +185,11 @@ def tune(
             for i in todo:
                 bar.set_description(f"tuning {tasks[i].task_name}")
                 callback = _Progress(bar)
-                _tune_one(tasks[i], trials - had[i], target, work_dir, builder, runner, database, callback)
+                _tune_one(tasks[i], trials - had[i], target, str(work_dir), builder, runner, database, callback,
+                          log_dir / "metaschedule.log")
                 counts[i] = (callback.measured, callback.failed)
                 if callback.measured < trials - had[i]:  # the search found no new candidates to try
+                    bar.update(trials - had[i] - callback.measured)  # those trials will never come: count them done
                     state.setdefault(keys[i], {})["exhausted"] = True
                     save_task_state(log_dir, state)
         for i, task in enumerate(tasks):
@@ -214,10 +217,16 @@ def _without_tensor_intrin() -> Iterator[None]:
         sys.modules.pop(name, None)
 
 
-def _tune_one(task, remaining, target, work_dir, builder, runner, database, callback) -> None:
+def _tune_one(task, remaining, target, work_dir, builder, runner, database, callback, log_file) -> None:
+    quiet_metaschedule_console()
     with _without_tensor_intrin():
         space = adapter_for(target).tuning_space()
         contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts([task], work_dir, space=space)
+    with metaschedule_log(log_file):
+        _tune_contexts(contexts, remaining, work_dir, builder, runner, database, callback)
+
+
+def _tune_contexts(contexts, remaining, work_dir, builder, runner, database, callback) -> None:
     ms.tune.tune_tasks(
         tasks=contexts, task_weights=[1.0], work_dir=work_dir,
         max_trials_global=remaining, max_trials_per_task=remaining, num_trials_per_iter=min(remaining, 16),
