@@ -28,10 +28,12 @@ def test_dequant_conv_matches_reference(shape, abits, terms, host_target):
     scale = rng.uniform(0.05, 0.5, cfg.out_channels).astype(np.float32)
     zp, act_scale = int(rng.integers(0, 1 << abits)), float(rng.uniform(0.05, 0.5))
     inv = float(np.float32(1.0 / act_scale))
-    lib = tvm.compile(tvm.IRModule({"main": dequant.build_primfunc(cfg, inv, zp)}), host_target.tvm_target)
+    func = dequant.schedule(dequant.build_primfunc(cfg), host_target.tvm_target)
+    lib = tvm.compile(tvm.IRModule({"main": func}), host_target.tvm_target)
     oh, ow = cfg.out_hw
     out = tvm.runtime.tensor(np.zeros((cfg.batch, cfg.out_channels, oh, ow), np.float32))
-    args = [tvm.runtime.tensor(a) for a in (x, matrices, combine, scale)]
+    act = [np.array([inv], np.float32), np.array([zp], np.int32)]
+    args = [tvm.runtime.tensor(a) for a in (x, *act, matrices, combine, scale)]
     lib(*args, out)
     want = dequant.reference(x, matrices, combine, scale, cfg, inv, zp)
     np.testing.assert_array_equal(out.numpy(), want)
