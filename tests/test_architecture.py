@@ -9,6 +9,7 @@ import tvm_ffi
 from tvm.target import Target
 
 from tvmquant import pipeline
+from tvmquant.adapters import for_target
 from tvmquant.cli import main
 from tvmquant.errors import UserError
 from tvmquant.kernels import bitserial, registry
@@ -17,14 +18,16 @@ from tvmquant.passes.lower_quantized import Lowered
 from tvmquant.pipeline import QuantRequest
 from tvmquant.quantize import QuantConfig
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
+from tvmquant.target import load_target
 
 from models_for_tests import awkward_source
 
-CUDA = Target("cuda")  # no CUDA adapter or rules yet: what every family must say about it
+CUDA = Target("cuda")  # no family has a CUDA rule of its own: the CUDA adapter brings them (cuda/rules/)
 
 
-def _uniform_layer() -> LayerScheme:
-    weight = WeightQuant(WeightKind.UNIFORM, 2, np.ones((4, 3, 3, 3)), scale=np.ones(4), zero_point=np.full(4, 1.5))
+def _uniform_layer(channels: int = 3) -> LayerScheme:
+    """W2A2; with many channels auto's cost rule keeps it bit-serial (with 3, int8 is cheaper)."""
+    weight = WeightQuant(WeightKind.UNIFORM, 2, np.ones((4, channels, 3, 3)), scale=np.ones(4), zero_point=np.full(4, 1.5))
     return LayerScheme("conv", "conv2d", weight, ActQuant(2, 0.5, 1), (1, 1), (1, 1))
 
 
@@ -43,10 +46,23 @@ def test_every_family_meets_the_protocol_and_rules_decline_what_they_do_not_sche
 
 
 def test_family_without_a_rule_for_the_target_falls_back_with_a_reason(host_target):
-    family, note = registry.choose(_uniform_layer(), CUDA)
+    family, note = registry.choose(_uniform_layer(64), CUDA)  # the families' own rules only
     assert family.name == "dequant"
     assert note.startswith("bitserial: no schedule rule for target keys") and "generic schedule" in note
-    assert registry.choose(_uniform_layer(), host_target.tvm_target) == (bitserial.FAMILY, None)
+    assert registry.choose(_uniform_layer(64), host_target.tvm_target) == (bitserial.FAMILY, None)
+    assert registry.choose(_uniform_layer(3), host_target.tvm_target)[0].name == "int8"  # auto's cost rule
+
+
+def test_the_target_adapter_brings_rules_for_the_families():
+    """CUDA's rule table: every family (cuda/rules/ where one exists, dlight's generic rules otherwise), so a
+    CUDA build keeps auto's choice; the CPU adapter brings none (the families' own "cpu" schedules)."""
+    cuda = load_target("cuda")
+    table = pipeline.rules(cuda)
+    assert set(table) == set(registry.FAMILIES)
+    assert registry.choose(_uniform_layer(64), cuda.tvm_target, rules=table) == (bitserial.FAMILY, None)
+    assert for_target(cuda).family_rules(cuda.tvm_target)["bitserial"] is table["bitserial"]
+    assert for_target(load_target("x86")).family_rules(load_target("x86").tvm_target) == {}
+    assert [for_target(load_target(n)).key for n in ("x86", "arm_cpu", "cuda", "vta")] == ["cpu", "cpu", "cuda", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +79,8 @@ def test_lowering_decisions_travel_in_the_module(awkward, host_target):
     quantized = pipeline.quantize(awkward, QuantRequest(QuantConfig(2, 2, 8)))
     mod = pipeline.relax_module(awkward, quantized, host_target, kernel="lut")  # lut cannot run uniform layers
     lowered = Lowered.from_module(mod)
-    assert set(lowered.kernels) == set(quantized.scheme.layers) and set(lowered.kernels.values()) == {"bitserial"}
+    auto = {n: registry.choose(layer, host_target.tvm_target)[0].name for n, layer in quantized.scheme.layers.items()}
+    assert lowered.kernels == auto and set(lowered.kernels) == set(quantized.scheme.layers)
     assert all(note.startswith("lut: uniform weights") for note in lowered.notes.values()) and lowered.notes
     for layer, func in _kernels(mod).items():
         assert str(func.attrs[FAMILY_ATTR]) == lowered.kernels[layer]
@@ -87,14 +104,14 @@ def test_tuning_workloads_do_not_depend_on_calibration(awkward, host_target):
 
 
 def test_method_options_reach_the_quantizer(awkward):
-    gaussian = pipeline.quantize(awkward, QuantRequest(QuantConfig(2, 8, 8, method="uniq")))
+    gaussian = pipeline.quantize(awkward, QuantRequest(QuantConfig(2, 8, 8, method="uniq", options=(("fit", "gaussian"),))))
     empirical = pipeline.quantize(awkward, QuantRequest(QuantConfig(2, 8, 8, method="uniq", options=(("fit", "empirical"),))))
     name = next(n for n, layer in gaussian.scheme.layers.items() if layer.weight.bits == 2)
     assert not np.array_equal(gaussian.scheme.layers[name].weight.levels, empirical.scheme.layers[name].weight.levels)
 
 
 @pytest.mark.parametrize("opt,message", [
-    ("fit=student", "option fit must be one of gaussian, empirical"),
+    ("fit=student", "option fit must be one of auto, gaussian, empirical"),
     ("temperature=3", "has no option temperature (its options: fit)"),
     ("fit", "expects KEY=VALUE"),
 ])

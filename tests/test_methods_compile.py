@@ -33,8 +33,7 @@ def test_every_method_compiles_and_matches_reference(method, source, tmp_path, h
     kinds = {layer.weight.kind.value for layer in result.scheme.layers.values()}
     assert kinds <= KINDS[method] and kinds & KINDS[method]
     for name, layer in result.scheme.layers.items():
-        with host_target.tvm_target:  # UNIFORM and POW2: auto's cost rule (int8 or bitserial / shift)
-            rule = registry.choose(layer)[0].FAMILY
+        rule = registry.choose(layer, host_target.tvm_target)[0].name  # UNIFORM, POW2: auto's cost rule
         want = {"uniform": rule, "pow2": rule, "multipoint": "multipoint",
                 "codebook": "lut" if layer.weight.bits <= 4 else "dequant"}[layer.weight.kind.value]
         assert result.kernels[name] == want
