@@ -17,6 +17,7 @@ Target-kind specifics come from the target's adapter (adapters/), kernel specifi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 import tvm
 from torch import fx
 from tvm import relax
+from tvm.s_tir.dlight import ScheduleRule
 
 from . import frontend
 from .adapters import for_target
@@ -100,14 +102,17 @@ def quantize(source: ModelSource, request: QuantRequest) -> Quantized:
     return Quantized(scheme, gm)
 
 
-def rules(spec: TargetSpec) -> dict:
+def rules(spec: TargetSpec) -> dict[str, ScheduleRule]:
     """The target's rule table: family name -> its default schedule rule there (family.rule_table)."""
     target = spec.tvm_target
     return rule_table(FAMILIES.values(), target, for_target(spec).family_rules(target))
 
 
+Prepare = Callable[[tvm.IRModule, dict[str, str]], tvm.IRModule]
+
+
 def relax_module(
-    source: ModelSource, quantized: Quantized, spec: TargetSpec, kernel: str = "auto", prepare=None,
+    source: ModelSource, quantized: Quantized, spec: TargetSpec, kernel: str = "auto", prepare: Prepare | None = None,
 ) -> tvm.IRModule:
     """The Relax module with quantized layers as kernel calls and every remaining weight bound as a constant.
     `prepare(mod, param_fqn)`: a rewrite of the imported module before the quantized layers are lowered (the
@@ -179,7 +184,7 @@ def tuning_module(source: ModelSource, quantized: Quantized, spec: TargetSpec, k
 
 def build(
     source: ModelSource, quantized: Quantized, spec: TargetSpec, options: BuildOptions = BuildOptions(),
-    prepare=None,
+    prepare: Prepare | None = None,
 ) -> BuildResult:
     """relax_module -> legalize -> apply_records -> default_schedules -> finalize (`prepare`: see relax_module)."""
     mod = relax_module(source, quantized, spec, options.kernel, prepare)

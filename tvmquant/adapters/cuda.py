@@ -14,6 +14,7 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
+from ..kernels.family import FAMILY_ATTR
 from .cpu import CpuAdapter
 
 if TYPE_CHECKING:
@@ -31,8 +32,6 @@ class GenericKernelRule(ScheduleRule):
         self.family, self.rules = family, list(rules)
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> Schedule | None:
-        from ..kernels.family import FAMILY_ATTR
-
         if not isinstance(func, tirx.PrimFunc) or func.attrs is None or func.attrs.get(FAMILY_ATTR) != self.family:
             return None
         return next((sch for rule in self.rules if (sch := rule.apply(func, target, tunable)) is not None), None)
