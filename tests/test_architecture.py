@@ -127,3 +127,12 @@ def test_multipoint_options_are_checked():
         QuantConfig(2, 2, 8, method="multipoint", options=(("max_points", "0"),))
     assert QuantConfig(2, 2, 8, method="multipoint", options=(("max_points", "2"),)).method_options() == {
         "budget": 0.1, "max_points": 2}
+
+
+def test_default_schedules_leave_the_module_they_read_unscheduled(awkward, host_target):
+    """tune measures each task's default schedule and then tunes the same task module: scheduling it in
+    place would leave MetaSchedule nothing to search (no candidates, no records)."""
+    mod = pipeline.tuning_module(awkward, pipeline.quantize(awkward, QuantRequest(QuantConfig(2, 2, 8))), host_target)
+    scheduled = pipeline.default_schedules(mod, host_target)
+    assert all(f.attrs.get("tirx.is_scheduled", False) for f in _kernels(scheduled).values())
+    assert not any(f.attrs.get("tirx.is_scheduled", False) for f in _kernels(mod).values())

@@ -40,6 +40,9 @@ class ApplyDefaultSchedule:
                 if sch is not None:
                     updates[gv] = sch.mod["main"].with_attr(SCHEDULED, True)
                     break
+        if not updates:
+            return mod
+        mod = mod.clone()  # never the caller's module: a task's module stays unscheduled for MetaSchedule
         for gv, func in updates.items():
             mod[gv] = func
         return mod
