@@ -40,8 +40,9 @@ def main() -> int:
     import torch
 
     from tvmquant.bench_cmd import bench, print_bench
-    from tvmquant.compile import compile_model, load_source
+    from tvmquant.compile import compile_model
     from tvmquant.quantize import QuantConfig
+    from tvmquant.source import load_source
     from tvmquant.target import load_target
 
     torch.set_num_threads(args.threads)

@@ -61,13 +61,12 @@ def main() -> int:
                         help="time every function of the compiled model (VM instrument hook, as `run --profile`)")
     args = parser.parse_args()
 
-    from tvmquant import frontend
+    from tvmquant import pipeline
     from tvmquant.batching import run_batched
-    from tvmquant.build import build
-    from tvmquant.compile import load_source
     from tvmquant.quantize import QuantConfig, quantize_model
     from tvmquant.reference import ReferenceModel
     from tvmquant.rpc import DeviceModule
+    from tvmquant.source import load_source
     from tvmquant.target import load_target
 
     stages: list[tuple[str, float]] = []
@@ -84,19 +83,18 @@ def main() -> int:
     t = stage("export + fold BatchNorm", t)
     scheme = quantize_model(source.gm, source.layers, source.calib, QuantConfig(args.bits, args.bits), 1)
     t = stage("quantize (calibrate + weights)", t)
-    mod, params, fqn = frontend.to_relax(source.gm, shape)
-    t = stage("to Relax", t)
     target = load_target("x86")
+    quantized = pipeline.Quantized(scheme, source.gm)
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
-    built = build(mod, params, fqn, source.layers, scheme, target)
+    built = pipeline.build(source, quantized, target)
     if profiler:
         profiler.disable()
-    t = stage("build (lower + tvm.compile)", t)
+    t = stage("build (to Relax, lower, tvm.compile)", t)
     with tempfile.TemporaryDirectory() as folder:
         artifact = Path(folder) / "model.so"
-        target.export(built.executable, artifact)
+        pipeline.export(built.executable, target, artifact)
         t = stage("export library (link)", t)
         total = sum(s for _, s in stages)
         families = sorted(set(built.lowered.kernels.values()))

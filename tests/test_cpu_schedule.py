@@ -1,6 +1,6 @@
 """No unscheduled fp32 op: after a CPU build's fusion every PrimFunc has a schedule (our kernels their family's,
-the rest dlight's CPU rules or cpu_schedule.ParallelVectorize), which runs threads and vector lanes, and the
-scheduled ops compute what TVM's unscheduled lowering computes."""
+the rest the CPU adapter's generic rules: dlight's CPU rules or cpu_schedule.ParallelVectorize), which runs
+threads and vector lanes, and the scheduled ops compute what the model does."""
 
 import sys
 from pathlib import Path
@@ -12,11 +12,10 @@ import torch.nn.functional as F
 import tvm
 from tvm import relax
 
-from tvmquant import frontend
-from tvmquant.build import legalize, lower, schedule_kernels
-from tvmquant.compile import load_source
-from tvmquant.cpu_schedule import schedule_remaining
+from tvmquant import cpu_schedule, frontend, pipeline
+from tvmquant.passes.default_schedule import ApplyDefaultSchedule
 from tvmquant.quantize import QuantConfig, quantize_model
+from tvmquant.source import load_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from depthwise_models import mobilenet_v2  # noqa: E402
@@ -32,14 +31,12 @@ def test_every_function_of_a_depthwise_model_is_scheduled(host_target):
     scheme = quantize_model(source.gm, source.layers, source.calib, QuantConfig(4, 4), 1)
     for name in list(scheme.layers)[-2:]:  # unquantized layers (a 1x1 conv, the classifier) stay fp32 ops
         del scheme.layers[name]
-    mod, params, fqn = frontend.to_relax(source.gm, source.input_shape)
-    target = host_target.tvm_target
-    with target:
-        mod, _ = lower(mod, params, fqn, source.layers, scheme, tunable=True)
-        mod = schedule_kernels(legalize(mod, target))
-    before = [name for name, f in _prims(mod).items() if not f.attrs.get("tirx.is_scheduled", False)]
+    mod = pipeline.legalize(pipeline.relax_module(source, pipeline.Quantized(scheme, source.gm), host_target),
+                            host_target)
+    kernels_only = ApplyDefaultSchedule(host_target.tvm_target, pipeline.rules(host_target).values())(mod)
+    before = [name for name, f in _prims(kernels_only).items() if not f.attrs.get("tirx.is_scheduled", False)]
     assert any("conv2d" in n for n in before) and "mean" in before and any("clip" in n for n in before)
-    scheduled = _prims(schedule_remaining(mod, target))
+    scheduled = _prims(pipeline.default_schedules(mod, host_target))
     assert [n for n, f in scheduled.items() if not f.attrs.get("tirx.is_scheduled", False)] == []
     for name in before:
         text = scheduled[name].script()
@@ -65,7 +62,7 @@ def _float_module(host_target):
     gm, _ = frontend.prepare(ep, (1, 8, 17, 17))
     mod, params, _ = frontend.to_relax(gm, (1, 8, 17, 17))
     mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(v) for k, v in params.items()})(mod)
-    return model, legalize(mod, host_target.tvm_target)
+    return model, pipeline.legalize(mod, host_target)
 
 
 @pytest.mark.parametrize("schedule", [True, False], ids=["scheduled", "unscheduled"])
@@ -73,14 +70,10 @@ def test_scheduled_fp32_ops_compute_what_the_model_does(schedule, host_target):
     """The scheduled build agrees with PyTorch as closely as TVM's naive lowering does (float reductions may be
     reordered, so not bit for bit); the unscheduled variant shows the bound is not vacuous."""
     model, mod = _float_module(host_target)
-    target = host_target.tvm_target
     if schedule:
-        mod = schedule_remaining(mod, target)
+        mod = ApplyDefaultSchedule(host_target.tvm_target, cpu_schedule.rules())(mod)
         assert all(f.attrs.get("tirx.is_scheduled", False) for f in _prims(mod).values())
-    from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
-
-    rest = tvm.transform.Sequential(cpu_pipeline.dataflow_lower_passes(target) + cpu_pipeline.finalize_passes(target))
-    vm = relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline=rest), tvm.cpu())
+    vm = relax.VirtualMachine(pipeline.finalize(mod, host_target), tvm.cpu())
     x = np.random.default_rng(0).standard_normal((1, 8, 17, 17)).astype(np.float32)
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     with torch.no_grad():

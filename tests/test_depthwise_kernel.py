@@ -12,17 +12,17 @@ import pytest
 import torch
 import tvm
 
-from tvmquant.batching import run_batched
-from tvmquant.compile import compile_model, load_source
+from tvmquant.compile import compile_model
 from tvmquant.kernels import depthwise, dequant, registry
-from tvmquant.kernels.family import layer_geometry
+from tvmquant.kernels.family import layer_geometry, scheduled
 from tvmquant.quantize import QuantConfig
 from tvmquant.reference import quantized_layer
-from tvmquant.rpc import DeviceModule, connect
+from tvmquant.rpc import connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
+from tvmquant.source import load_source
 from tvmquant.target import load_target
 
-from models_for_tests import run_kernel
+from models_for_tests import run_compiled, run_kernel
 from test_arm_device import arm_device  # noqa: F401  (the shared emulated-device fixture)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -68,8 +68,7 @@ def _input(shape, seed):
 
 def _run(family, layer, x, target, session=None, folder=None):
     geometry = layer_geometry(layer, x.shape)
-    with target.tvm_target:
-        call = family.instantiate(layer, geometry)
+    call = scheduled(family.FAMILY, layer, geometry, target.tvm_target)
     lib = tvm.compile(tvm.IRModule({"main": call.prim}), target.tvm_target)
     return call, run_kernel(call, x, geometry, target, lib, session, folder)
 
@@ -125,30 +124,29 @@ def test_dequant_fallback_runs_grouped_codebook_layers_exactly(index, host_targe
     shape = SHAPES[index]
     layer = _layer(shape, "codebook", 2, 3, None, index)
     assert "more than one integer matrix" in depthwise.supports(layer)
-    assert registry.choose(layer)[0] is dequant
+    assert registry.choose(layer, host_target.tvm_target)[0] is dequant.FAMILY
     x = _input(shape, index)
     _, got = _run(dequant, layer, x, host_target)
     np.testing.assert_array_equal(got, _torch_reference(layer, x))
 
 
-def test_auto_sends_grouped_convs_to_depthwise_and_says_why():
+def test_auto_sends_grouped_convs_to_depthwise_and_says_why(host_target):
+    x86 = host_target.tvm_target
     dw = _layer(SHAPES[0], *BITS[0], 0)
-    family, note = registry.choose(dw)
-    assert family is depthwise and "groups=8 (depthwise)" in note
-    family, note = registry.choose(_layer(SHAPES[4], *BITS[0], 0))
-    assert family is depthwise and "3 channels per group" in note
-    family, note = registry.choose(dw, "bitserial")  # asked for a family without a grouped form
-    assert family is depthwise and note == "bitserial: grouped convolution (groups=8)"
+    family, note = registry.choose(dw, x86)
+    assert family is depthwise.FAMILY and "groups=8 (depthwise)" in note
+    family, note = registry.choose(_layer(SHAPES[4], *BITS[0], 0), x86)
+    assert family is depthwise.FAMILY and "3 channels per group" in note
+    family, note = registry.choose(dw, x86, "bitserial")  # asked for a family without a grouped form
+    assert family is depthwise.FAMILY and note.startswith("bitserial: grouped convolution (groups=8)")
     dense = dataclasses.replace(dw, groups=1, weight=dataclasses.replace(dw.weight, codes=np.zeros((8, 8, 3, 3))))
-    with load_target("x86").tvm_target:
-        assert registry.choose(dense, "depthwise")[0] is not depthwise
+    assert registry.choose(dense, x86, "depthwise")[0] is not depthwise.FAMILY
 
 
 def test_weights_take_the_narrowest_dtype():
-    assert depthwise.instantiate(_layer(SHAPES[0], *BITS[0], 0), layer_geometry(_layer(SHAPES[0], *BITS[0], 0),
-                                 SHAPES[0][:4]), scheduled=False).consts[0].dtype == np.int8
-    wide = _layer(SHAPES[0], *BITS[2], 0)
-    assert depthwise.instantiate(wide, layer_geometry(wide, SHAPES[0][:4]), scheduled=False).consts[0].dtype == np.int16
+    for bits, dtype in ((BITS[0], np.int8), (BITS[2], np.int16)):
+        layer = _layer(SHAPES[0], *bits, 0)
+        assert depthwise.compute(layer, layer_geometry(layer, SHAPES[0][:4])).weights[0].dtype == dtype
 
 
 @pytest.mark.parametrize("target,vector_mac", [("x86", ("vpmulld", "vpmaddwd")), ("arm_cpu", ("mla\tv", "mul\tv"))])
@@ -156,8 +154,7 @@ def test_inner_loop_is_vectorised(target, vector_mac):
     """Vector multiplies of int32 lanes (AVX-512 / NEON .4s) in the generated assembly, not scalar MACs."""
     spec = load_target(target)
     layer = _layer(SHAPES[0], *BITS[0], 0)
-    with spec.tvm_target:
-        call = depthwise.instantiate(layer, layer_geometry(layer, SHAPES[0][:4]))
+    call = scheduled(depthwise.FAMILY, layer, layer_geometry(layer, SHAPES[0][:4]), spec.tvm_target)
     asm = tvm.compile(tvm.IRModule({"main": call.prim}), spec.tvm_target).mod.inspect_source("asm")
     assert any(op in asm for op in vector_mac)
 
@@ -170,7 +167,7 @@ def test_depthwise_network_compiles_to_reference_bit_for_bit(build, tmp_path, ho
     assert not result.scheme.kept_float
     grouped = [name for name, layer in result.scheme.layers.items() if layer.groups != 1]
     assert grouped and {result.kernels[name] for name in grouped} == {"depthwise"}
-    compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
+    compiled = run_compiled(result, source.eval_x, 1)
     assert np.abs(compiled).max() > 0
     np.testing.assert_array_equal(compiled, result.reference_outputs)
 

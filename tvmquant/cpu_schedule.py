@@ -1,9 +1,9 @@
 """Schedules for the fp32 ops a compiled model keeps (bias adds, ReLU/ReLU6, residual adds, pooling, softmax,
 reshapes, unquantized layers): without them TVM's CPU pipeline runs each as a naive single-threaded loop nest.
 
-After fusion every PrimFunc not yet scheduled (our kernels are, or carry a tuning record) gets the first rule
-that applies: TVM's `s_tir.dlight` CPU rules (GEMV for matrix-vector products, Reduction for softmax/norm
-chains), else `ParallelVectorize`: every block's leading spatial loops fused and spread over threads, the
+They are the CPU adapter's generic rules (adapters/cpu.py): after fusion every PrimFunc that no family's rule
+and no tuning record scheduled gets the first that applies: TVM's `s_tir.dlight` CPU rules (GEMV for
+matrix-vector products, Reduction for softmax/norm chains), else `ParallelVectorize`: every block's leading spatial loops fused and spread over threads, the
 innermost spatial loop in vector lanes; in a reduction (pooling, an fp32 conv) that loop moves inside the
 reduction, so the window is summed for a vector of outputs at a time.
 """
@@ -84,8 +84,3 @@ def rules() -> list:
     """The rules in the order they are tried."""
     return [dlight.cpu.GEMV(), dlight.cpu.Reduction(), ParallelVectorize()]
 
-
-def schedule_remaining(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Every PrimFunc without `tirx.is_scheduled` gets the first rule that applies (under `target`)."""
-    with target:
-        return dlight.ApplyDefaultSchedule(*rules())(mod)

@@ -26,14 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
+from tvm.target import Target
 
+from .. import actquant
 from ..scheme import LayerScheme, integer_core
-from .bitserial import quantize_activations
-from .family import KernelCall
+from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
 
-FAMILY = "depthwise"
-TUNABLE = False  # one default schedule; MetaSchedule's CPU space is not needed for a KH*KW reduction
 INT32_MAX = 2**31 - 1
 
 
@@ -78,23 +77,23 @@ def config(layer: LayerScheme, geometry: ConvGeometry, t: np.ndarray) -> Depthwi
 
 # --- the compute (TE) -----------------------------------------------------------------------------------
 
-def centred_codes(x: te.Tensor, cfg: DepthwiseConfig, inv_scale: float, zero_point: int) -> te.Tensor:
+def centred_codes(x: te.Tensor, inv: te.Tensor, zp: te.Tensor, cfg: DepthwiseConfig) -> te.Tensor:
     """(N, C, H+2ph, W+2pw) int16: a - z_a inside, 0 (real zero) in the padding."""
-    q = quantize_activations(x, inv_scale, zero_point, cfg.abits)
+    q = actquant.te_codes(x, inv, zp, cfg.abits)
     (ph, pw), h, w = cfg.padding, cfg.height, cfg.width
 
     def code(n, c, hp, wp):
         inside = tirx.all(hp >= ph, hp < h + ph, wp >= pw, wp < w + pw)
-        return tirx.if_then_else(inside, q[n, c, hp - ph, wp - pw] - zero_point, 0).astype("int16")
+        return tirx.if_then_else(inside, q[n, c, hp - ph, wp - pw] - zp[0], 0).astype("int16")
 
     return te.compute((cfg.batch, cfg.in_channels, h + 2 * ph, w + 2 * pw), code, name="centred")
 
 
-def grouped_conv2d(x: te.Tensor, weight: te.Tensor, scale: te.Tensor, cfg: DepthwiseConfig,
-                   inv_scale: float, zero_point: int) -> te.Tensor:
+def grouped_conv2d(x: te.Tensor, inv: te.Tensor, zp: te.Tensor, weight: te.Tensor, scale: te.Tensor,
+                   cfg: DepthwiseConfig) -> te.Tensor:
     """float32 output (N, O, OH, OW) = float32(I) * scale[o]; bias is left to the graph."""
     acc, (sh, sw), (kh, kw) = cfg.acc_dtype, cfg.stride, cfg.kernel
-    codes = centred_codes(x, cfg, inv_scale, zero_point)
+    codes = centred_codes(x, inv, zp, cfg)
     c = te.reduce_axis((0, cfg.group_in), name="c")
     r, s = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s")
     first = lambda o: (o // cfg.group_out) * cfg.group_in  # noqa: E731  (the group's first input channel)
@@ -111,7 +110,7 @@ def grouped_conv2d(x: te.Tensor, weight: te.Tensor, scale: te.Tensor, cfg: Depth
 
 # --- the default schedule -------------------------------------------------------------------------------
 
-def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     """Threads over (image, channel, output row); each row's OW accumulators are one vector (LLVM splits it
     into registers) that every tap updates with one broadcast weight times a run of input pixels, then is
     rescaled and stored while still in registers. Codes: threads over (image, channel), rows in lanes."""
@@ -146,7 +145,7 @@ def reference_int(x: np.ndarray, t: np.ndarray, cfg: ConvGeometry, inv_scale: fl
                   abits: int) -> np.ndarray:
     """I (N, O, OH, OW) int64, group by group with numpy: checks the kernel independently of the PyTorch
     reference's grouped float64 convolution."""
-    q = np.clip(np.rint(x.astype(np.float32) * np.float32(inv_scale)) + zero_point, 0, (1 << abits) - 1)
+    q = actquant.numpy_codes(x, inv_scale, zero_point, abits)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     centred = np.pad(q.astype(np.int64) - zero_point, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     cin, cout = cfg.in_channels // cfg.conv_groups, cfg.out_channels // cfg.conv_groups
@@ -171,21 +170,24 @@ def supports(layer: LayerScheme) -> str | None:
     return t if isinstance(t, str) else None
 
 
-def build_primfunc(cfg: DepthwiseConfig, inv_scale: float, zero_point: int, scheduled: bool = True) -> tirx.PrimFunc:
-    """The kernel (x, weight, scale) -> float32 output, for one layer instance (`scheduled=False`: plain TE)."""
+def build_primfunc(cfg: DepthwiseConfig) -> tirx.PrimFunc:
+    """The unscheduled kernel (x, act_inv_scale, act_zero_point, weight, scale) -> float32 output."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
+    inv, zp = actquant.te_placeholders()
     weight = te.placeholder((cfg.out_channels, cfg.group_in, *cfg.kernel), cfg.weight_dtype, name="weight")
     scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
-    func = te.create_prim_func([x, weight, scale, grouped_conv2d(x, weight, scale, cfg, inv_scale, zero_point)])
-    return schedule(func) if scheduled else func
+    return te.create_prim_func([x, inv, zp, weight, scale, grouped_conv2d(x, inv, zp, weight, scale, cfg)])
 
 
-def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
+def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
     """Grouped convs whose core is one integer matrix: T in its narrowest dtype and the output scale."""
     t = integer_matrix(layer)
     if isinstance(t, str):
         raise ValueError(f"layer {layer.name}: {t}")
     cfg = config(layer, geometry, t)
-    prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
     weight = t.reshape(cfg.out_channels, cfg.group_in, *cfg.kernel).astype(cfg.weight_dtype)
-    return KernelCall(prim, [weight, integer_core(layer).scale])
+    return kernel_call(build_primfunc(cfg), layer, [weight, integer_core(layer).scale])
+
+
+# One default schedule; MetaSchedule's CPU space is not needed for a KH*KW reduction: not tunable.
+FAMILY = Family("depthwise", tunable=False, check=supports, build=compute, schedules={"cpu": schedule})
