@@ -91,7 +91,7 @@ def main() -> int:
     built = pipeline.build(source, quantized, target)
     if profiler:
         profiler.disable()
-    t = stage("build (to Relax, lower, tvm.compile)", t)
+    t = stage("build (Relax, lower, tvm.compile)", t)
     with tempfile.TemporaryDirectory() as folder:
         artifact = Path(folder) / "model.so"
         pipeline.export(built.executable, target, artifact)
@@ -104,7 +104,7 @@ def main() -> int:
         for name, seconds in stages:
             print(f"  {name:<34} {seconds:7.1f} s")
         if args.check:
-            compiled = DeviceModule.local(artifact, "cpu")
+            compiled = DeviceModule.local(artifact)
             got = np.concatenate([compiled(x[None]) for x in source.eval_x])
             want = run_batched(ReferenceModel(source.gm, source.layers, scheme), source.eval_x, 1)
             np.testing.assert_array_equal(got, want)
