@@ -45,6 +45,7 @@ SHAPES = MODEL_SHAPES + KERNEL_SHAPES
 INSTRUCTIONS = {  # (in the CUDA source, in the PTX)
     "bitserial": ("__popcll", "popc.b64"), "multipoint": ("__popcll", "popc.b64"),
     "shift": ("<<", "shl.b32"), "lut": ("short table_shared", "ld.shared.s16"), "dequant": ("double", "fma.rn.f64"),
+    "int8": ("__dp4a", "dp4a.u32.u32"),
 }
 
 
@@ -162,8 +163,7 @@ def default_model_artifact(tmp_path_factory):
 
 def test_default_model_compiles_to_a_library_with_a_cubin(default_model_artifact):
     result = default_model_artifact
-    # the 8-bit first/last layers are int8's (main's cost rule); with no CUDA rule of its own yet, dlight's
-    # Fallback schedules that kernel
+    # the 8-bit first/last layers are int8's (main's cost rule), scheduled by the __dp4a rule
     assert set(result.kernels.values()) == {"bitserial", "int8"}
     (cubin,) = artifact.embedded_cubins(result.artifact)
     assert cubin.startswith(b"\x7fELF")

@@ -18,7 +18,8 @@ from tvm.target import Target
 FAMILY_ATTR = "tvmquant.family"  # set by the architecture's pass; older modules are recognised by their blocks
 # the block that only this family's kernel has (multipoint before bitserial: it contains bitserial's blocks)
 SIGNATURES = (("multipoint", {"popcount_dot", "combine"}), ("bitserial", {"popcount_dot"}),
-              ("shift", {"shift_add"}), ("lut", {"lookup"}), ("dequant", {"dense_acc"}))
+              ("shift", {"shift_add"}), ("lut", {"lookup"}), ("dequant", {"dense_acc"}),
+              ("int8", {"act_codes", "dot"}))
 THREADS = 256
 
 
@@ -78,11 +79,14 @@ def bind_remaining(sch: Schedule) -> None:
 
 @dataclass(frozen=True)
 class Tile:
-    """Threads per block along pixels and output channels, and output channels per thread (registers)."""
+    """Threads per block along pixels and output channels, and output channels per thread (registers):
+    `lanes` apart (adjacent lanes load adjacent weights) or, `adjacent`, next to each other (one thread's
+    weights are one vector, as a tensorized dot wants)."""
 
     pixels: int = 8
     channels: int = 32
     per_thread: int = 2
+    adjacent: bool = False
 
 
 @dataclass
@@ -90,6 +94,7 @@ class TiledLoops:
     thread_channels: object  # the threadIdx.x loop: register accumulators and epilogues go under it
     reduction: list  # the reduction loops, outermost first, as reordered
     threads: tuple[int, int]  # (threadIdx.y, threadIdx.x) extents
+    registers: object  # a thread's output channels (innermost, after the reduction)
 
 
 def tile_gemm(sch: Schedule, block, channel_axis: int, tile: Tile = Tile()) -> TiledLoops:
@@ -104,9 +109,14 @@ def tile_gemm(sch: Schedule, block, channel_axis: int, tile: Tile = Tile()) -> T
     extents = {loop: int(sch.get(loop).extent) for loop in spatial}
     pixel = next((loop for loop in reversed(others) if extents[loop] > 1), others[-1])
     block_pixels, thread_pixels = sch.split(pixel, [None, largest_divisor(extents[pixel], tile.pixels)])
-    lanes = largest_divisor(extents[channel], tile.channels)
-    per_thread = tile.per_thread if extents[channel] % (lanes * tile.per_thread) == 0 else 1
-    block_channels, registers, lanes_loop = sch.split(channel, [None, per_thread, lanes])
+    if tile.adjacent and extents[channel] % tile.per_thread == 0:
+        per_thread = tile.per_thread
+        lanes = largest_divisor(extents[channel] // per_thread, tile.channels)
+        block_channels, lanes_loop, registers = sch.split(channel, [None, lanes, per_thread])
+    else:
+        lanes = largest_divisor(extents[channel], tile.channels)
+        per_thread = tile.per_thread if extents[channel] % (lanes * tile.per_thread) == 0 else 1
+        block_channels, registers, lanes_loop = sch.split(channel, [None, per_thread, lanes])
     outer = [block_pixels if loop is pixel else loop for loop in others]
     sch.reorder(*outer, block_channels, thread_pixels, lanes_loop, *reduction, registers)
     sch.bind(sch.fuse(*outer) if len(outer) > 1 else outer[0], "blockIdx.x")
@@ -114,7 +124,7 @@ def tile_gemm(sch: Schedule, block, channel_axis: int, tile: Tile = Tile()) -> T
     sch.bind(thread_pixels, "threadIdx.y")
     sch.bind(lanes_loop, "threadIdx.x")
     sch.unroll(registers)
-    return TiledLoops(lanes_loop, list(reduction), (int(sch.get(thread_pixels).extent), lanes))
+    return TiledLoops(lanes_loop, list(reduction), (int(sch.get(thread_pixels).extent), lanes), registers)
 
 
 def stage_shared(sch: Schedule, block, buffer: str, at, threads: tuple[int, int]) -> None:

@@ -25,6 +25,7 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
+from . import dp4a
 from .common import bind_remaining, family_of, inline, is_cuda, split_reduction, stage_shared, tile_gemm
 
 CHUNK = 8  # input channels (or channel groups) of the activation operand staged in shared memory per step
@@ -98,4 +99,5 @@ class CudaFamilyRule(ScheduleRule):
 
 
 RULES = [CudaFamilyRule(name, fn) for name, fn in
-         (("bitserial", bitserial), ("multipoint", bitserial), ("shift", shift), ("lut", lut), ("dequant", dequant))]
+         (("bitserial", bitserial), ("multipoint", bitserial), ("shift", shift), ("lut", lut), ("dequant", dequant),
+          ("int8", dp4a.schedule))]
