@@ -457,26 +457,47 @@ def test_float16_runs_the_float32_ops_in_half_and_keeps_float32_io_and_kernels()
     assert set(usage) == kernel_names(source)
 
 
-def test_float16_compiles_the_default_model_with_its_float32_edge_layers_in_half(tmp_path, monkeypatch):
-    """--first-last-bits fp32 --float16: conv1 and fc2 run in float16 (their CUDA kernels take half), the
-    quantized layers keep their kernels, and the artifact holds the cubin."""
+@pytest.fixture(scope="module")
+def float16_model_artifact(tmp_path_factory):
+    """The digits CNN with float32 first/last layers (conv1, fc2) built with --float16 for sm_90, and the CUDA
+    source its cubin was compiled from."""
     from tvmquant.compile import compile_model, load_source
     from tvmquant.cuda.target import with_float16
     from tvmquant.models import digits
     from tvmquant.quantize import QuantConfig
 
-    sources = []
-    compile_source = toolkit.compile_source
-    monkeypatch.setattr(toolkit, "compile_source", lambda src, *a: sources.append(src) or compile_source(src, *a))
     x, y = digits.load_split("test")
-    result = compile_model(load_source(None, eval_x=x[:4], eval_y=y[:4]), QuantConfig(2, 2, first_last_bits=None),
-                           with_float16(load_target("cuda"), True), tmp_path / "digits16.so")
-    assert set(result.kernels) == {"conv2", "conv3", "fc1"}
+    spec = with_float16(with_arch(load_target("cuda"), "sm_90"), True)
+    sources, compile_source = [], toolkit.compile_source
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(toolkit, "compile_source", lambda src, *a: sources.append(src) or compile_source(src, *a))
+        result = compile_model(load_source(None, eval_x=x[:64], eval_y=y[:64]), QuantConfig(2, 2, first_last_bits=None),
+                               spec, tmp_path_factory.mktemp("cuda16") / "digits16.so")
     (source,) = sources
+    return result, source
+
+
+def test_float16_compiles_the_default_model_with_its_float32_edge_layers_in_half(float16_model_artifact):
+    """--first-last-bits fp32 --float16: conv1 and fc2 run in float16 (their CUDA kernels take half), the
+    quantized layers keep their kernels, and the artifact holds the cubin."""
+    result, source = float16_model_artifact
+    assert set(result.kernels) == {"conv2", "conv3", "fc1"}
     half_kernels = {n for n in kernel_names(source) if re.search(rf"void (?:__launch_bounds__\(\d+\) )?{n}\([^)]*half", source)}
     assert any("conv2d" in n for n in half_kernels) and any("matmul" in n for n in half_kernels)
     assert not any(n.startswith("bitserial_") for n in half_kernels)
     assert len(artifact.embedded_cubins(result.artifact)) == 1
+
+
+@pytest.mark.gpu
+def test_float16_model_runs_on_the_gpu_close_to_the_reference(float16_model_artifact, cuda_device):
+    """Only the float32 layers and ops are rounded to float16: outputs within float16 rounding of the float32
+    reference, the same answers."""
+    from tvmquant.compile import evaluate
+
+    evaluation = evaluate(float16_model_artifact[0], None)
+    assert evaluation.compiled is not None, evaluation.where
+    np.testing.assert_allclose(evaluation.compiled, evaluation.reference, rtol=2e-2, atol=2e-2)
+    assert (evaluation.compiled.argmax(1) == evaluation.reference.argmax(1)).mean() >= 0.95
 
 
 def test_float16_mistakes_are_one_line_errors(capsys):
