@@ -4,7 +4,9 @@ The int8 kernel (kernels/int8.py) reduces `int32(code) * int32(weight)` over (ta
 (O/16, KH, KW, C4/4, 16, 4): for one tap and one group of 4 input channels, 4 adjacent output channels' weights
 are 16 contiguous bytes, and a pixel's 4 activation codes are one 32-bit word. A thread therefore owns 4
 adjacent output channels (common.Tile(adjacent=True)) and each step of 4 input channels is one tensorized
-4 x 4 block: one activation word, four weight words, four `__dp4a`.
+4 x 4 block: one activation word, four weight words, four `__dp4a`. Layers with at most SPLIT_K_PIXELS output
+pixels (dense layers at small batch: a 4096-wide GEMV has only 1024 channel quads, too few threads to keep the
+GPU's memory busy) also split the reduction over SPLIT_K threads and add the slices across them.
 
 `__dp4a` multiplies signed by signed or unsigned by unsigned bytes, never mixed, and the kernel's codes are
 unsigned (u8, up to 255) where the target has no signed dot (CUDA among them), against signed weights. The
@@ -25,19 +27,24 @@ from tvm import tirx
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
-from .common import Tile, bind_remaining, inline, split_reduction, stage_shared, tile_gemm
+from .common import (THREADS, Tile, bind_remaining, inline, largest_divisor, spatial_count, split_reduction,
+                     stage_shared, tile_gemm)
 
 CHUNK = 8  # groups of 4 input channels staged in shared memory per step
+SPLIT_K_PIXELS = 16  # at most this many output pixels: split the reduction over threads too
+SPLIT_K = 32  # slices of the reduction (threadIdx.y)
+SPLIT_K_LANES = 8  # quads of channels per block (threadIdx.x): 32 channels, so 4096 channels make 128 blocks
 QUAD = 4  # output channels per thread, and input channels per `__dp4a`
 FLIP = 0x80808080  # XOR of a word of four s8 weights: the same weights + 128 as u8
 
 
-def _intrin(code_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
-    """(description, implementation) of C[q] += sum_k A[k] * B[q, k] for 4 channels q and 4 k, C in registers."""
+def _intrin(code_dtype: str, code_scope: str = "shared") -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """(description, implementation) of C[q] += sum_k A[k] * B[q, k] for 4 channels q and 4 k, C in registers,
+    the codes A staged in shared memory (or read from global memory)."""
 
     @T.prim_func(s_tir=True)
     def desc(
-        A: T.Buffer((QUAD,), code_dtype, offset_factor=QUAD, scope="shared"),
+        A: T.Buffer((QUAD,), code_dtype, offset_factor=QUAD, scope=code_scope),
         B: T.Buffer((QUAD, QUAD), "int8", offset_factor=QUAD * QUAD),
         C: T.Buffer((QUAD,), "int32", offset_factor=1, scope="local"),
     ) -> None:
@@ -54,7 +61,7 @@ def _intrin(code_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
 
         @T.prim_func(s_tir=True)
         def impl(
-            A: T.Buffer((QUAD,), code_dtype, offset_factor=QUAD, scope="shared"),
+            A: T.Buffer((QUAD,), code_dtype, offset_factor=QUAD, scope=code_scope),
             B: T.Buffer((QUAD, QUAD), "int8", offset_factor=QUAD * QUAD),
             C: T.Buffer((QUAD,), "int32", offset_factor=1, scope="local"),
         ) -> None:
@@ -70,7 +77,7 @@ def _intrin(code_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
 
     @T.prim_func(s_tir=True)
     def impl_u8(
-        A: T.Buffer((QUAD,), code_dtype, offset_factor=QUAD, scope="shared"),
+        A: T.Buffer((QUAD,), code_dtype, offset_factor=QUAD, scope=code_scope),
         B: T.Buffer((QUAD, QUAD), "int8", offset_factor=QUAD * QUAD),
         C: T.Buffer((QUAD,), "int32", offset_factor=1, scope="local"),
     ) -> None:
@@ -86,18 +93,32 @@ def _intrin(code_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     return desc, impl_u8
 
 
-INTRINS = {dtype: f"tvmquant_cuda_dp4a_4x4_{dtype}" for dtype in ("uint8", "int8")}
-for _dtype, _name in INTRINS.items():
-    TensorIntrin.register(_name, *_intrin(_dtype), override=True)
+INTRINS = {(dtype, scope): f"tvmquant_cuda_dp4a_4x4_{dtype}_{scope}"
+           for dtype in ("uint8", "int8") for scope in ("shared", "global")}
+for (_dtype, _scope), _name in INTRINS.items():
+    TensorIntrin.register(_name, *_intrin(_dtype, _scope), override=True)
 
 
 def schedule(sch: Schedule) -> None:
-    """Codes, channel sums and the rescale as elementwise kernels; the dot tiled (4 adjacent channels per
-    thread), the codes of CHUNK channel groups staged in shared memory per step, each 4 x 4 step one
-    tensorized `__dp4a` block, the integer epilogue on the registers."""
+    """Codes, channel sums and the rescale as their own kernels; the dot tiled over output pixels and
+    channels (tiled_dot), or for layers with few output pixels (dense layers at small batch, where pixels x
+    channels leave most of the GPU idle) its reduction split over threads as well (split_k_dot); each
+    4 x 4 step one tensorized `__dp4a` block, the integer epilogue on the registers."""
     inline(sch, "quantize")
     dot = sch.get_sblock("dot")
-    codes_dtype = str(sch.get(sch.get_sblock("act_codes")).writes[0].source.dtype)
+    codes = str(sch.get(sch.get_sblock("act_codes")).writes[0].source.dtype)
+    epilogue = "dot_epilogue" if _has_block(sch, "dot_epilogue") else "rescale"
+    n, y, z, *_ = sch.get_loops(dot)
+    pixels = int(sch.get(n).extent) * int(sch.get(y).extent) * int(sch.get(z).extent)
+    (split_k_dot if pixels <= SPLIT_K_PIXELS else tiled_dot)(sch, dot, epilogue, codes)
+    if _has_block(sch, "channel_sum") and pixels <= SPLIT_K_PIXELS:
+        reduce_across_threads(sch, sch.get_sblock("channel_sum"))
+    bind_remaining(sch)
+
+
+def tiled_dot(sch: Schedule, dot, epilogue: str, codes: str) -> None:
+    """4 adjacent channels x 1 pixel per thread (common.tile_gemm), the codes of CHUNK channel groups staged in
+    shared memory per step."""
     tiled = tile_gemm(sch, dot, channel_axis=3, tile=Tile(pixels=8, channels=32, per_thread=QUAD, adjacent=True))
     r, s, c = tiled.reduction
     groups, k = sch.split(c, [None, QUAD])
@@ -106,10 +127,52 @@ def schedule(sch: Schedule) -> None:
     stage_shared(sch, dot, "act_codes", outer, tiled.threads)
     sch.set_scope(dot, 0, "local")
     sch.decompose_reduction(dot, outer)
-    epilogue = "dot_epilogue" if _has_block(sch, "dot_epilogue") else "rescale"
     sch.reverse_compute_at(sch.get_sblock(epilogue), tiled.thread_channels)
-    sch.tensorize(tiled.registers, INTRINS[codes_dtype])
-    bind_remaining(sch)
+    sch.tensorize(tiled.registers, INTRINS[codes, "shared"])
+
+
+def split_k_dot(sch: Schedule, dot, epilogue: str, codes: str) -> None:
+    """threadIdx.x over quads of channels, threadIdx.y over SPLIT_K slices of the channel groups: each thread
+    sums its slice for every pixel and its 4 channels in registers (rfactor), then the slices are added
+    across threadIdx.y (TVM's cross-thread reduction, through shared memory), the epilogue on the sums."""
+    n, y, z, o, r, s, c = sch.get_loops(dot)
+    groups, k = sch.split(c, [None, QUAD])
+    slices, rest = sch.split(groups, [largest_divisor(int(sch.get(groups).extent), SPLIT_K), None])
+    partial = sch.rfactor(slices, 0)
+    n, y, z, o, r, s, slices, rest, k = sch.get_loops(partial)
+    lanes = largest_divisor(int(sch.get(o).extent) // QUAD, SPLIT_K_LANES)
+    block, lane, quad = sch.split(o, [None, lanes, QUAD])
+    pixels = sch.fuse(n, y, z)
+    sch.reorder(block, lane, slices, r, s, rest, pixels, quad, k)
+    sch.bind(block, "blockIdx.x")
+    sch.bind(lane, "threadIdx.x")
+    sch.bind(slices, "threadIdx.y")
+    sch.set_scope(partial, 0, "local")
+    sch.decompose_reduction(partial, r)
+    sch.reverse_compute_at(dot, lane)
+    total, *outputs = sch.get_loops(dot)[2:]
+    sch.reorder(*outputs, total)  # the cross-thread sum must be the innermost loop
+    sch.bind(total, "threadIdx.y")
+    sch.set_scope(dot, 0, "local")
+    epilogue = sch.get_sblock(epilogue)
+    sch.reverse_compute_at(epilogue, lane)
+    for loop in sch.get_loops(epilogue)[2:]:
+        sch.unroll(loop)
+    sch.unroll(pixels)  # a weight word is loaded once for all pixels
+    sch.unroll(quad)
+    sch.tensorize(quad, INTRINS[codes, "global"])
+
+
+def reduce_across_threads(sch: Schedule, block) -> None:
+    """A reduction with few outputs (the activation sums of a dense layer): THREADS threads per output sum
+    their strided parts, then add them across threadIdx.x."""
+    loops = sch.get_loops(block)
+    count = spatial_count(sch, block)
+    spatial, reduction = loops[:count], loops[count:]
+    sch.bind(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0], "blockIdx.x")
+    fused = sch.fuse(*reduction) if len(reduction) > 1 else reduction[0]
+    _, lanes = sch.split(fused, [None, largest_divisor(int(sch.get(fused).extent), THREADS)])
+    sch.bind(lanes, "threadIdx.x")
 
 
 def _has_block(sch: Schedule, name: str) -> bool:
