@@ -158,22 +158,23 @@ def test_int8_without_activation_sums_builds_with_dp4a(arch):
     assert all(u.spill_stores == 0 and u.registers <= toolkit.ARCH_LIMITS[arch].registers for u in usage.values())
 
 
-def test_int8_splits_the_reduction_over_threads_only_for_few_output_pixels():
+@pytest.mark.parametrize("family", ["int8", "bitserial"])
+def test_gemv_splits_the_reduction_over_threads_only_for_few_output_pixels(family):
     """A 4096 x 4096 GEMV (1 pixel) sums slices of K across threadIdx.y (cross-thread reduction through shared
-    memory, `red_buf`); a conv with 16 x 16 output pixels tiles pixels x channels and stages its codes."""
-    from tvmquant.cuda.rules import dp4a
-
+    memory, `red_buf`); a conv with 16 x 16 output pixels tiles pixels x channels and stages its activations."""
+    staged = {"int8": "act_codes_shared", "bitserial": "pack_act_shared"}[family]
     target = cuda_target()
     sources = {}
     for name, shape in (("gemv", (1, 4096, 1, 1, 4096, (1, 1), (1, 1), (0, 0))),
                         ("conv", (1, 16, 16, 16, 32, (3, 3), (1, 1), (1, 1)))):
         with target:
-            prim = unscheduled("int8", shape)[1].prim
+            prim = unscheduled(family, shape, bits=(2, 8))[1].prim
         lib = tvm.compile(tvm.IRModule({"main": schedule(prim, target)}), target)
         sources[name] = artifact.cuda_modules(lib.mod)[0].inspect_source("cuda")
-    assert "red_buf" in sources["gemv"] and "act_codes_shared" not in sources["gemv"]
-    assert "act_codes_shared" in sources["conv"] and "red_buf" not in sources["conv"]
-    assert f"__launch_bounds__({dp4a.SPLIT_K * dp4a.SPLIT_K_LANES})" in sources["gemv"]
+    assert "red_buf" in sources["gemv"] and staged not in sources["gemv"]
+    assert staged in sources["conv"] and "red_buf" not in sources["conv"]
+    usage = toolkit.ptxas_usage(toolkit.compile_source(sources["gemv"], "sm_90", "ptx"), "sm_90")
+    assert all(u.spill_stores == 0 and u.stack_bytes == 0 for u in usage.values()), usage
 
 
 DP4A_EMULATION = """

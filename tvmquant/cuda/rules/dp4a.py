@@ -6,7 +6,7 @@ are 16 contiguous bytes, and a pixel's 4 activation codes are one 32-bit word. A
 adjacent output channels (common.Tile(adjacent=True)) and each step of 4 input channels is one tensorized
 4 x 4 block: one activation word, four weight words, four `__dp4a`. Layers with at most SPLIT_K_PIXELS output
 pixels (dense layers at small batch: a 4096-wide GEMV has only 1024 channel quads, too few threads to keep the
-GPU's memory busy) also split the reduction over SPLIT_K threads and add the slices across them.
+GPU's memory busy) also split the reduction over threads and add the slices across them (common.split_k_gemm).
 
 `__dp4a` multiplies signed by signed or unsigned by unsigned bytes, never mixed, and the kernel's codes are
 unsigned (u8, up to 255) where the target has no signed dot (CUDA among them), against signed weights. The
@@ -27,12 +27,10 @@ from tvm import tirx
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
-from .common import (THREADS, Tile, bind_remaining, inline, largest_divisor, spatial_count, split_reduction,
-                     stage_shared, tile_gemm)
+from .common import (SPLIT_K_PIXELS, Tile, bind_remaining, inline, output_pixels, reduce_across_threads,
+                     split_k_gemm, split_reduction, stage_shared, tile_gemm)
 
 CHUNK = 8  # groups of 4 input channels staged in shared memory per step
-SPLIT_K_PIXELS = 16  # at most this many output pixels: split the reduction over threads too
-SPLIT_K = 32  # slices of the reduction (threadIdx.y)
 SPLIT_K_LANES = 8  # quads of channels per block (threadIdx.x): 32 channels, so 4096 channels make 128 blocks
 QUAD = 4  # output channels per thread, and input channels per `__dp4a`
 FLIP = 0x80808080  # XOR of a word of four s8 weights: the same weights + 128 as u8
@@ -108,8 +106,7 @@ def schedule(sch: Schedule) -> None:
     dot = sch.get_sblock("dot")
     codes = str(sch.get(sch.get_sblock("act_codes")).writes[0].source.dtype)
     epilogue = "dot_epilogue" if _has_block(sch, "dot_epilogue") else "rescale"
-    n, y, z, *_ = sch.get_loops(dot)
-    pixels = int(sch.get(n).extent) * int(sch.get(y).extent) * int(sch.get(z).extent)
+    pixels = output_pixels(sch, dot, channel_axis=3)
     (split_k_dot if pixels <= SPLIT_K_PIXELS else tiled_dot)(sch, dot, epilogue, codes)
     if _has_block(sch, "channel_sum") and pixels <= SPLIT_K_PIXELS:
         reduce_across_threads(sch, sch.get_sblock("channel_sum"))
@@ -132,47 +129,13 @@ def tiled_dot(sch: Schedule, dot, epilogue: str, codes: str) -> None:
 
 
 def split_k_dot(sch: Schedule, dot, epilogue: str, codes: str) -> None:
-    """threadIdx.x over quads of channels, threadIdx.y over SPLIT_K slices of the channel groups: each thread
-    sums its slice for every pixel and its 4 channels in registers (rfactor), then the slices are added
-    across threadIdx.y (TVM's cross-thread reduction, through shared memory), the epilogue on the sums."""
-    n, y, z, o, r, s, c = sch.get_loops(dot)
-    groups, k = sch.split(c, [None, QUAD])
-    slices, rest = sch.split(groups, [largest_divisor(int(sch.get(groups).extent), SPLIT_K), None])
-    partial = sch.rfactor(slices, 0)
-    n, y, z, o, r, s, slices, rest, k = sch.get_loops(partial)
-    lanes = largest_divisor(int(sch.get(o).extent) // QUAD, SPLIT_K_LANES)
-    block, lane, quad = sch.split(o, [None, lanes, QUAD])
-    pixels = sch.fuse(n, y, z)
-    sch.reorder(block, lane, slices, r, s, rest, pixels, quad, k)
-    sch.bind(block, "blockIdx.x")
-    sch.bind(lane, "threadIdx.x")
-    sch.bind(slices, "threadIdx.y")
-    sch.set_scope(partial, 0, "local")
-    sch.decompose_reduction(partial, r)
-    sch.reverse_compute_at(dot, lane)
-    total, *outputs = sch.get_loops(dot)[2:]
-    sch.reorder(*outputs, total)  # the cross-thread sum must be the innermost loop
-    sch.bind(total, "threadIdx.y")
-    sch.set_scope(dot, 0, "local")
-    epilogue = sch.get_sblock(epilogue)
-    sch.reverse_compute_at(epilogue, lane)
-    for loop in sch.get_loops(epilogue)[2:]:
-        sch.unroll(loop)
-    sch.unroll(pixels)  # a weight word is loaded once for all pixels
-    sch.unroll(quad)
-    sch.tensorize(quad, INTRINS[codes, "global"])
-
-
-def reduce_across_threads(sch: Schedule, block) -> None:
-    """A reduction with few outputs (the activation sums of a dense layer): THREADS threads per output sum
-    their strided parts, then add them across threadIdx.x."""
-    loops = sch.get_loops(block)
-    count = spatial_count(sch, block)
-    spatial, reduction = loops[:count], loops[count:]
-    sch.bind(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0], "blockIdx.x")
-    fused = sch.fuse(*reduction) if len(reduction) > 1 else reduction[0]
-    _, lanes = sch.split(fused, [None, largest_divisor(int(sch.get(fused).extent), THREADS)])
-    sch.bind(lanes, "threadIdx.x")
+    """common.split_k_gemm over the channel groups, 4 adjacent channels per thread, the codes read from global
+    memory (every lane reads the same word: one broadcast load)."""
+    c = sch.get_loops(dot)[-1]
+    sch.split(c, [None, QUAD])  # reduction loops now r, s, groups, k: split the groups, keep k innermost
+    loops = split_k_gemm(sch, dot, channel_axis=3, split=2, inner=1, epilogue=epilogue, per_thread=QUAD,
+                         lanes=SPLIT_K_LANES)
+    sch.tensorize(loops.registers, INTRINS[codes, "global"])
 
 
 def _has_block(sch: Schedule, name: str) -> bool:
