@@ -203,8 +203,9 @@ def dp4a_on_the_cpu(tmp_path_factory):
     return ctypes.CDLL(str(folder / "libdp4a.so"), mode=ctypes.RTLD_GLOBAL)
 
 
+@pytest.mark.parametrize("scope", ["shared", "global"])
 @pytest.mark.parametrize("codes", ["uint8", "int8"])
-def test_the_dp4a_block_computes_its_description(codes, dp4a_on_the_cpu):
+def test_the_dp4a_block_computes_its_description(codes, scope, dp4a_on_the_cpu):
     """The tensorized block's implementation (u8 codes: unsigned __dp4a with flipped weights and the activation
     sum; s8: signed __dp4a), run on this CPU against an emulated __dp4a, equals the sum it replaces in int64,
     weight and code extremes included."""
@@ -212,7 +213,7 @@ def test_the_dp4a_block_computes_its_description(codes, dp4a_on_the_cpu):
 
     ctypes_flag = __import__("ctypes").c_int.in_dll(dp4a_on_the_cpu, "dp4a_signed")
     ctypes_flag.value = int(codes == "int8")
-    _, impl = dp4a._intrin(codes)
+    _, impl = dp4a._intrin(codes, scope)
     lib = tvm.compile(tvm.IRModule({"main": impl.with_attr("global_symbol", "main")}), "llvm")
     info = np.iinfo(codes)
     rng = np.random.default_rng(0)

@@ -155,11 +155,14 @@ SPLIT_K = 32  # slices of the reduction (threadIdx.y)
 SPLIT_K_LANES = 32  # threads along output channels (threadIdx.x)
 
 
-def output_pixels(sch: Schedule, block, channel_axis: int) -> int:
-    """How many output pixels (all spatial loops but the channel axis) the block computes."""
-    loops = sch.get_loops(block)[: spatial_count(sch, block)]
-    extents = [int(sch.get(loop).extent) for k, loop in enumerate(loops) if k != channel_axis]
-    return int(np.prod(extents))
+def wants_split_k(sch: Schedule, block, channel_axis: int, split: int, unit: int = 1, slices: int = SPLIT_K) -> bool:
+    """Whether split_k_gemm applies: at most SPLIT_K_PIXELS output pixels (all spatial loops but the channel
+    axis), and the `split`-th reduction loop, in steps of `unit`, divides into at least 2 slices."""
+    loops = sch.get_loops(block)
+    count = spatial_count(sch, block)
+    pixels = int(np.prod([int(sch.get(loop).extent) for k, loop in enumerate(loops[:count]) if k != channel_axis]))
+    steps = int(sch.get(loops[count + split]).extent) // unit
+    return pixels <= SPLIT_K_PIXELS and largest_divisor(steps, slices) >= 2
 
 
 @dataclass

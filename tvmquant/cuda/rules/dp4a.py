@@ -4,8 +4,7 @@ The int8 kernel (kernels/int8.py) reduces `int32(code) * int32(weight)` over (ta
 (O/16, KH, KW, C4/4, 16, 4): for one tap and one group of 4 input channels, 4 adjacent output channels' weights
 are 16 contiguous bytes, and a pixel's 4 activation codes are one 32-bit word. A thread therefore owns 4
 adjacent output channels (common.Tile(adjacent=True)) and each step of 4 input channels is one tensorized
-4 x 4 block: one activation word, four weight words, four `__dp4a`. Layers with at most SPLIT_K_PIXELS output
-pixels (dense layers at small batch: a 4096-wide GEMV has only 1024 channel quads, too few threads to keep the
+4 x 4 block: one activation word, four weight words, four `__dp4a`. Layers with at most 16 output pixels (dense layers at small batch: a 4096-wide GEMV has only 1024 channel quads, too few threads to keep the
 GPU's memory busy) also split the reduction over threads and add the slices across them (common.split_k_gemm).
 
 `__dp4a` multiplies signed by signed or unsigned by unsigned bytes, never mixed, and the kernel's codes are
@@ -27,8 +26,8 @@ from tvm import tirx
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
-from .common import (SPLIT_K_PIXELS, Tile, bind_remaining, inline, output_pixels, reduce_across_threads,
-                     split_k_gemm, split_reduction, stage_shared, tile_gemm)
+from .common import (Tile, bind_remaining, inline, reduce_across_threads, split_k_gemm, split_reduction,
+                     stage_shared, tile_gemm, wants_split_k)
 
 CHUNK = 8  # groups of 4 input channels staged in shared memory per step
 SPLIT_K_LANES = 8  # quads of channels per block (threadIdx.x): 32 channels, so 4096 channels make 128 blocks
@@ -106,9 +105,9 @@ def schedule(sch: Schedule) -> None:
     dot = sch.get_sblock("dot")
     codes = str(sch.get(sch.get_sblock("act_codes")).writes[0].source.dtype)
     epilogue = "dot_epilogue" if _has_block(sch, "dot_epilogue") else "rescale"
-    pixels = output_pixels(sch, dot, channel_axis=3)
-    (split_k_dot if pixels <= SPLIT_K_PIXELS else tiled_dot)(sch, dot, epilogue, codes)
-    if _has_block(sch, "channel_sum") and pixels <= SPLIT_K_PIXELS:
+    split_k = wants_split_k(sch, dot, channel_axis=3, split=2, unit=QUAD)
+    (split_k_dot if split_k else tiled_dot)(sch, dot, epilogue, codes)
+    if split_k and _has_block(sch, "channel_sum"):
         reduce_across_threads(sch, sch.get_sblock("channel_sum"))
     bind_remaining(sch)
 

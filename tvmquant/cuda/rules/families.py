@@ -27,8 +27,8 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
 from . import dp4a
-from .common import (SPLIT_K_PIXELS, bind_remaining, family_of, inline, is_cuda, output_pixels, reduce_across_threads,
-                     split_k_gemm, split_reduction, stage_shared, tile_gemm)
+from .common import (bind_remaining, family_of, inline, is_cuda, reduce_across_threads, split_k_gemm,
+                     split_reduction, stage_shared, tile_gemm, wants_split_k)
 
 CHUNK = 8  # input channels (or channel groups) of the activation operand staged in shared memory per step
 SPLIT_K_LANES = 32  # split_k_gemm: threads along output channels, one channel each (16 pixels x uint64 sums),
@@ -40,7 +40,7 @@ def bitserial_gemm(sch: Schedule) -> None:
     output pixels the words split over threads too (common.split_k_gemm)."""
     inline(sch, "quantize", "pad_codes")
     dot = sch.get_sblock("popcount_dot")
-    if output_pixels(sch, dot, channel_axis=3) <= SPLIT_K_PIXELS:
+    if wants_split_k(sch, dot, channel_axis=3, split=0, slices=SPLIT_K_SLICES):
         split_k_gemm(sch, dot, channel_axis=3, split=0, inner=2, epilogue="dot_epilogue", per_thread=1,
                      lanes=SPLIT_K_LANES, slices=SPLIT_K_SLICES)
         reduce_across_threads(sch, sch.get_sblock("act_sum"))
