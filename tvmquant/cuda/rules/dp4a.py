@@ -56,24 +56,25 @@ def _intrin(code_dtype: str, code_scope: str = "shared") -> tuple[tirx.PrimFunc,
 
     if code_dtype == "int8":
 
-        @T.prim_func(s_tir=True)
-        def impl(
-            A: T.Buffer((QUAD,), code_dtype, offset_factor=QUAD, scope=code_scope),
-            B: T.Buffer((QUAD, QUAD), "int8", offset_factor=QUAD * QUAD),
-            C: T.Buffer((QUAD,), "int32", offset_factor=1, scope="local"),
-        ) -> None:
-            with T.sblock("root"):
-                T.reads(C[0:QUAD], A[0:QUAD], B[0:QUAD, 0:QUAD])
-                T.writes(C[0:QUAD])
-                a = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-                for q in T.unroll(QUAD):
-                    w = T.reinterpret(B.vload([q, 0], "int8x4"), dtype="int32")
-                    C[q] = T.call_pure_extern("int32", "__dp4a", a, w, C[q])
+        @T.macro
+        def accumulate(A, B, C):  # signed codes, signed weights: the signed instruction
+            a = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+            for q in T.unroll(QUAD):
+                w = T.reinterpret(B.vload([q, 0], "int8x4"), dtype="int32")
+                C[q] = T.call_pure_extern("int32", "__dp4a", a, w, C[q])
 
-        return desc, impl
+    else:
+
+        @T.macro
+        def accumulate(A, B, C):  # u8 codes: the unsigned instruction on w + 128, minus 128 * sum a
+            a = T.reinterpret(A.vload([0], "uint8x4"), dtype="uint32")
+            asum = T.call_pure_extern("uint32", "__dp4a", a, T.uint32(0x01010101), T.uint32(0))
+            for q in T.unroll(QUAD):
+                w = T.reinterpret(B.vload([q, 0], "int8x4"), dtype="uint32") ^ T.uint32(FLIP)
+                C[q] = T.Cast("int32", T.call_pure_extern("uint32", "__dp4a", a, w, T.Cast("uint32", C[q]) - asum * T.uint32(128)))
 
     @T.prim_func(s_tir=True)
-    def impl_u8(
+    def impl(
         A: T.Buffer((QUAD,), code_dtype, offset_factor=QUAD, scope=code_scope),
         B: T.Buffer((QUAD, QUAD), "int8", offset_factor=QUAD * QUAD),
         C: T.Buffer((QUAD,), "int32", offset_factor=1, scope="local"),
@@ -81,13 +82,9 @@ def _intrin(code_dtype: str, code_scope: str = "shared") -> tuple[tirx.PrimFunc,
         with T.sblock("root"):
             T.reads(C[0:QUAD], A[0:QUAD], B[0:QUAD, 0:QUAD])
             T.writes(C[0:QUAD])
-            a = T.reinterpret(A.vload([0], "uint8x4"), dtype="uint32")
-            asum = T.call_pure_extern("uint32", "__dp4a", a, T.uint32(0x01010101), T.uint32(0))
-            for q in T.unroll(QUAD):
-                w = T.reinterpret(B.vload([q, 0], "int8x4"), dtype="uint32") ^ T.uint32(FLIP)
-                C[q] = T.Cast("int32", T.call_pure_extern("uint32", "__dp4a", a, w, T.Cast("uint32", C[q]) - asum * T.uint32(128)))
+            accumulate(A, B, C)
 
-    return desc, impl_u8
+    return desc, impl
 
 
 INTRINS = {(dtype, scope): f"tvmquant_cuda_dp4a_4x4_{dtype}_{scope}"
