@@ -355,6 +355,11 @@ def test_every_family_is_exact_on_the_gpu(family, shape, cuda_device):
 def _exact_on_the_gpu(family: str, shape: tuple, cuda_device, bits: tuple[int, int] | None = None) -> None:
     with cuda_target():  # int8 picks its activation codes' signedness from the target, as in a CUDA build
         layer, call = unscheduled(family, shape, seed=5, bits=bits)
+    _check_on_the_gpu(layer, call, shape, cuda_device)
+
+
+def _check_on_the_gpu(layer, call, shape: tuple, cuda_device) -> None:
+    """The kernel, scheduled by its CUDA rule, run on the GPU: bit for bit the PyTorch reference of the layer."""
     x = (2 * np.random.default_rng(3).standard_normal(shape[:4])).astype(np.float32)
     toolkit.configure()
     lib = tvm.compile(tvm.IRModule({"main": schedule(call.prim, cuda_target())}), cuda_target())
