@@ -37,7 +37,8 @@ import tvm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from cuda_cases import unscheduled  # noqa: E402  (the tests' random layers of each family)
 
-from tvmquant.cuda import pipeline, toolkit  # noqa: E402
+from tvmquant import pipeline  # noqa: E402
+from tvmquant.cuda import toolkit  # noqa: E402
 from tvmquant.cuda.target import gpu_present, with_arch  # noqa: E402
 from tvmquant.target import load_target  # noqa: E402
 
@@ -45,17 +46,17 @@ GEMV_FAMILIES = [("bitserial", (2, 8)), ("lut", (2, 8)), ("shift", (3, 8)), ("mu
                  ("dequant", (2, 8)), ("int8", (8, 8))]
 
 
-def _build_kernel(family: str, bits: tuple[int, int], shape: tuple, target) -> tuple:
-    """(library, KernelCall) of the family's CUDA kernel on a random layer of `shape`."""
-    with target:  # as in a CUDA build
-        _, call = unscheduled(family, shape, bits=bits)
-    mod = pipeline.schedule(tvm.IRModule({"main": call.prim}), target)
-    return tvm.compile(mod, target), call
+def _build_kernel(family: str, bits: tuple[int, int], shape: tuple, spec) -> tuple:
+    """(library, KernelCall) of the family's CUDA kernel on a random layer of `shape`, scheduled as compile
+    schedules it."""
+    _, call = unscheduled(family, shape, bits=bits)
+    mod = pipeline.default_schedules(tvm.IRModule({"main": call.prim}), spec)
+    return tvm.compile(mod, spec.tvm_target), call
 
 
-def _tvm_kernel(family: str, bits: tuple[int, int], shape: tuple, target) -> callable:
+def _tvm_kernel(family: str, bits: tuple[int, int], shape: tuple, spec) -> callable:
     """A timer (seconds per call) of the family's CUDA kernel on a random layer of `shape`."""
-    lib, call = _build_kernel(family, bits, shape, target)
+    lib, call = _build_kernel(family, bits, shape, spec)
     dev = tvm.cuda()
     n, c, h, w, o = shape[:5]
     args = [tvm.runtime.tensor(np.random.default_rng(0).standard_normal((n, c, h, w)).astype(np.float32), dev)]
@@ -121,13 +122,13 @@ class Bench:
 
 
 def gemv(bench: Bench) -> None:
-    target = bench.spec.tvm_target
+    spec = bench.spec
     for batch in (1, 16):
         shape = (batch, 4096, 1, 1, 4096, (1, 1), (1, 1), (0, 0))
         if bench.build_only:
             for f, b in GEMV_FAMILIES:
-                _build_kernel(f, b, shape, target)
-        variants = {f"{f} W{b[0]}A{b[1]}": (lambda f=f, b=b: _tvm_kernel(f, b, shape, target)) for f, b in GEMV_FAMILIES}
+                _build_kernel(f, b, shape, spec)
+        variants = {f"{f} W{b[0]}A{b[1]}": (lambda f=f, b=b: _tvm_kernel(f, b, shape, spec)) for f, b in GEMV_FAMILIES}
         if bench.torch_cuda:
             x = torch.randn(batch, 4096, device="cuda", dtype=torch.float16)
             w = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
@@ -157,7 +158,7 @@ def _model_row(bench: Bench, name: str, module: torch.nn.Module, shape: tuple, b
 def _artifact_timer(artifact: Path, x: np.ndarray) -> callable:
     from tvmquant.rpc import DeviceModule
 
-    compiled = DeviceModule.local(artifact, "cuda")
+    compiled = DeviceModule.local(artifact, tvm.cuda())
     return lambda: compiled.latency_ms(x, number=10, repeat=1) / 1e3
 
 

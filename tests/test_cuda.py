@@ -394,20 +394,22 @@ def test_tune_tasks_for_cuda_schedule_by_default_and_have_a_gpu_search_space():
 
     from models_for_tests import awkward_source
     from tvmquant import tune
+    from tvmquant.adapters import for_target
+    from tvmquant.pipeline import QuantRequest
     from tvmquant.quantize import QuantConfig
 
     spec = load_target("cuda")
-    tasks = tune.extract_tasks(awkward_source(1), QuantConfig(2, 2), spec)
+    tasks = tune.extract_tasks(awkward_source(1), QuantRequest(QuantConfig(2, 2)), spec)
     names = [task.task_name for task in tasks]
     assert any(n.startswith("bitserial_") for n in names) and any(n.startswith("fused_") for n in names)
     with spec.tvm_target:
         for task in tasks:
-            lib = tvm.compile(tune._default_schedule(task, spec.tvm_target), spec.tvm_target)
+            lib = tvm.compile(tune._default_schedule(task, spec), spec.tvm_target)
             assert artifact.cuda_modules(lib.mod), task.task_name
     with tune._without_tensor_intrin():
         for task in (tasks[0], tasks[-1]):
             context = ms.TuneContext(mod=task.dispatched[0], target=spec.tvm_target,
-                                     space_generator=tune.search_space(spec), task_name=task.task_name)
+                                     space_generator=for_target(spec).tuning_space(), task_name=task.task_name)
             assert context.generate_design_space(), task.task_name
 
 
@@ -460,11 +462,11 @@ def _param_dtypes(mod: tvm.IRModule) -> dict[str, set[str]]:
 
 
 def test_float16_runs_the_float32_ops_in_half_and_keeps_float32_io_and_kernels():
-    from tvmquant.cuda import pipeline
+    from tvmquant import pipeline
     from tvmquant.cuda.target import with_float16
 
-    target = with_float16(load_target("cuda"), True).tvm_target
-    mod = pipeline.legalize(_float16_module(), target)
+    spec = with_float16(load_target("cuda"), True)
+    mod = pipeline.legalize(_float16_module(), spec)
     main = mod["main"]
     assert [str(p.ty.dtype) for p in main.params] == ["float32"] and str(main.ret_ty.dtype) == "float32"
     dtypes = _param_dtypes(mod)
@@ -473,8 +475,8 @@ def test_float16_runs_the_float32_ops_in_half_and_keeps_float32_io_and_kernels()
     matmul = next(n for n in dtypes if "matmul" in n)
     assert "float16" in dtypes[conv] and "float16" in dtypes[matmul]
     assert all("float16" not in d for d in _param_dtypes(pipeline.legalize(_float16_module(),
-                                                                          load_target("cuda").tvm_target)).values())
-    exe = pipeline.finalize(pipeline.schedule(mod, target), target)
+                                                                          load_target("cuda"))).values())
+    exe = pipeline.finalize(pipeline.default_schedules(mod, spec), spec)
     (module,) = artifact.cuda_modules(exe.mod)
     source = module.inspect_source("cuda")
     assert "half" in source
