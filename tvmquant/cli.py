@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from . import cli_eval_bench
+from . import cli_eval_bench, plan_cli
 from .errors import UserError
 from .json_output import HELP as JSON_HELP
 from .names import KERNELS, METHODS, QAT_METHODS
@@ -26,7 +26,8 @@ EPILOG = """examples:
 EXAMPLES = {  # each subcommand's --help ends with these
     "compile": """  python -m tvmquant compile --target arm_cpu --bits 2
   python -m tvmquant compile --model net.onnx --calib x.npy --wbits 2 --abits 4 --method uniq -o net.so
-  python -m tvmquant compile --bits 4 --report report.html --json > compile.json""",
+  python -m tvmquant compile --bits 4 --report report.html --json > compile.json
+""" + plan_cli.HELP_EPILOG,
     "tune": """  python -m tvmquant tune --target x86 --trials 16
   python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8 --json""",
     "deploy": """  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--report", type=Path, metavar="REPORT.html",
                       help="also write one self-contained HTML page: layers, accuracy, weight histograms, bytes and time per layer")
     comp.add_argument("--eval-limit", type=int, help="vta: check only the first N evaluation samples on the simulator")
+    plan_cli.add_arguments(comp)
 
     tune = sub.add_parser(
         "tune",
@@ -227,8 +229,12 @@ def _compile(args: argparse.Namespace) -> int:
     tuning_log = args.tuning_log or default_tuning_logs(target)
     logs = [tuning_log] if isinstance(tuning_log, Path) else list(tuning_log)
     model_name = Path(args.model).stem if args.model else BUILTIN
-    output = args.output or default_output(model_name, target.name, config.wbits, config.abits, config.method, args.kernel)
-    check_output(output, [args.model, args.calib, args.eval_data, args.eval_labels, args.train_data, *logs])
+    planned = plan_cli.wants_plan(args)
+    inputs = [args.model, args.calib, args.eval_data, args.eval_labels, args.train_data, args.plan_in, *logs]
+    plan_cli.check_arguments(args, inputs)
+    output = args.output or (plan_cli.default_output(args, model_name, target.name) if planned else
+                             default_output(model_name, target.name, config.wbits, config.abits, config.method, args.kernel))
+    check_output(output, inputs)
     eval_x = load_npy(args.eval_data, "evaluation data") if args.eval_data else None
     eval_y = load_npy(args.eval_labels, "evaluation labels") if args.eval_labels else None
     source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y, args.trust_model)
@@ -236,9 +242,14 @@ def _compile(args: argparse.Namespace) -> int:
     from .vta.commands import compile_command, is_vta
 
     if is_vta(args.target):
+        if planned:
+            raise UserError("--target vta takes no per-layer plan (its layers need VTA's own bit widths)")
         return compile_command(args, source, config, train, train_data)
-    result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel)
+    plan = plan_cli.make_plan(args, source, config) if planned else None
+    result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel, plan)
     evaluation = print_compile_summary(result, args.rpc or target.default_rpc)
+    if planned:
+        plan_cli.finish(args, result, evaluation)
     if args.report:
         from .html_report import write_compile_report
 

@@ -21,6 +21,7 @@ from .database import has_records, load_task_state, read_databases
 from .errors import UserError
 from .frontend import LayerInfo
 from .outputs import sidecar_paths
+from .plan import Plan, to_json
 from .quantize import QuantConfig, quantize_model, quantize_with_training
 from .reference import ReferenceModel
 from .scheme import QuantScheme, WeightKind
@@ -131,6 +132,7 @@ class CompileResult:
     tuned: list[str] = field(default_factory=list)  # functions scheduled by a tuning record
     untuned_faster: list[str] = field(default_factory=list)  # records not applied: the untuned build was faster
     linked_with: str = ""  # the linker that made the artifact (system cross compiler or pip zig)
+    plan: Plan | None = None  # the per-layer plan it was quantized by, with predicted families and bytes
 
     @property
     def kernels(self) -> dict[str, str]:
@@ -147,7 +149,7 @@ def compile_model(
     source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path,
     tuning_log: Path | list[Path] | None = None,
     train: TrainConfig | None = None, train_data: tuple[np.ndarray, np.ndarray] | None = None,
-    kernel: str = "auto",
+    kernel: str = "auto", plan: Plan | None = None,
 ) -> CompileResult:
     """Quantize (post-training, or with QAT when `train` is given), lower, compile and export; writes the
     artifact and its sidecar files. QAT data defaults to the built-in model's training split.
@@ -155,11 +157,19 @@ def compile_model(
     `tuning_log`: `tune` log folder(s) whose matching records schedule the kernels (no tuning happens here);
     with several, the fastest record of each function wins.
     `kernel`: "auto" (each layer's scheme kind picks its kernel family) or a family to use wherever it applies.
+    `plan`: quantize each layer by its own method and bits (plan_apply.py; post-training) instead of `config`'s.
     """
     gm = source.gm
     if train_data is not None:  # the class range needs the model's output width
         validate.labels(train_data[1], len(train_data[0]), _classes(gm, source.input_shape), "training labels")
-    if train is None:
+    if plan is not None:
+        from .plan_apply import fill_predictions, quantize_planned
+
+        if train is not None:
+            raise UserError("a per-layer plan is post-training; it cannot be combined with training")
+        scheme = quantize_planned(gm, source.layers, source.calib, plan, config, source.batch_size)
+        plan = fill_predictions(plan, scheme, gm, source.layers, source.calib, source.batch_size, kernel)
+    elif train is None:
         scheme = quantize_model(gm, source.layers, source.calib, config, source.batch_size)
     else:
         data = train_data if train_data is not None else default_train_data(source)
@@ -175,7 +185,7 @@ def compile_model(
     reference = ReferenceModel(gm, source.layers, scheme)
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
     result = CompileResult(source, config, target, scheme, built.lowered, output, reference_outputs,
-                           logs, built.tuned, built.untuned_faster)
+                           logs, built.tuned, built.untuned_faster, plan=plan)
     with outputs.replace_together(output, *sidecar_paths(output)) as (artifact, meta, data):
         result.linked_with = target.export(built.executable, artifact)
         write_sidecar(result, meta, data)
@@ -264,6 +274,8 @@ def write_sidecar(result: CompileResult, meta_path: Path, data_path: Path) -> No
         "tuned_functions": result.tuned,
         "layer_table": layer_rows(result),  # what `run --json` reports per layer
     }
+    if result.plan is not None:
+        meta["plan"] = json.loads(to_json(result.plan))
     meta_path.write_text(json.dumps(meta, indent=2))
     arrays = {"inputs": src.eval_x, "reference": result.reference_outputs}
     if src.eval_y is not None:
