@@ -245,7 +245,7 @@ def _compile(args: argparse.Namespace) -> int:
         if planned:
             raise UserError("--target vta takes no per-layer plan (its layers need VTA's own bit widths)")
         return compile_command(args, source, config, train, train_data)
-    plan = plan_cli.make_plan(args, source, config) if planned else None
+    plan = plan_cli.make_plan(args, source, config, target) if planned else None
     result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel, plan)
     evaluation = print_compile_summary(result, args.rpc or target.default_rpc)
     if planned:

@@ -168,7 +168,7 @@ def compile_model(
         if train is not None:
             raise UserError("a per-layer plan is post-training; it cannot be combined with training")
         scheme = quantize_planned(gm, source.layers, source.calib, plan, config, source.batch_size)
-        plan = fill_predictions(plan, scheme, gm, source.layers, source.calib, source.batch_size, kernel)
+        plan = fill_predictions(plan, scheme, gm, source.layers, source.calib, source.batch_size, target, kernel)
     elif train is None:
         scheme = quantize_model(gm, source.layers, source.calib, config, source.batch_size)
     else:

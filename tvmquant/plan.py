@@ -124,10 +124,11 @@ def _choice(entry: object, where: str) -> LayerChoice:
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     method = entry.get("method")
+    measured = {k: _real(entry[k], f"{where}: '{k}'") for k in MEASURED if entry.get(k) is not None}
     if method == FLOAT:
-        if entry.get("wbits") is not None or entry.get("abits") is not None:
-            raise UserError(f"{where}: a float32 layer has no wbits/abits")
-        return LayerChoice(FLOAT, bytes=_optional(entry, "bytes", where))
+        if any(entry.get(k) is not None for k in ("wbits", "abits", "family")):
+            raise UserError(f"{where}: a float32 layer has no wbits/abits/family")
+        return LayerChoice(FLOAT, bytes=_optional(entry, "bytes", where), **measured)
     if method not in METHODS:
         raise UserError(f"{where}: method must be one of {', '.join((*METHODS, FLOAT))}, got {method!r}")
     wbits, abits = (_bits(entry.get(k), f"{where}: '{k}'") for k in ("wbits", "abits"))
@@ -136,7 +137,6 @@ def _choice(entry: object, where: str) -> LayerChoice:
     family = entry.get("family")
     if family is not None and family not in KERNELS[1:]:
         raise UserError(f"{where}: family must be one of {', '.join(KERNELS[1:])}, got {family!r}")
-    measured = {k: _real(entry[k], f"{where}: '{k}'") for k in MEASURED if entry.get(k) is not None}
     return LayerChoice(method, wbits, abits, family, _optional(entry, "bytes", where), **measured)
 
 

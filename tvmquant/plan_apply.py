@@ -21,6 +21,7 @@ from .kernels.family import layer_geometry
 from .plan import FLOAT, LayerChoice, Plan
 from .quantize import QuantConfig, assemble, calibrate_activations, quantize_weights
 from .scheme import ActQuant, LayerScheme, QuantScheme, WeightQuant
+from .target import TargetSpec
 
 
 def supported_layers(layers: list[LayerInfo]) -> list[LayerInfo]:
@@ -57,10 +58,12 @@ def kernel_shape(layer: LayerScheme, shape: tuple[int, ...]) -> tuple[int, int, 
     return tuple(shape)  # type: ignore[return-value]
 
 
-def deployed(layer: LayerScheme, shape: tuple[int, ...], kernel: str = "auto") -> tuple[str, int]:
-    """(family, bytes of its constants): what LowerQuantizedLayers will choose and store for this layer."""
-    family, _ = registry.choose(layer, kernel)
-    call = family.instantiate(layer, layer_geometry(layer, kernel_shape(layer, shape)), scheduled=False)
+def deployed(layer: LayerScheme, shape: tuple[int, ...], target: TargetSpec, kernel: str = "auto") -> tuple[str, int]:
+    """(family, bytes of its constants): what LowerQuantizedLayers will choose and store for this layer when
+    building for `target` (the int8 cost rule depends on the target's dot-product instruction)."""
+    with target.tvm_target:
+        family, _ = registry.choose(layer, kernel)
+        call = family.instantiate(layer, layer_geometry(layer, kernel_shape(layer, shape)), scheduled=False)
     return family.FAMILY, call.const_bytes
 
 
@@ -98,7 +101,7 @@ def quantize_planned(
 
 def fill_predictions(
     plan: Plan, scheme: QuantScheme, gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray,
-    batch_size: int, kernel: str = "auto",
+    batch_size: int, target: TargetSpec, kernel: str = "auto",
 ) -> Plan:
     """The plan with each layer's family and deployed bytes as this scheme gives them; a family written in the
     plan that the kernel rule would not pick is an error (the family follows from method and bits)."""
@@ -110,7 +113,7 @@ def fill_predictions(
             out[info.name] = LayerChoice(FLOAT, bytes=4 * gm.get_parameter(info.weight).numel(),
                                          error=choice.error, flips=choice.flips)
             continue
-        family, size = deployed(scheme.layers[info.name], shapes[info.name], kernel)
+        family, size = deployed(scheme.layers[info.name], shapes[info.name], target, kernel)
         if choice.family is not None and choice.family != family:
             raise UserError(f"plan: layer '{info.name}' says family '{choice.family}', but {choice.label()} runs on "
                             f"'{family}' (the family follows from method and bits: drop the field or change them)")

@@ -83,7 +83,7 @@ def default_output(args: argparse.Namespace, model: str, target: str) -> Path:
     return Path("tvmquant_out") / f"{model}-{target}-{what}{suffix}.so"
 
 
-def make_plan(args: argparse.Namespace, source, config):
+def make_plan(args: argparse.Namespace, source, config, target):
     """The plan to compile: loaded from --plan-in, or measured and solved for the budget."""
     from . import plan as plan_file
     from .plan_apply import supported_layers
@@ -100,7 +100,8 @@ def make_plan(args: argparse.Namespace, source, config):
     budget = args.budget_bytes or int(args.budget_ratio * fp32)
     print(f"plan: measuring each layer's options on {len(source.calib)} calibration samples (budget {budget} B, "
           f"fp32 weights {fp32} B)")
-    options = measure_options(source.gm, source.layers, source.calib, config, source.batch_size, args.kernel)
+    options = measure_options(source.gm, source.layers, source.calib, config, source.batch_size, target, args.kernel,
+                              budget=budget)
     return plan_file.Plan(source.name, solve(options, budget), budget, fp32)
 
 

@@ -24,18 +24,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import fx
 
 from .batching import run_batched
+from .errors import UserError
 from .frontend import LayerInfo
 from .names import METHODS
 from .plan import FLOAT, NEEDS_TWO_BITS, LayerChoice
 from .plan_apply import deployed, input_shapes, quantize_choice, supported_layers
 from .quantize import QuantConfig, calibrate_activations
 from .scheme import ActQuant, LayerScheme, WeightQuant
+from .target import TargetSpec
 from .train import QuantForward
 
 WBITS = (1, 2, 3, 4, 5, 6, 8)
@@ -74,50 +77,82 @@ def choices(methods: tuple[str, ...] = METHODS, wbits: tuple[int, ...] = WBITS) 
 
 def measure_options(
     gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray, base: QuantConfig, batch_size: int,
-    kernel: str = "auto", methods: tuple[str, ...] = METHODS, wbits: tuple[int, ...] = WBITS,
-    abits: tuple[int, ...] = ABITS, progress: Callable[[str], None] = print,
+    target: TargetSpec, kernel: str = "auto", methods: tuple[str, ...] = METHODS, wbits: tuple[int, ...] = WBITS,
+    abits: tuple[int, ...] = ABITS, budget: int | None = None, progress: Callable[[str], None] = print,
 ) -> dict[str, list[LayerChoice]]:
     """Every option of every supported layer, measured (bytes, family, error, flips); float32 included.
-    Runs torch on one thread: its many small forwards were 10-100x slower with two threads on a loaded
-    2-core machine (thread hand-offs), and no faster on a quiet one."""
+    With a `budget`, options no plan within it can hold are not run, and a budget below the smallest plan is
+    a UserError before any is. Runs torch on one thread: its many small forwards were 10-100x slower with two
+    threads on a loaded 2-core machine (thread hand-offs)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _measure(gm, layers, calib, base, batch_size, kernel, methods, wbits, abits, progress)
+        todo = supported_layers(layers)
+        shapes = input_shapes(gm, todo, calib[:batch_size])
+        acts = {a: calibrate_activations(gm, [(info, 8, a) for info in todo], calib, batch_size, base.act_scale)
+                for a in abits}
+        found = {info.name: _sized(gm, info, acts, shapes[info.name], calib, base, batch_size, target, kernel, methods, wbits)
+                 for info in todo}
+        if budget is not None:
+            found = _within(found, budget)
+        return _measure(gm, layers, found, calib, batch_size, progress)
     finally:
         torch.set_num_threads(threads)
 
 
+@dataclass
+class _Sized:
+    choice: LayerChoice  # family and bytes known, error not yet
+    weight: WeightQuant | None  # None: float32
+    act: ActQuant | None
+
+
+def _sized(
+    gm: fx.GraphModule, info: LayerInfo, acts: dict[int, dict[str, ActQuant]], shape: tuple[int, ...],
+    calib: np.ndarray, base: QuantConfig, batch_size: int, target: TargetSpec, kernel: str, methods: tuple[str, ...],
+    wbits: tuple[int, ...],
+) -> list[_Sized]:
+    """A layer's options with their deployed bytes, those not worth running left out (module docstring)."""
+    found = [_Sized(LayerChoice(FLOAT, bytes=4 * gm.get_parameter(info.weight).numel()), None, None)]
+    for method, w in choices(methods, wbits):
+        shared, smallest = None, found[0].choice.bytes  # weights that do not depend on the act quantizer: once
+        for a in sorted(acts, reverse=True):
+            act = acts[a][info.name]
+            choice = LayerChoice(method, w, a)
+            weight = shared if shared is not None else quantize_choice(gm, info, choice, act, calib, base, batch_size)
+            shared = weight if method != "multipoint" else None
+            family, size = deployed(LayerScheme(info.name, info.op, weight, act, info.stride, info.padding), shape, target, kernel)
+            if size < smallest:
+                smallest = size
+                found.append(_Sized(LayerChoice(method, w, a, family, size), weight, act))
+    return found
+
+
+def _within(found: dict[str, list[_Sized]], budget: int) -> dict[str, list[_Sized]]:
+    """Only options that fit beside the other layers' smallest ones (exact: no plan within budget uses another)."""
+    smallest = {name: min(o.choice.bytes for o in opts) for name, opts in found.items()}
+    total = sum(smallest.values())
+    if total > budget:
+        raise UserError(f"budget of {budget} B is below the smallest plan this model has ({total} B deployed)")
+    return {name: [o for o in opts if o.choice.bytes <= budget - total + smallest[name]] for name, opts in found.items()}
+
+
 def _measure(
-    gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray, base: QuantConfig, batch_size: int,
-    kernel: str, methods: tuple[str, ...], wbits: tuple[int, ...], abits: tuple[int, ...],
-    progress: Callable[[str], None],
+    gm: fx.GraphModule, layers: list[LayerInfo], found: dict[str, list[_Sized]], calib: np.ndarray,
+    batch_size: int, progress: Callable[[str], None],
 ) -> dict[str, list[LayerChoice]]:
-    todo = supported_layers(layers)
     with torch.no_grad():
         reference = run_batched(lambda x: gm(torch.from_numpy(x)).numpy(), calib, batch_size)
-    shapes = input_shapes(gm, todo, calib[:batch_size])
-    acts = {a: calibrate_activations(gm, [(info, 8, a) for info in todo], calib, batch_size, base.act_scale)
-            for a in abits}
     options: dict[str, list[LayerChoice]] = {}
-    for info in todo:
-        start = time.monotonic()
-        found = [LayerChoice(FLOAT, bytes=4 * gm.get_parameter(info.weight).numel(), error=0.0, flips=0.0)]
-        for method, w in choices(methods, wbits):
-            shared, smallest = None, found[0].bytes  # weights that do not depend on the act quantizer: once
-            for a in sorted(abits, reverse=True):
-                act = acts[a][info.name]
-                choice = LayerChoice(method, w, a)
-                weight = shared if shared is not None else quantize_choice(gm, info, choice, act, calib, base, batch_size)
-                shared = weight if method != "multipoint" else None
-                layer = LayerScheme(info.name, info.op, weight, act, info.stride, info.padding)
-                family, size = deployed(layer, shapes[info.name], kernel)
-                if size >= smallest:  # float32 (no error) or wider activations cost no more: not worth measuring
-                    continue
-                smallest = size
-                out = quantized_outputs(gm, layers, {info.name: act}, {info.name: weight}, calib, batch_size)
-                error, flips = output_error(reference, out)
-                found.append(LayerChoice(method, w, a, family, size, error, flips))
-        options[info.name] = found
-        progress(f"  plan: measured {len(found)} options of {info.name} in {time.monotonic() - start:.0f} s")
+    for name, opts in found.items():
+        start, measured = time.monotonic(), []
+        for o in opts:
+            if o.weight is None:
+                measured.append(replace(o.choice, error=0.0, flips=0.0))
+                continue
+            out = quantized_outputs(gm, layers, {name: o.act}, {name: o.weight}, calib, batch_size)
+            error, flips = output_error(reference, out)
+            measured.append(replace(o.choice, error=error, flips=flips))
+        options[name] = measured
+        progress(f"  plan: measured {len(measured)} options of {name} in {time.monotonic() - start:.0f} s")
     return options
