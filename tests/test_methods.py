@@ -263,6 +263,21 @@ def test_inq_trainer_gives_every_portion_the_same_steps():
     assert InqTrainer({"l": w}, {"l": 3}).total_steps(5) == 5 * len(portions)
 
 
+def test_inq_wide_layers_use_the_uniform_grid_in_ptq_and_qat():
+    w = _weights()
+    wide = inq.quantize_weight(w, 8)
+    assert wide.kind is WeightKind.UNIFORM
+    np.testing.assert_array_equal(wide.codes, uniform.quantize_weight(w, 8).codes)
+    pow2 = inq.quantize_weight(w, 8, uniform_bits=9)  # the paper's all-pow2 network
+    assert pow2.kind is WeightKind.POW2
+    err = [np.linalg.norm(q.dequantize() - w) for q in (wide, pow2, inq.quantize_weight(w, 4))]
+    assert err[0] < 0.1 * err[1] and err[1] > 0.75 * err[2]  # pow2 at 8 bits: hardly finer than at 4
+    params = {n: torch.nn.Parameter(torch.from_numpy(w).float()) for n in ("edge", "mid")}
+    trainer = InqTrainer(params, {"edge": 8, "mid": 3}, portion_steps=1)
+    assert set(trainer.states) == {"mid"} and trainer.export("edge").kind is WeightKind.UNIFORM
+    assert trainer.total_steps(10) == len(inq.PORTIONS[3]) - 1
+
+
 def test_balanced_per_channel_grids_keep_small_channels_and_their_mean():
     rng = np.random.default_rng(5)
     w = rng.standard_normal((8, 320)) * np.geomspace(0.01, 1, 8)[:, None] - 0.3 * np.geomspace(0.01, 1, 8)[:, None]

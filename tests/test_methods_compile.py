@@ -16,7 +16,7 @@ from tvmquant.rpc import DeviceModule
 from tvmquant.scheme import LayerScheme, QuantScheme
 from tvmquant.train import QuantForward, TrainConfig, train_quantized
 
-KINDS = {"uniq": {"codebook"}, "inq": {"pow2"}, "balanced": {"uniform"}, "multipoint": {"multipoint"},
+KINDS = {"uniq": {"codebook"}, "inq": {"pow2", "uniform"}, "balanced": {"uniform"}, "multipoint": {"multipoint"},
          "qnet": {"pow2", "uniform"}}
 
 
