@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from reproduce import BATCH, fast_forward, load_cnn, mnist_bench  # noqa: E402
 
 from tvmquant.batching import run_batched  # noqa: E402
+from tvmquant.errors import UserError  # noqa: E402
 from tvmquant.plan import Plan, to_json  # noqa: E402
 from tvmquant.plan_apply import deployed, input_shapes, quantize_planned, supported_layers  # noqa: E402
 from tvmquant.plan_search import measure_options  # noqa: E402
@@ -38,7 +39,7 @@ from tvmquant.plan_solve import solve  # noqa: E402
 from tvmquant.quantize import QuantConfig, quantize_model  # noqa: E402
 from tvmquant.target import load_target  # noqa: E402
 
-RATIOS = (0.035, 0.05, 0.0625, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3)
+RATIOS = (0.04, 0.05, 0.0625, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3)
 UNIFORM = ((2, 2), (2, 3), (3, 3), (4, 4), (4, 8), (8, 8))  # one setting for every layer (8-bit edges)
 GOAL = 99.3
 
@@ -124,7 +125,11 @@ def main() -> None:
     points = []
     for ratio in sorted(args.ratios):
         budget = int(ratio * fp32_bytes)
-        plan = Plan(source.name, solve(options, budget), budget, fp32_bytes)
+        try:
+            plan = Plan(source.name, solve(options, budget), budget, fp32_bytes)
+        except UserError as exc:  # below the smallest plan
+            print(f"ratio {ratio}: {exc}", flush=True)
+            continue
         scheme = quantize_planned(source.gm, source.layers, source.calib, plan, QuantConfig(), BATCH)
         points.append({"ratio": ratio, "budget": budget, "bytes": scheme_bytes(source, scheme, target),
                        "predicted_bytes": plan.predicted_bytes, "accuracy": score(source, scheme, x, y),
