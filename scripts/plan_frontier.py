@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from reproduce import BATCH, fast_forward, load_cnn, mnist_bench  # noqa: E402
 
 from tvmquant.batching import run_batched  # noqa: E402
 from tvmquant.errors import UserError  # noqa: E402
-from tvmquant.plan import Plan, to_json  # noqa: E402
+from tvmquant.plan import Plan  # noqa: E402
 from tvmquant.plan_apply import deployed, input_shapes, quantize_planned, supported_layers  # noqa: E402
 from tvmquant.plan_search import measure_options  # noqa: E402
 from tvmquant.plan_solve import solve  # noqa: E402
@@ -66,19 +67,13 @@ def run_cli(source, x, y, ratio: float, work: Path) -> tuple[dict, str, list[str
             "--calib", str(work / "calib.npy"), "--eval-data", str(work / "eval_x.npy"),
             "--eval-labels", str(work / "eval_y.npy"), "--budget-ratio", str(ratio),
             "--plan", str(work / "plan.json"), "-o", str(work / "mnist_cnn.so"), "--json"]
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), **_env()})
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if done.returncode != 0:
         sys.exit(f"compile failed ({done.returncode}):\n{done.stderr[-3000:]}")
     summary = done.stderr[done.stderr.index("per-layer plan for"):].rstrip()
     shown = ["python -m tvmquant compile" + " ".join(a if not a.startswith(str(work)) else a.replace(str(work), "WORK")
                                                      for a in [""] + argv[4:])]
     return json.loads(done.stdout), summary, shown
-
-
-def _env() -> dict:
-    import os
-
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def plot(points: list[dict], uniform: list[dict], fp32: float, cli: dict | None, path: Path) -> None:
