@@ -8,7 +8,8 @@ model); the int8 time likewise includes quantize_per_tensor and dequantize aroun
     python scripts/bench_bitserial.py [--rounds 7] [--threads 2] [--bits W2A2 W1A1 ...]
         [--before /tmp/bitserial_before.py]   # also time another version of the kernel module, e.g.
             # git show main:tvmquant/kernels/bitserial.py > /tmp/bitserial_before.py, with its relative
-            # imports (from ..packing / ..scheme / .family / .geometry) made absolute (tvmquant.…)
+            # imports (from .. / ..packing / ..scheme / .family / .geometry) made absolute (tvmquant.…); it must
+            # have this version's API (build_primfunc(cfg), schedule(func, target), runtime act inputs)
         [--tvm-fp32]                          # also time TVM's own untuned fp32 conv
         [--cpu-time]                          # process CPU time instead of wall time (use with --threads 1)
 
@@ -81,10 +82,12 @@ def _tvm_fp32(shape, target):
 def _bitserial(module: ModuleType, shape, wbits: int, abits: int, target):
     cfg = module.BitserialConv2dConfig(*shape, wbits=wbits, abits=abits)
     rng = np.random.default_rng(0)
-    lib = tvm.compile(tvm.IRModule({"main": module.build_primfunc(cfg, 2.0, 1)}), target)
+    lib = tvm.compile(tvm.IRModule({"main": module.schedule(module.build_primfunc(cfg), target)}), target)
     codes = rng.integers(0, 1 << wbits, (cfg.out_channels, cfg.reduction)).astype(np.uint8)
     args = [
         rng.standard_normal((cfg.batch, cfg.in_channels, cfg.height, cfg.width)).astype(np.float32),
+        np.array([2.0], np.float32),  # the activation quantizer's runtime inputs: inv_scale, zero point
+        np.array([1], np.int32),
         module.pack_weights(codes, cfg),
         codes.sum(1).astype(np.int32),
         np.full(cfg.out_channels, (1 << wbits) - 1, np.int32),

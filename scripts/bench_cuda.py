@@ -30,7 +30,8 @@ import tvm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from cuda_cases import unscheduled  # noqa: E402  (the tests' random layers of each family)
 
-from tvmquant.cuda import pipeline, toolkit  # noqa: E402
+from tvmquant import pipeline  # noqa: E402
+from tvmquant.cuda import toolkit  # noqa: E402
 from tvmquant.cuda.target import gpu_present, with_arch  # noqa: E402
 from tvmquant.target import load_target  # noqa: E402
 
@@ -38,11 +39,11 @@ GEMV_FAMILIES = [("bitserial", (2, 8)), ("lut", (2, 8)), ("shift", (3, 8)), ("mu
                  ("dequant", (2, 8))]
 
 
-def _tvm_kernel(family: str, bits: tuple[int, int], shape: tuple, target) -> callable:
+def _tvm_kernel(family: str, bits: tuple[int, int], shape: tuple, spec) -> callable:
     """A timer (seconds per call) of the family's CUDA kernel on a random layer of `shape`."""
     _, call = unscheduled(family, shape, bits=bits)
-    mod = pipeline.schedule(tvm.IRModule({"main": call.prim}), target)
-    lib = tvm.compile(mod, target)
+    mod = pipeline.default_schedules(tvm.IRModule({"main": call.prim}), spec)  # as compile schedules it
+    lib = tvm.compile(mod, spec.tvm_target)
     dev = tvm.cuda()
     n, c, h, w, o = shape[:5]
     args = [tvm.runtime.tensor(np.random.default_rng(0).standard_normal((n, c, h, w)).astype(np.float32), dev)]
@@ -74,11 +75,11 @@ def _medians(variants: dict, rounds: int) -> dict[str, float]:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def gemv(target, rounds: int, torch_cuda: bool) -> list[dict]:
+def gemv(spec, rounds: int, torch_cuda: bool) -> list[dict]:
     rows = []
     for batch in (1, 16):
         shape = (batch, 4096, 1, 1, 4096, (1, 1), (1, 1), (0, 0))
-        variants = {f"{f} W{b[0]}A{b[1]}": _tvm_kernel(f, b, shape, target) for f, b in GEMV_FAMILIES}
+        variants = {f"{f} W{b[0]}A{b[1]}": _tvm_kernel(f, b, shape, spec) for f, b in GEMV_FAMILIES}
         if torch_cuda:
             x = torch.randn(batch, 4096, device="cuda", dtype=torch.float16)
             w = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
@@ -96,7 +97,7 @@ def _model_row(name: str, module: torch.nn.Module, shape: tuple, bits: int, spec
 
     source = load_source(module, shape, calib=calib, eval_x=calib[: shape[0]])
     result = compile_model(source, QuantConfig(bits, bits), spec, folder / f"{name}-{shape[0]}.so")
-    compiled = DeviceModule.local(result.artifact, "cuda")
+    compiled = DeviceModule.local(result.artifact, tvm.cuda())
     x = calib[: shape[0]]
     variants = {f"tvmquant W{bits}A{bits}": lambda: compiled.latency_ms(x, number=10, repeat=1) / 1e3}
     if torch_cuda:
@@ -143,7 +144,7 @@ def main() -> int:
     toolkit.configure()
     spec = with_arch(load_target("cuda"), args.arch)
     torch_cuda = torch.cuda.is_available()
-    rows = gemv(spec.tvm_target, args.rounds, torch_cuda)
+    rows = gemv(spec, args.rounds, torch_cuda)
     if not args.no_models:
         rows += models(spec, args.rounds, torch_cuda)
     device = tvm.cuda()

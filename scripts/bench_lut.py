@@ -59,12 +59,15 @@ def _inputs(shape, bits):
     return x, codes, levels, np.ones(o, np.float32)
 
 
+ACT = [np.array([20.0], np.float32), np.array([128], np.int32)]  # activation inv_scale, zero point
+
+
 def _lut(shape, bits, target):
     cfg = LutConv2dConfig(*shape, wbits=bits, abits=8)
     x, codes, levels, scale = _inputs(shape, bits)
     out = np.zeros((cfg.batch, cfg.out_channels, *cfg.out_hw), np.float32)
-    args = [x, lut.pack_index(codes, cfg), levels, scale, out]
-    return _lib_call(lut.build_primfunc(cfg, 20.0, 128), args, target), args[1].nbytes
+    args = [x, *ACT, lut.pack_index(codes, cfg), levels, scale, out]
+    return _lib_call(lut.schedule(lut.build_primfunc(cfg), target), args, target), args[3].nbytes
 
 
 def _dequant(shape, bits, target):
@@ -73,7 +76,8 @@ def _dequant(shape, bits, target):
     terms = np.stack([(codes == j) for j in range(1 << bits)]).astype(np.float64)
     terms = terms.reshape(cfg.terms, cfg.out_channels, cfg.in_channels, *cfg.kernel)
     out = np.zeros((cfg.batch, cfg.out_channels, *cfg.out_hw), np.float32)
-    return _lib_call(dequant.build_primfunc(cfg, 20.0, 128), [x, terms, levels, scale, out], target)
+    func = dequant.schedule(dequant.build_primfunc(cfg), target)
+    return _lib_call(func, [x, *ACT, terms, levels, scale, out], target)
 
 
 def _time(fn, min_seconds: float = 0.05) -> float:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import tvm
 
 from tvmquant.kernels import bitserial, dequant, multipoint
-from tvmquant.kernels.family import layer_geometry
+from tvmquant.kernels.family import layer_geometry, scheduled
 from tvmquant.reference import quantized_layer
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import load_target
@@ -49,7 +49,7 @@ def layers(shape, wbits: int, abits: int, extra: float, rng) -> tuple[LayerSchem
 def compiled(family, layer: LayerScheme, shape, target, number: int = 5):
     """(seconds per call on a device tensor x, the output for x) for one family's default kernel."""
     geometry = layer_geometry(layer, shape[:4])
-    call = family.instantiate(layer, geometry)
+    call = scheduled(family.FAMILY, layer, geometry, target)
     lib = tvm.compile(tvm.IRModule({"main": call.prim}), target)
     dev = tvm.cpu()
     consts = [tvm.runtime.tensor(np.ascontiguousarray(c), dev) for c in call.consts]

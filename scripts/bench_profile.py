@@ -27,11 +27,11 @@ import torch  # noqa: E402
 
 from bench_cases import all_cases  # noqa: E402
 from bench_variants import Context, ort_int8  # noqa: E402
-from tvmquant import frontend  # noqa: E402
-from tvmquant.build import build  # noqa: E402
+from tvmquant import pipeline  # noqa: E402
 from tvmquant.passes.lower_quantized import _ident  # noqa: E402
 from tvmquant.profile import profile  # noqa: E402
-from tvmquant.quantize import QuantConfig, quantize_model  # noqa: E402
+from tvmquant.pipeline import BuildOptions, QuantRequest  # noqa: E402
+from tvmquant.quantize import QuantConfig  # noqa: E402
 from tvmquant.rpc import DeviceModule  # noqa: E402
 from tvmquant.target import load_target  # noqa: E402
 
@@ -78,9 +78,8 @@ def main() -> int:
     src = ctx.source
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scheme = quantize_model(src.gm, src.layers, src.calib, QuantConfig(args.bits, args.bits, 8), src.batch_size)
-    mod, params, fqn = frontend.to_relax(src.gm, src.input_shape)
-    built = build(mod, params, fqn, src.layers, scheme, target, kernel=args.kernel)
+        quantized = pipeline.quantize(src, QuantRequest(QuantConfig(args.bits, args.bits, 8)))
+    built = pipeline.build(src, quantized, target, BuildOptions(kernel=args.kernel))
     ours = DeviceModule.local(built.executable)
     ort_int8(ctx)  # writes the calibrated static QDQ model
     options = ort.SessionOptions()
@@ -112,7 +111,7 @@ def main() -> int:
         ort_ms = sum(med(theirs[m]) for m in matches)
         ops = "+".join(sorted({op for _, op in matches})) or "?"
         ratio = f"{ort_ms / med(mine[key]):.2f}x" if matches and mine.get(key) else "–"
-        lines.append(f"| {layer} | {scheme.layers[layer].describe()} | {family} | {med(mine[key]):.3f} | {ops} | "
+        lines.append(f"| {layer} | {quantized.scheme.layers[layer].describe()} | {family} | {med(mine[key]):.3f} | {ops} | "
                      f"{ort_ms:.3f} | {ratio} |")
     our_total = sum(med(v) for v in mine.values())
     ort_total = sum(med(v) for v in theirs.values())

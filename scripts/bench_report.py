@@ -172,8 +172,8 @@ def markdown(data: dict) -> str:
                            f"{env['e2e_trials']} trials in total per model (gradient task scheduler)"
                            if env["trials"] > 0 else "untuned (--trials 0): TVM's default Relax pipeline")
         + "; records cached in `~/.cache/tvmquant/bench_tuning/`.",
-        "- Ours: a one-layer torch module through tvmquant's public pipeline (`quantize_model` with random "
-        "calibration data, `frontend.to_relax`, `build.build`); the kernel column is the family `build` chose. "
+        "- Ours: a one-layer torch module through tvmquant's public pipeline (`pipeline.quantize` with random "
+        "calibration data, `pipeline.build`); the kernel column is the family the lowering chose. "
         "Models: first and last layer at W8A8 (the default). Our kernels use their default schedules"
         + (f" plus the records of `{env['tuning_log']}`." if env["tuning_log"] else " (no --tuning-log)."),
         "- Correctness: ours checked against `tvmquant.reference` (the quantized PyTorch layer/model of the same "

@@ -17,7 +17,7 @@ import torch
 import tvm
 
 from tvmquant.kernels import bitserial, dequant, shift
-from tvmquant.kernels.family import layer_geometry
+from tvmquant.kernels.family import layer_geometry, scheduled
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import load_target
 
@@ -43,7 +43,7 @@ def _layer(shape, out, kernel, padding, kind: WeightKind, wbits: int, abits: int
 
 def _kernel(family, layer: LayerScheme, shape, target):
     geometry = layer_geometry(layer, shape)
-    call = family.instantiate(layer, geometry)
+    call = scheduled(family.FAMILY, layer, geometry, target)
     lib = tvm.compile(tvm.IRModule({"main": call.prim}), target)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     out = np.zeros((shape[0], geometry.out_channels, *geometry.out_hw), np.float32)

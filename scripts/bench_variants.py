@@ -2,7 +2,7 @@
 inference on a fixed input, its output already checked, its weight bytes, and a deployable artifact for the
 peak-memory pass). A variant that cannot run here raises `Unavailable` with a one-line reason.
 
-Ours are built through tvmquant's public pipeline (quantize_model -> frontend.to_relax -> build.build), so
+Ours are built through tvmquant's one pipeline (tvmquant.pipeline: quantize -> build), so
 whichever kernel family tvmquant picks for a weight kind at run time is what gets measured and reported.
 """
 
@@ -27,13 +27,14 @@ from tvm import relax
 from tqdm import tqdm
 
 from bench_cases import Case
-from tvmquant import frontend
-from tvmquant.build import build, legalize, lower
-from tvmquant.compile import ModelSource, load_source
-from tvmquant.database import load_task_state, locked, open_database, read_database
-from tvmquant.quantize import QuantConfig, quantize_model
+from tvmquant import pipeline
+from tvmquant.adapters import for_target
+from tvmquant.database import locked, open_database, read_database
+from tvmquant.pipeline import BuildOptions, Quantized, QuantRequest, TuningRecords
+from tvmquant.quantize import QuantConfig
 from tvmquant.reference import ReferenceModel
 from tvmquant.scheme import QuantScheme
+from tvmquant.source import ModelSource, load_source
 from tvmquant.target import TargetSpec
 
 TUNING_CACHE = Path.home() / ".cache" / "tvmquant" / "bench_tuning"
@@ -332,7 +333,7 @@ def constant_bytes(mod: tvm.IRModule) -> int:
 
 
 def _vm_prepared(executable, ctx: Context, key: str, weight_bytes: int, family: str, check_fn) -> Prepared:
-    vm = relax.VirtualMachine(executable, tvm.cpu())
+    vm = relax.VirtualMachine(executable, for_target(ctx.target).device(None))
     arg = tvm.runtime.tensor(ctx.x)
     run = lambda: vm["main"](arg)  # noqa: E731
     check = check_fn(run().numpy())
@@ -345,14 +346,13 @@ def tvm_fp32(ctx: Context) -> Prepared:
     """TVM's default Relax pipeline on the fp32 layer, with MetaSchedule records (XGBoost cost model) when
     --trials > 0; the records are cached, so a re-run with the same trials does not tune again."""
     src = ctx.source
-    mod, params, fqn = frontend.to_relax(src.gm, src.input_shape)
-    empty = QuantScheme()
-    nbytes = constant_bytes(lower(mod, params, fqn, src.layers, empty)[0])
+    unquantized = Quantized(QuantScheme(), src.gm)
+    nbytes = constant_bytes(pipeline.relax_module(src, unquantized, ctx.target))
     trials = ctx.e2e_trials if ctx.case.kind == "model" else ctx.trials
-    database = tune_fp32(mod, params, fqn, src, ctx, trials) if trials > 0 else None
-    built = build(mod, params, fqn, src.layers, empty, ctx.target, database)
+    records = tune_fp32(unquantized, src, ctx, trials) if trials > 0 else None
+    built = pipeline.build(src, unquantized, ctx.target, BuildOptions(records=records))
     family = f"fp32 MetaSchedule {trials} trials" if trials > 0 else "fp32 untuned"
-    if database is not None:
+    if records is not None:
         family += f", {len(built.tuned)} funcs from records"
     return _vm_prepared(built.executable, ctx, "tvm_fp32", nbytes, family, lambda out: check_peer(out, ctx, "fp32"))
 
@@ -361,7 +361,7 @@ def tuning_dir(ctx: Context) -> Path:
     return TUNING_CACHE / f"{ctx.target.tvm_target.mcpu}" / ctx.case.name
 
 
-def tune_fp32(mod, params, fqn, src: ModelSource, ctx: Context, trials: int):
+def tune_fp32(unquantized: Quantized, src: ModelSource, ctx: Context, trials: int) -> TuningRecords:
     """MetaSchedule over the fp32 model's fused tasks. Single layers: `trials` per task. Models: a global budget
     of `trials` spread by TVM's gradient task scheduler (at most 64 per task, each gets its first round).
     Done once per budget: a marker
@@ -376,8 +376,7 @@ def tune_fp32(mod, params, fqn, src: ModelSource, ctx: Context, trials: int):
     with locked(log_dir):
         done = json.loads(marker.read_text()).get("trials", 0) if marker.is_file() else 0
         if done < trials:
-            lowered = legalize(lower(mod, params, fqn, src.layers, QuantScheme())[0], tvm_target)
-            tasks = ms.relax_integration.extract_tasks(lowered, tvm_target)
+            tasks = ms.relax_integration.extract_tasks(pipeline.tuning_module(src, unquantized, ctx.target), tvm_target)
             per_task = min(trials, 64) if ctx.case.kind == "model" else trials
             total = trials if ctx.case.kind == "model" else trials * len(tasks)
             per_iter = max(1, min(16, total // len(tasks)))  # so that a thin model budget still reaches every task
@@ -393,13 +392,13 @@ def tune_fp32(mod, params, fqn, src: ModelSource, ctx: Context, trials: int):
                 ms.tune.tune_tasks(
                     tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=total,
                     max_trials_per_task=per_task, num_trials_per_iter=per_iter,
-                    builder=tq.make_builder(ctx.target, 60.0), runner=tq.make_runner(None, 60.0, 1),
+                    builder=for_target(ctx.target).builder(ctx.target, 60.0), runner=tq.make_runner(None, 60.0, 1),
                     database=database, cost_model=ms.cost_model.XGBModel(num_warmup_samples=per_iter, verbose_eval=0),
                     measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), tq._Progress(bar)],
                     task_scheduler="gradient",
                 )
             marker.write_text(json.dumps({"trials": trials}))
-    return read_database(log_dir)
+    return TuningRecords([log_dir], read_database(log_dir), {})
 
 
 @dataclass(frozen=True)
@@ -431,15 +430,11 @@ class Ours:
         src, config = ctx.source, self.config(ctx.case)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            scheme = quantize_model(src.gm, src.layers, src.calib, config, src.batch_size)
-        mod, params, fqn = frontend.to_relax(src.gm, src.input_shape)
-        with ctx.target.tvm_target:  # the auto rule reads the target's dot-product ISA
-            nbytes = constant_bytes(lower(mod, params, fqn, src.layers, scheme, kernel=self.kernel)[0])
-        database, untuned = None, {}
-        if ctx.tuning_log is not None:
-            database = read_database(ctx.tuning_log)
-            untuned = {k: v["untuned_ms"] for k, v in load_task_state(ctx.tuning_log).items() if "untuned_ms" in v}
-        built = build(mod, params, fqn, src.layers, scheme, ctx.target, database, untuned, kernel=self.kernel)
+            quantized = pipeline.quantize(src, QuantRequest(config))
+        scheme = quantized.scheme
+        nbytes = constant_bytes(pipeline.relax_module(src, quantized, ctx.target, self.kernel))
+        records = TuningRecords.read(ctx.tuning_log) if ctx.tuning_log is not None else None
+        built = pipeline.build(src, quantized, ctx.target, BuildOptions(self.kernel, records))
         reference = ReferenceModel(src.gm, src.layers, scheme)(ctx.x)
         families = sorted(set(built.lowered.kernels.values())) or ["float32 (nothing quantized)"]
         family = "+".join(families) if ctx.case.kind == "model" else families[0]
@@ -447,7 +442,7 @@ class Ours:
             edge = "first/last W8A8, " if len(scheme.layers) > 2 else ""
             family = f"{family} ({edge}{len(scheme.layers)} layers)"
         prepared = _vm_prepared(built.executable, ctx, self.key, nbytes, family, lambda out: check_ours(out, reference))
-        prepared.note = f"{len(built.tuned)} kernels from records" if database is not None else ""
+        prepared.note = f"{len(built.tuned)} kernels from records" if records is not None else ""
         return prepared
 
 

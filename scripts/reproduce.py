@@ -35,7 +35,7 @@ from tvmquant.batching import run_batched  # noqa: E402
 from tvmquant.compile import compile_model, load_source  # noqa: E402
 from tvmquant.methods import inq  # noqa: E402
 from tvmquant.quantize import QuantConfig, quantize_model, quantize_with_training  # noqa: E402
-from tvmquant.rpc import DeviceModule  # noqa: E402
+from tvmquant.device_run import DeviceAddress, run_on_device  # noqa: E402
 from tvmquant.target import load_target  # noqa: E402
 from tvmquant.train import QuantForward, TrainConfig  # noqa: E402
 
@@ -257,7 +257,7 @@ def check_compiled(bench: Bench) -> dict[str, str]:
     small = replace(source, eval_x=x[:200], eval_y=y[:200])
     for method in PTQ_METHODS:
         result = compile_model(small, QuantConfig(3, 8, 8, method=method), target, Path(f"/tmp/reproduce_{method}.so"))
-        compiled = run_batched(DeviceModule.local(result.artifact), small.eval_x, BATCH)
+        compiled = run_on_device(target, result.artifact, small.eval_x, BATCH, DeviceAddress()).outputs
         ref = result.reference_outputs
         rel = float(np.abs(compiled - ref).max() / np.abs(ref).max())
         kernels = ",".join(sorted(set(result.kernels.values())))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from tvmquant import pipeline
 from tvmquant.kernels import registry
 from tvmquant.kernels.family import KernelCall, layer_geometry
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
+from tvmquant.target import load_target
 
 FAMILY_BITS = {"bitserial": (2, 2), "multipoint": (3, 2), "shift": (3, 4), "lut": (2, 3), "dequant": (6, 4)}
 
@@ -43,8 +45,9 @@ def layer_for(family: str, shape: tuple, seed: int = 0, bits: tuple[int, int] | 
     act = ActQuant(abits, float(rng.uniform(0.1, 0.6)) * 4 / (1 << abits), int(rng.integers(1, 1 << abits)))
     op = "linear" if (h, w, kernel) == (1, 1, (1, 1)) else "conv2d"
     layer = LayerScheme("layer", op, _weight(family, wbits, (o, c, *kernel), rng), act, stride, padding)
-    chosen, _ = registry.choose(layer, family)
-    assert chosen.FAMILY == family, f"{family} does not run this test layer"
+    cuda = load_target("cuda")
+    chosen, _ = registry.choose(layer, cuda.tvm_target, family, pipeline.rules(cuda))
+    assert chosen.name == family, f"{family} does not run this test layer"
     return layer
 
 
@@ -53,5 +56,5 @@ def unscheduled(
 ) -> tuple[LayerScheme, KernelCall]:
     """The layer and its family's plain (unscheduled) kernel, what the CUDA rules schedule."""
     layer = layer_for(family, shape, seed, bits)
-    call = registry.FAMILIES[family].instantiate(layer, layer_geometry(layer, shape[:4]), scheduled=False)
+    call = registry.FAMILIES[family].compute(layer, layer_geometry(layer, shape[:4]), load_target("cuda").tvm_target)
     return layer, call

@@ -108,3 +108,10 @@ def run_kernel(call, x: np.ndarray, geometry, target, lib, session=None, folder=
     args = [tvm.runtime.tensor(a, dev) for a in (x, *call.consts, out)]
     module(*args)
     return args[-1].numpy()
+
+
+def run_compiled(result, x, batch: int):
+    """The compiled artifact of a CompileResult run here, through the one device-run path."""
+    from tvmquant.device_run import DeviceAddress, run_on_device
+
+    return run_on_device(result.target, result.artifact, x, batch, DeviceAddress()).outputs

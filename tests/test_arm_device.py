@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tvmquant.batching import run_batched
 from tvmquant.compile import compile_model, load_source
+from tvmquant.device_run import DeviceAddress, run_on_device
 from tvmquant.errors import UserError
 from tvmquant.quantize import QuantConfig
 from tvmquant.rpc import DeviceModule, connect
@@ -72,8 +72,7 @@ def test_awkward_shapes_match_reference_on_aarch64(arm_device, tmp_path, wbits, 
     calib = rng.standard_normal((8, 3, 9, 4)).astype(np.float32)
     source = load_source(randomize_bn(Awkward(), seed=3), (1, 3, 9, 4), calib=calib, eval_x=calib[:4])
     result = compile_model(source, QuantConfig(wbits, abits, None), load_target("arm_cpu"), tmp_path / "a.so")
-    module = DeviceModule.remote(connect(arm_device), result.artifact)
-    compiled = run_batched(module, source.eval_x, 1)
+    compiled = run_on_device(result.target, result.artifact, source.eval_x, 1, DeviceAddress(rpc=arm_device)).outputs
     ref = result.reference_outputs
     np.testing.assert_allclose(compiled, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
@@ -82,5 +81,6 @@ def test_device_really_is_aarch64(arm_device, tmp_path):
     calib = np.random.default_rng(0).standard_normal((4, 3, 9, 4)).astype(np.float32)
     source = load_source(Awkward().eval(), (1, 3, 9, 4), calib=calib)
     result = compile_model(source, QuantConfig(2, 2, 8), load_target("x86"), tmp_path / "host.so")
+    session = connect(arm_device)
     with pytest.raises(UserError, match="could not load"):
-        DeviceModule.remote(connect(arm_device), result.artifact)
+        DeviceModule.remote(session, result.artifact, session.cpu())

@@ -5,6 +5,7 @@ import pytest
 import tvm
 from tvm import te
 
+from tvmquant import actquant
 from tvmquant.kernels import bitserial
 from tvmquant.kernels.bitserial import BitserialConv2dConfig
 
@@ -28,6 +29,10 @@ def _case(shape, wbits, abits, seed):
     return cfg, x, codes, zw2, zero_point, inv_scale
 
 
+def _act(inv, zp):
+    return [np.array([inv], np.float32), np.array([zp], np.int32)]
+
+
 def _run(func, host_target, args, out_shape, out_dtype):
     lib = tvm.compile(tvm.IRModule({"main": func}), host_target.tvm_target)
     dev = tvm.cpu()
@@ -44,9 +49,10 @@ def test_integer_core_is_exact(shape, wbits, abits, host_target):
     wp = te.placeholder((*cfg.kernel, wbits, cfg.words, cfg.out_channels), "uint64", name="wp")
     ws = te.placeholder((cfg.out_channels,), "int32", name="ws")
     z2 = te.placeholder((cfg.out_channels,), "int32", name="z2")
-    core = bitserial.bitserial_conv2d_int(xs, wp, ws, z2, cfg, inv, zp)
-    func = bitserial.schedule(te.create_prim_func([xs, wp, ws, z2, core]))
-    args = (x, bitserial.pack_weights(codes, cfg), codes.sum(1).astype(np.int32), zw2)
+    inv_t, zp_t = actquant.te_placeholders()
+    core = bitserial.bitserial_conv2d_int(xs, inv_t, zp_t, wp, ws, z2, cfg)
+    func = bitserial.schedule(te.create_prim_func([xs, inv_t, zp_t, wp, ws, z2, core]), host_target.tvm_target)
+    args = (x, *_act(inv, zp), bitserial.pack_weights(codes, cfg), codes.sum(1).astype(np.int32), zw2)
     out_shape = (cfg.batch, cfg.out_channels, *cfg.out_hw)
     got = _run(func, host_target, args, out_shape, cfg.acc_dtype)
     want = bitserial.reference_int(x, codes, zw2, cfg, inv, zp)
@@ -58,8 +64,8 @@ def test_integer_core_is_exact(shape, wbits, abits, host_target):
 def test_float_output_within_1e5(shape, host_target):
     cfg, x, codes, zw2, zp, inv = _case(shape, 2, 3, seed=7)
     scale = np.random.default_rng(1).uniform(0.01, 1.0, cfg.out_channels).astype(np.float32)
-    func = bitserial.build_primfunc(cfg, inv, zp)
-    args = (x, bitserial.pack_weights(codes, cfg), codes.sum(1).astype(np.int32), zw2, scale)
+    func = bitserial.schedule(bitserial.build_primfunc(cfg), host_target.tvm_target)
+    args = (x, *_act(inv, zp), bitserial.pack_weights(codes, cfg), codes.sum(1).astype(np.int32), zw2, scale)
     got = _run(func, host_target, args, (cfg.batch, cfg.out_channels, *cfg.out_hw), "float32")
     want = bitserial.reference_int(x, codes, zw2, cfg, inv, zp) * scale.astype(np.float64)[None, :, None, None]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
@@ -72,13 +78,12 @@ def test_accumulator_widens_when_int32_could_overflow():
 
 
 def test_arm_target_keeps_one_pixel_tiles_and_uses_neon_cnt():
-    """Under an arm_cpu target the register tile shrinks (NEON has 2 uint64 lanes per register)."""
+    """For an arm_cpu target the register tile shrinks (NEON has 2 uint64 lanes per register)."""
     from tvmquant.target import load_target
 
     cfg = BitserialConv2dConfig(1, 64, 6, 8, 32, (3, 3), (1, 1), (1, 1), 2, 2)
     target = load_target("arm_cpu").tvm_target
-    with target:
-        func = bitserial.build_primfunc(cfg, 1.0, 1)
+    func = bitserial.schedule(bitserial.build_primfunc(cfg), target)
     assert "T.unroll(8)" not in func.script()
     asm = tvm.compile(tvm.IRModule({"main": func}), target).mod.inspect_source("asm")
     assert "cnt\tv" in asm and "uaddlp" in asm

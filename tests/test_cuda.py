@@ -295,20 +295,22 @@ def test_tune_tasks_for_cuda_schedule_by_default_and_have_a_gpu_search_space():
 
     from models_for_tests import awkward_source
     from tvmquant import tune
+    from tvmquant.adapters import for_target
+    from tvmquant.pipeline import QuantRequest
     from tvmquant.quantize import QuantConfig
 
     spec = load_target("cuda")
-    tasks = tune.extract_tasks(awkward_source(1), QuantConfig(2, 2), spec)
+    tasks = tune.extract_tasks(awkward_source(1), QuantRequest(QuantConfig(2, 2)), spec)
     names = [task.task_name for task in tasks]
     assert any(n.startswith("bitserial_") for n in names) and any(n.startswith("fused_") for n in names)
     with spec.tvm_target:
         for task in tasks:
-            lib = tvm.compile(tune._default_schedule(task, spec.tvm_target), spec.tvm_target)
+            lib = tvm.compile(tune._default_schedule(task, spec), spec.tvm_target)
             assert artifact.cuda_modules(lib.mod), task.task_name
     with tune._without_tensor_intrin():
         for task in (tasks[0], tasks[-1]):
             context = ms.TuneContext(mod=task.dispatched[0], target=spec.tvm_target,
-                                     space_generator=tune.search_space(spec), task_name=task.task_name)
+                                     space_generator=for_target(spec).tuning_space(), task_name=task.task_name)
             assert context.generate_design_space(), task.task_name
 
 

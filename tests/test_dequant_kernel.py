@@ -28,10 +28,12 @@ def test_dequant_conv_matches_reference(shape, abits, terms, host_target):
     scale = rng.uniform(0.05, 0.5, cfg.out_channels).astype(np.float32)
     zp, act_scale = int(rng.integers(0, 1 << abits)), float(rng.uniform(0.05, 0.5))
     inv = float(np.float32(1.0 / act_scale))
-    lib = tvm.compile(tvm.IRModule({"main": dequant.build_primfunc(cfg, inv, zp)}), host_target.tvm_target)
+    func = dequant.schedule(dequant.build_primfunc(cfg), host_target.tvm_target)
+    lib = tvm.compile(tvm.IRModule({"main": func}), host_target.tvm_target)
     oh, ow = cfg.out_hw
     out = tvm.runtime.tensor(np.zeros((cfg.batch, cfg.out_channels, oh, ow), np.float32))
-    args = [tvm.runtime.tensor(a) for a in (x, matrices, combine, scale)]
+    act = [np.array([inv], np.float32), np.array([zp], np.int32)]
+    args = [tvm.runtime.tensor(a) for a in (x, *act, matrices, combine, scale)]
     lib(*args, out)
     want = dequant.reference(x, matrices, combine, scale, cfg, inv, zp)
     np.testing.assert_array_equal(out.numpy(), want)
@@ -47,9 +49,11 @@ def test_onehot_terms_are_formed_in_the_kernel_not_stored(host_target):
     term_codes = np.array([0, 2, 3, 5, 7], np.int32)
     combine = rng.standard_normal((cfg.terms, cfg.out_channels))
     scale = rng.uniform(0.05, 0.5, cfg.out_channels).astype(np.float32)
-    lib = tvm.compile(tvm.IRModule({"main": dequant.build_primfunc(cfg, 2.0, 3)}), host_target.tvm_target)
+    target = host_target.tvm_target
+    lib = tvm.compile(tvm.IRModule({"main": dequant.schedule(dequant.build_primfunc(cfg), target)}), target)
     out = tvm.runtime.tensor(np.zeros((cfg.batch, cfg.out_channels, *cfg.out_hw), np.float32))
-    lib(*[tvm.runtime.tensor(a) for a in (x, codes, term_codes, combine, scale)], out)
+    act = [np.array([2.0], np.float32), np.array([3], np.int32)]  # the quantizer's runtime inputs
+    lib(*[tvm.runtime.tensor(a) for a in (x, *act, codes, term_codes, combine, scale)], out)
     matrices = (codes[None] == term_codes[:, None, None, None, None]).astype(np.float64)
     want = dequant.reference(x, matrices, combine, scale, dataclasses.replace(cfg, onehot=False), 2.0, 3)
     assert want.std() > 0

@@ -10,17 +10,17 @@ import pytest
 import torch
 import tvm
 
-from tvmquant.batching import run_batched
 from tvmquant.compile import compile_model
 from tvmquant.kernels import int8, registry
-from tvmquant.kernels.family import layer_geometry
+from tvmquant.kernels.family import layer_geometry, scheduled
+from tvmquant.pipeline import BuildOptions
 from tvmquant.quantize import QuantConfig
 from tvmquant.reference import quantized_layer
-from tvmquant.rpc import DeviceModule, connect
+from tvmquant.rpc import connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import TargetSpec, load_target
 
-from models_for_tests import KERNEL_SHAPES, awkward_source, run_kernel
+from models_for_tests import KERNEL_SHAPES, awkward_source, run_compiled, run_kernel
 from test_arm_device import arm_device  # noqa: F401  (the shared emulated-device fixture)
 
 SHAPES = KERNEL_SHAPES + [(2, 64, 5, 16, 40, (3, 3), (1, 1), (1, 1)), (16, 130, 1, 1, 32, (1, 1), (1, 1), (0, 0))]
@@ -53,9 +53,7 @@ def _input(shape, seed):
 
 
 def _compile(layer, x, target: TargetSpec):
-    geometry = layer_geometry(layer, x.shape)
-    with target.tvm_target:
-        call = int8.instantiate(layer, geometry)
+    call = scheduled(int8.FAMILY, layer, layer_geometry(layer, x.shape), target.tvm_target)
     return call, tvm.compile(tvm.IRModule({"main": call.prim}), target.tvm_target)
 
 
@@ -145,9 +143,9 @@ def test_auto_follows_the_stated_cost_rule():
     assert pick(conv64, w8a8, "widen") == "int8" and pick(conv64, ("uniform", 4, 4, True), "widen") == "bitserial"
     assert pick(conv64, ("pow2", 4, 5, None), "vnni") == "int8"
     assert pick(conv64, ("pow2", 4, 5, None), "widen") == "shift"
-    with load_target("x86").tvm_target:  # choose() applies the rule under the current target
-        assert registry.choose(_layer(stem, *w8a8, 0)) == (int8, None)
-        assert registry.choose(_layer(conv64, *w2a2, 0))[0].FAMILY == "bitserial"
+    x86 = load_target("x86").tvm_target  # choose() applies the rule for the target's dot ISA
+    assert registry.choose(_layer(stem, *w8a8, 0), x86) == (int8.FAMILY, None)
+    assert registry.choose(_layer(conv64, *w2a2, 0), x86)[0].name == "bitserial"
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +155,9 @@ def awkward():
 
 @pytest.mark.parametrize("kernel,bits", [("int8", (2, 2, 8)), ("auto", (3, 4, 8)), ("int8", (4, 4, 4))])
 def test_model_compiles_to_int8_and_matches_reference(awkward, kernel, bits, tmp_path, host_target):
-    result = compile_model(awkward, QuantConfig(*bits), host_target, tmp_path / "m.so", kernel=kernel)
+    result = compile_model(awkward, QuantConfig(*bits), host_target, tmp_path / "m.so", BuildOptions(kernel=kernel))
     assert set(result.kernels.values()) == {"int8"}, result.kernels  # few channels: auto picks int8 too
-    compiled = run_batched(DeviceModule.local(result.artifact), awkward.eval_x, 1)
+    compiled = run_compiled(result, awkward.eval_x, 1)
     np.testing.assert_array_equal(compiled, result.reference_outputs)
 
 

@@ -6,18 +6,19 @@ import pytest
 import torch
 import tvm
 
-from tvmquant.batching import run_batched
+from tvmquant.pipeline import BuildOptions
 from tvmquant.compile import compile_model
 from tvmquant.kernels import lut, registry
+from tvmquant.kernels.family import scheduled
 from tvmquant.kernels.geometry import ConvGeometry
 from tvmquant.kernels.lut import LutConv2dConfig
 from tvmquant.quantize import QuantConfig
 from tvmquant.reference import quantized_layer
-from tvmquant.rpc import DeviceModule, connect
+from tvmquant.rpc import connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import load_target
 
-from models_for_tests import KERNEL_SHAPES, awkward_source
+from models_for_tests import KERNEL_SHAPES, awkward_source, run_compiled
 from test_arm_device import arm_device  # noqa: F401  (the emulated device fixture)
 
 SHAPES = KERNEL_SHAPES
@@ -62,7 +63,8 @@ def _references(cfg, layer, x):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])) + f"_s{s[6][0]}p{s[7][0]}")
 def test_lut_is_exact(shape, wbits, abits, host_target):
     cfg, layer, x = _case(shape, wbits, abits, seed=hash((shape, wbits, abits)) % 2**32)
-    got = _run_local(lut.instantiate(layer, ConvGeometry(*shape)), x, cfg, host_target.tvm_target)
+    target = host_target.tvm_target
+    got = _run_local(scheduled(lut.FAMILY, layer, ConvGeometry(*shape), target), x, cfg, target)
     mine, torch_ref = _references(cfg, layer, x)
     assert np.abs(torch_ref).max() > 0, "degenerate case: the check would be vacuous"
     np.testing.assert_array_equal(got, mine)
@@ -87,9 +89,10 @@ def test_supports_low_bit_codebooks_only():
     rng = np.random.default_rng(0)
     cfg = LutConv2dConfig(1, 4, 1, 1, 2, (1, 1), (1, 1), (0, 0), 2, 8)
     layer = _layer(cfg, rng)
-    assert lut.supports(layer) is None and registry.choose(layer)[0] is lut
+    x86 = load_target("x86").tvm_target
+    assert lut.supports(layer) is None and registry.choose(layer, x86)[0] is lut.FAMILY
     layer.weight = WeightQuant(WeightKind.CODEBOOK, 8, layer.weight.codes, levels=rng.standard_normal((2, 256)))
-    assert "255 lookups" in lut.supports(layer) and registry.choose(layer)[0].FAMILY == "dequant"
+    assert "255 lookups" in lut.supports(layer) and registry.choose(layer, x86)[0].name == "dequant"
     layer.weight = WeightQuant(WeightKind.UNIFORM, 2, layer.weight.codes & 3, scale=np.ones(2), zero_point=np.ones(2))
     assert lut.supports(layer) is not None
 
@@ -101,19 +104,20 @@ def awkward():
 
 @pytest.mark.parametrize("kernel", ["auto", "lut"])
 def test_uniq_model_compiles_to_lut_exactly(awkward, kernel, host_target, tmp_path):
-    result = compile_model(awkward, QuantConfig(2, 8, 8, method="uniq"), host_target, tmp_path / "m.so", kernel=kernel)
+    result = compile_model(awkward, QuantConfig(2, 8, 8, method="uniq"), host_target, tmp_path / "m.so",
+                           BuildOptions(kernel=kernel))
     for name, layer in result.scheme.layers.items():
         assert layer.weight.kind is WeightKind.CODEBOOK
         assert result.kernels[name] == ("lut" if layer.weight.bits <= lut.MAX_BITS else "dequant")
     assert sum(k == "lut" for k in result.kernels.values()) == 2  # the two middle layers; first/last at 8 bits
-    compiled = run_batched(DeviceModule.local(result.artifact), awkward.eval_x, 1)
+    compiled = run_compiled(result, awkward.eval_x, 1)
     np.testing.assert_array_equal(compiled, result.reference_outputs)
 
 
 def test_lut_kernel_request_falls_back_for_other_kinds(awkward, host_target, tmp_path):
-    result = compile_model(awkward, QuantConfig(2, 2, None), host_target, tmp_path / "m.so", kernel="lut")
-    with host_target.tvm_target:
-        assert result.kernels == {n: registry.choose(l)[0].FAMILY for n, l in result.scheme.layers.items()}
+    result = compile_model(awkward, QuantConfig(2, 2, None), host_target, tmp_path / "m.so", BuildOptions(kernel="lut"))
+    target = host_target.tvm_target
+    assert result.kernels == {n: registry.choose(l, target)[0].name for n, l in result.scheme.layers.items()}
     assert set(result.lowered.notes) == set(result.kernels)
 
 
@@ -121,8 +125,8 @@ def test_lut_kernel_request_falls_back_for_other_kinds(awkward, host_target, tmp
 @pytest.mark.parametrize("shape,wbits,abits", [(SHAPES[0], 2, 8), (SHAPES[2], 3, 4), (SHAPES[4], 1, 2)])
 def test_lut_is_exact_on_aarch64(arm_device, shape, wbits, abits, tmp_path):  # noqa: F811
     cfg, layer, x = _case(shape, wbits, abits, seed=11)
-    call = lut.instantiate(layer, ConvGeometry(*shape))
     target = load_target("arm_cpu")
+    call = scheduled(lut.FAMILY, layer, ConvGeometry(*shape), target.tvm_target)
     lib = tvm.compile(tvm.IRModule({"main": call.prim}), target.tvm_target)
     path = tmp_path / "lut.so"
     lib.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(target.cross_compiler))

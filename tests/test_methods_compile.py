@@ -6,15 +6,17 @@ import pytest
 import torch
 
 from tvmquant.batching import run_batched
+from tvmquant.pipeline import QuantRequest
 from tvmquant.compile import compile_model, load_source
 from tvmquant.kernels import registry
 from tvmquant.errors import UserError
 from tvmquant.models import digits
 from tvmquant.quantize import QuantConfig, calibrate_activations, plan_layers
 from tvmquant.reference import ReferenceModel
-from tvmquant.rpc import DeviceModule
 from tvmquant.scheme import LayerScheme, QuantScheme
 from tvmquant.train import QuantForward, TrainConfig, train_quantized
+
+from models_for_tests import run_compiled
 
 KINDS = {"uniq": {"codebook"}, "inq": {"pow2", "uniform"}, "balanced": {"uniform"}, "multipoint": {"multipoint"},
          "qnet": {"pow2", "uniform"}}
@@ -31,12 +33,11 @@ def test_every_method_compiles_and_matches_reference(method, source, tmp_path, h
     kinds = {layer.weight.kind.value for layer in result.scheme.layers.values()}
     assert kinds <= KINDS[method] and kinds & KINDS[method]
     for name, layer in result.scheme.layers.items():
-        with host_target.tvm_target:  # UNIFORM and POW2: auto's cost rule (int8 or bitserial / shift)
-            rule = registry.choose(layer)[0].FAMILY
+        rule = registry.choose(layer, host_target.tvm_target)[0].name  # UNIFORM, POW2: auto's cost rule
         want = {"uniform": rule, "pow2": rule, "multipoint": "multipoint",
                 "codebook": "lut" if layer.weight.bits <= 4 else "dequant"}[layer.weight.kind.value]
         assert result.kernels[name] == want
-    compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
+    compiled = run_compiled(result, source.eval_x, 1)
     ref = result.reference_outputs
     np.testing.assert_allclose(compiled, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     assert (ref.argmax(1) == source.eval_y).mean() >= 0.85
@@ -77,8 +78,8 @@ def test_qat_forward_agrees_with_exported_representation(method, source):
 
 def test_post_training_methods_refuse_train(source, tmp_path, host_target):
     with pytest.raises(UserError, match="post-training only"):
-        compile_model(source, QuantConfig(2, 2, 8, method="multipoint"), host_target, tmp_path / "m.so",
-                      train=TrainConfig(epochs=1))
+        compile_model(source, QuantRequest(QuantConfig(2, 2, 8, method="multipoint"), TrainConfig(epochs=1)),
+                      host_target, tmp_path / "m.so")
     with pytest.raises(UserError, match="at least 2 weight bits"):
         QuantConfig(1, 2, 8, method="inq")
 
@@ -101,6 +102,7 @@ def test_cli_method_train_and_errors(tmp_path, capsys):
 
 def test_compile_with_training_matches_reference(source, tmp_path, host_target):
     train = TrainConfig(epochs=1, lr=1e-3, batch_size=4, max_steps=3)
-    result = compile_model(source, QuantConfig(2, 4, 8, method="balanced"), host_target, tmp_path / "t.so", train=train)
-    compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
+    result = compile_model(source, QuantRequest(QuantConfig(2, 4, 8, method="balanced"), train), host_target,
+                           tmp_path / "t.so")
+    compiled = run_compiled(result, source.eval_x, 1)
     np.testing.assert_allclose(compiled, result.reference_outputs, rtol=1e-5, atol=1e-5)

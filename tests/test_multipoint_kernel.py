@@ -6,17 +6,17 @@ import pytest
 import torch
 import tvm
 
-from tvmquant.batching import run_batched
+from tvmquant.pipeline import BuildOptions
 from tvmquant.compile import compile_model
 from tvmquant.kernels import multipoint
-from tvmquant.kernels.family import layer_geometry
+from tvmquant.kernels.family import layer_geometry, scheduled
 from tvmquant.quantize import QuantConfig
 from tvmquant.reference import quantized_layer
-from tvmquant.rpc import DeviceModule, connect
+from tvmquant.rpc import connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import load_target
 
-from models_for_tests import KERNEL_SHAPES, awkward_source
+from models_for_tests import KERNEL_SHAPES, awkward_source, run_compiled
 from test_arm_device import arm_device  # noqa: F401 (the emulated aarch64 device fixture)
 
 SHAPES = KERNEL_SHAPES
@@ -62,7 +62,7 @@ def _check(shape, wbits, abits, points, seed, target):
     layer = make_layer(shape, wbits, abits, points, rng)
     x = (rng.standard_normal(shape[:4]) * 2).astype(np.float32)
     geometry = layer_geometry(layer, shape[:4])
-    call = multipoint.instantiate(layer, geometry)
+    call = scheduled(multipoint.FAMILY, layer, geometry, target)
     got = _run(call, x, (shape[0], geometry.out_channels, *geometry.out_hw), target)
     want = _torch_reference(x, layer)
     assert np.abs(want).max() > 0, "degenerate case: the check would be vacuous"
@@ -115,10 +115,10 @@ def awkward_multipoint():
 @pytest.mark.parametrize("kernel", ["auto", "multipoint"])
 def test_whole_model_uses_multipoint_and_matches_reference(awkward_multipoint, kernel, tmp_path, host_target):
     config = QuantConfig(3, 4, 8, method="multipoint", budget=0.3)
-    result = compile_model(awkward_multipoint, config, host_target, tmp_path / "m.so", kernel=kernel)
+    result = compile_model(awkward_multipoint, config, host_target, tmp_path / "m.so", BuildOptions(kernel=kernel))
     assert set(result.kernels.values()) == {"multipoint"}
     assert any(multipoint.expand_rows(layer).extra_rows for layer in result.scheme.layers.values())
-    compiled = run_batched(DeviceModule.local(result.artifact), awkward_multipoint.eval_x, 2)
+    compiled = run_compiled(result, awkward_multipoint.eval_x, 2)
     np.testing.assert_array_equal(compiled, result.reference_outputs)
 
 
@@ -136,7 +136,7 @@ def _tie_case(width: int) -> tuple[LayerScheme, np.ndarray]:
 @pytest.mark.parametrize("width", [1, 8], ids=["scalar", "vector"])
 def test_products_are_rounded_before_the_sum(width, host_target):
     layer, x = _tie_case(width)
-    call = multipoint.instantiate(layer, layer_geometry(layer, x.shape))
+    call = scheduled(multipoint.FAMILY, layer, layer_geometry(layer, x.shape), host_target.tvm_target)
     got = _run(call, x, x.shape, host_target.tvm_target)
     want = _torch_reference(x, layer)
     assert want.flat[0] == 2**24
@@ -162,7 +162,7 @@ def test_kernel_equals_reference_on_aarch64(arm_device, shape, wbits, abits, tmp
     layer = make_layer(shape, wbits, abits, 3, rng)
     x = (rng.standard_normal(shape[:4]) * 2).astype(np.float32)
     geometry = layer_geometry(layer, shape[:4])
-    call = multipoint.instantiate(layer, geometry)
+    call = scheduled(multipoint.FAMILY, layer, geometry, load_target("arm_cpu").tvm_target)
     got = _run_on_device(connect(arm_device), call, x, (shape[0], geometry.out_channels, *geometry.out_hw),
                          load_target("arm_cpu"), tmp_path)
     np.testing.assert_array_equal(got, _torch_reference(x, layer))
@@ -171,6 +171,6 @@ def test_kernel_equals_reference_on_aarch64(arm_device, shape, wbits, abits, tmp
 @pytest.mark.arm
 def test_products_are_rounded_before_the_sum_on_aarch64(arm_device, tmp_path):
     layer, x = _tie_case(8)
-    call = multipoint.instantiate(layer, layer_geometry(layer, x.shape))
+    call = scheduled(multipoint.FAMILY, layer, layer_geometry(layer, x.shape), load_target("arm_cpu").tvm_target)
     got = _run_on_device(connect(arm_device), call, x, x.shape, load_target("arm_cpu"), tmp_path)
     np.testing.assert_array_equal(got, _torch_reference(x, layer))

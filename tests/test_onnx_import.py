@@ -17,9 +17,8 @@ from tvmquant.compile import compile_model, load_source  # noqa: E402
 from tvmquant.errors import UserError  # noqa: E402
 from tvmquant.onnx_import import load_onnx  # noqa: E402
 from tvmquant.quantize import QuantConfig  # noqa: E402
-from tvmquant.rpc import DeviceModule  # noqa: E402
 
-from models_for_tests import WithDepthwise, randomize_bn  # noqa: E402
+from models_for_tests import WithDepthwise, randomize_bn, run_compiled  # noqa: E402
 
 
 class ResNetish(torch.nn.Module):
@@ -80,7 +79,7 @@ def test_resnet_style_onnx_compiles_and_agrees_with_reference(tmp_path, host_tar
     assert source.name == "r" and [layer.name for layer in source.layers] == ["stem", "block.0", "block.3", "fc"]
     result = compile_model(source, QuantConfig(2, 2, 8), host_target, tmp_path / "r.so")
     assert set(result.kernels) == {"stem", "block.0", "block.3", "fc"}
-    compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
+    compiled = run_compiled(result, source.eval_x, 1)
     np.testing.assert_allclose(compiled, result.reference_outputs, rtol=1e-5, atol=1e-6)
     assert np.abs(result.reference_outputs - run_batched(source.fp32, source.eval_x, 1)).max() > 1e-4
 
@@ -90,7 +89,7 @@ def test_depthwise_onnx_compiles_with_the_depthwise_layer_in_float(tmp_path, hos
     source = load_source(str(path), calib=_data((1, 4, 6, 6), 6))
     with pytest.warns(UserWarning, match="'dw' kept in float32: grouped convolution"):
         result = compile_model(source, QuantConfig(2, 2, 8), host_target, tmp_path / "dw.so")
-    compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
+    compiled = run_compiled(result, source.eval_x, 1)
     np.testing.assert_allclose(compiled, result.reference_outputs, rtol=1e-5, atol=1e-6)
 
 
@@ -149,7 +148,7 @@ def test_helper_built_model_matches_onnx_runtime(tmp_path, host_target):
     source = load_source(str(path), calib=x)
     assert [layer.name for layer in source.layers] == ["conv1", "conv2", "fc"]
     result = compile_model(source, QuantConfig(4, 4, 8), host_target, tmp_path / "hand.so")
-    compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
+    compiled = run_compiled(result, source.eval_x, 1)
     np.testing.assert_allclose(compiled, result.reference_outputs, rtol=1e-5, atol=1e-6)
 
 
@@ -218,5 +217,5 @@ def test_qdq_model_from_onnx_runtime_is_requantized_with_a_note(tmp_path, host_t
     assert [layer.name for layer in source.layers] == ["stem", "block.0", "block.3", "fc"]
     # the weights are the dequantized int8 ones: close to, not equal to, the float model's
     result = compile_model(source, QuantConfig(4, 4, 8), host_target, tmp_path / "q.so")
-    compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, 1)
+    compiled = run_compiled(result, source.eval_x, 1)
     np.testing.assert_allclose(compiled, result.reference_outputs, rtol=1e-5, atol=1e-6)

@@ -179,7 +179,7 @@ def test_sizes_are_explained():
 def test_summary_columns_fit_long_layer_names(tmp_path, host_target, capsys):
     import torch
 
-    from tvmquant.compile import compile_model, load_source
+    from tvmquant.compile import compile_model, evaluate, load_source
     from tvmquant.quantize import QuantConfig
     from tvmquant.report import print_compile_summary
 
@@ -198,7 +198,7 @@ def test_summary_columns_fit_long_layer_names(tmp_path, host_target, capsys):
         result = compile_model(load_source(Long(), (1, 1, 6, 6), calib=calib), QuantConfig(2, 2, 8), host_target,
                                tmp_path / "l.so")
     capsys.readouterr()
-    print_compile_summary(result, None)
+    print_compile_summary(result, evaluate(result, None), None)
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.strip().startswith("layer"))
     row = next(line for line in lines if "a_rather_long_first_convolution_name" in line)

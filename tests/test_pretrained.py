@@ -15,7 +15,8 @@ import torch
 from tvmquant.batching import run_batched
 from tvmquant.compile import compile_model, load_source
 from tvmquant.quantize import QuantConfig
-from tvmquant.rpc import DeviceModule
+
+from models_for_tests import run_compiled
 
 
 def _mnist_cnn() -> torch.nn.Module:
@@ -40,7 +41,7 @@ def mnist():
 
 def _compile_and_score(source, config, host_target, path):
     result = compile_model(source, config, host_target, path)
-    compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, source.batch_size)
+    compiled = run_compiled(result, source.eval_x, source.batch_size)
     np.testing.assert_allclose(compiled, result.reference_outputs, rtol=1e-5, atol=1e-5 * np.abs(compiled).max())
     fp32 = run_batched(source.fp32, source.eval_x, source.batch_size)
     return result, float((fp32.argmax(1) == source.eval_y).mean()), float((compiled.argmax(1) == source.eval_y).mean())
@@ -106,7 +107,7 @@ def test_efficientnet_lite0_w8a8_keeps_its_answers_on_real_photos(host_target, t
         warnings.simplefilter("ignore")  # one "kept in float32" warning per depthwise layer
         result = compile_model(source, QuantConfig(8, 8, 8), host_target, tmp_path / "lite0.so")
     assert any("grouped convolution" in why for why in result.scheme.kept_float.values())
-    compiled = run_batched(DeviceModule.local(result.artifact), photos, 1)
+    compiled = run_compiled(result, photos, 1)
     # Not bit-equal here (measured: max |diff| 0.082 on logits up to ~10): the float32 depthwise layers run as
     # TVM's and PyTorch's own float code, whose last-bit differences move some 8-bit activation codes of the
     # next quantized layer across a rounding boundary, and that compounds over 16 blocks (a likely cause, not

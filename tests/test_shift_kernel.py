@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from tvm.target import Target
 
-from tvmquant.batching import run_batched
+from tvmquant.pipeline import BuildOptions
 from tvmquant.compile import compile_model
 from tvmquant.kernels import registry, shift
-from tvmquant.kernels.family import layer_geometry
+from tvmquant.kernels.family import layer_geometry, scheduled
 from tvmquant.quantize import QuantConfig
 from tvmquant.reference import quantized_layer
-from tvmquant.rpc import DeviceModule, connect
+from tvmquant.rpc import connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant, integer_core
 from tvmquant.target import load_target
 
-from models_for_tests import KERNEL_SHAPES, awkward_source, run_kernel
+from models_for_tests import KERNEL_SHAPES, awkward_source, run_compiled, run_kernel
 from test_arm_device import arm_device  # noqa: F401  (the shared emulated-device fixture)
 
 SHAPES = KERNEL_SHAPES
@@ -43,7 +44,7 @@ def _layer(shape, wbits, abits, top_index, seed) -> LayerScheme:
 def _compile_and_run(layer, x, target, session=None, folder=None):
     """Run the layer's kernel here, or cross-compiled on the RPC `session` (linked in `folder`)."""
     geometry = layer_geometry(layer, x.shape)
-    call = shift.instantiate(layer, geometry)
+    call = scheduled(shift.FAMILY, layer, geometry, target.tvm_target)
     lib = tvm.compile(tvm.IRModule({"main": call.prim}), target.tvm_target)
     return run_kernel(call, x, geometry, target, lib, session, folder)
 
@@ -92,13 +93,13 @@ def test_accumulator_widens_only_when_int32_could_overflow():
 def test_wide_exponent_span_falls_back_with_a_reason():
     layer = _layer(SHAPES[0], 6, 4, 26, seed=1)  # indices 1..26: span 25 > POW2_MAX_SPAN
     assert "exponent span 25 > 24" in shift.supports(layer)
-    family, note = registry.choose(layer)
-    assert family.FAMILY == "dequant" and note.startswith("shift: exponent span 25")
+    family, note = registry.choose(layer, load_target("x86").tvm_target)
+    assert family.name == "dequant" and note.startswith("shift: exponent span 25")
 
 
-def test_auto_picks_shift_for_pow2():
+def test_auto_picks_shift_for_pow2_without_a_dot_instruction():
     layer = _layer(SHAPES[0], 3, 4, 3, seed=2)
-    assert registry.choose(layer) == (shift, None)
+    assert registry.choose(layer, Target("llvm")) == (shift.FAMILY, None)  # generic x86-64: widening multiplies
 
 
 @pytest.fixture(scope="module")
@@ -109,18 +110,18 @@ def awkward_inq():
 @pytest.mark.parametrize("kernel", ["auto", "shift"])
 def test_inq_model_compiles_to_shift_and_matches_reference(awkward_inq, kernel, tmp_path, host_target):
     config = QuantConfig(3, 4, 3, method="inq")  # every layer pow2 (INQ's 8-bit layers are uniform)
-    result = compile_model(awkward_inq, config, host_target, tmp_path / "m.so", kernel=kernel)
-    with host_target.tvm_target:  # auto: int8 where the target has a dot instruction (the same exact integers)
-        auto = {registry.choose(layer)[0].FAMILY for layer in result.scheme.layers.values()}
+    result = compile_model(awkward_inq, config, host_target, tmp_path / "m.so", BuildOptions(kernel=kernel))
+    target = host_target.tvm_target  # auto: int8 where the target has a dot instruction (the same exact integers)
+    auto = {registry.choose(layer, target)[0].name for layer in result.scheme.layers.values()}
     assert set(result.kernels.values()) == ({"shift"} if kernel == "shift" else auto), result.kernels
-    compiled = run_batched(DeviceModule.local(result.artifact), awkward_inq.eval_x, 1)
+    compiled = run_compiled(result, awkward_inq.eval_x, 1)
     np.testing.assert_array_equal(compiled, result.reference_outputs)
 
 
 def test_kernel_shift_on_uniform_layers_falls_back_to_their_family(awkward_inq, tmp_path, host_target):
-    result = compile_model(awkward_inq, QuantConfig(2, 2, 8), host_target, tmp_path / "m.so", kernel="shift")
-    with host_target.tvm_target:
-        assert result.kernels == {n: registry.choose(l)[0].FAMILY for n, l in result.scheme.layers.items()}
+    result = compile_model(awkward_inq, QuantConfig(2, 2, 8), host_target, tmp_path / "m.so", BuildOptions(kernel="shift"))
+    target = host_target.tvm_target
+    assert result.kernels == {n: registry.choose(l, target)[0].name for n, l in result.scheme.layers.items()}
 
 
 @pytest.mark.arm

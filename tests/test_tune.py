@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
+from tvmquant.pipeline import BuildOptions, TuningRecords
 from tvmquant.compile import compile_model, load_source
 from tvmquant.database import RECORDS, WORKLOADS, open_database, read_database
 from tvmquant.outputs import sidecar_paths
@@ -149,9 +150,9 @@ def test_compile_without_records_in_python_api_is_unchanged(tuned, host_target, 
     torch.manual_seed(0)
     calib = np.load(folder / "calib.npy")
     source = load_source(Tiny().eval(), (1, 1, 6, 6), calib=calib)
-    plain = compile_model(source, QuantConfig(2, 2), host_target, tmp_path / "a.so", kernel="bitserial")
-    tuned_result = compile_model(source, QuantConfig(2, 2), host_target, tmp_path / "b.so", tuning_log=log_dir,
-                                 kernel="bitserial")  # the family the fixture tuned
+    plain = compile_model(source, QuantConfig(2, 2), host_target, tmp_path / "a.so", BuildOptions(kernel="bitserial"))
+    tuned_result = compile_model(source, QuantConfig(2, 2), host_target, tmp_path / "b.so",
+                                 BuildOptions("bitserial", TuningRecords.read(log_dir)))  # the family the fixture tuned
     assert plain.tuned == [] and tuned_result.tuned
 
 

@@ -110,7 +110,8 @@ def bench(artifact: Path, source: ModelSource, rounds: int = 10, min_time: float
     from .batching import run_batched
     from .compile import read_sidecar
     from .profile import profile_functions
-    from .rpc import DeviceModule
+    from .device_run import DeviceAddress, open_module
+    from .target import load_target
 
     meta, data = read_sidecar(artifact)
     batch = meta["input_shape"][0]
@@ -119,7 +120,7 @@ def bench(artifact: Path, source: ModelSource, rounds: int = 10, min_time: float
         raise UserError(f"{artifact}: its saved inputs hold {len(x)} samples, fewer than one batch of {batch}")
     if tuple(source.input_shape) != tuple(meta["input_shape"]):
         raise UserError(f"the model's input {source.input_shape} is not the artifact's {tuple(meta['input_shape'])}")
-    module = DeviceModule.local(artifact)
+    module = open_module(load_target(meta["target"]), artifact, DeviceAddress())
     graph = plain_graph(source)
 
     def fp32_batch(chunk: np.ndarray) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 from . import cli_eval_bench, plan_cli
@@ -92,11 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
         "compile never tunes.",
     )
     _model_args(comp)
-    comp.add_argument("--train", action="store_true",
-                      help=f"quantization-aware fine-tuning ({', '.join(QAT_METHODS)}); otherwise post-training")
-    comp.add_argument("--epochs", type=int, default=3, help="--train: epochs (default: 3)")
-    comp.add_argument("--lr", type=float, default=1e-4, help="--train: Adam learning rate (default: 1e-4)")
-    comp.add_argument("--train-data", help="--train: .npz with arrays x (N, ...) and y (N,) labels (default: built-in digits train split)")
     comp.add_argument("--eval-data", help="evaluation inputs, .npy (default: built-in test digits, else the calibration data)")
     comp.add_argument("--eval-labels", help="integer labels for --eval-data, .npy, to report accuracy")
     comp.add_argument("--tuning-log", type=Path, help="a tune log folder to apply (default: the records shipped for "
@@ -188,7 +182,15 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                         "mse; --target vta always uses pow2)")
     parser.add_argument("--vta-config", help="vta: a vta_config.json, or a name in targets/ (default, w4, w2, i4w4; "
                         "default: the target's)")
+    parser.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method option, repeatable, e.g. fit=empirical (uniq), approx=mean (balanced), "
+                        "levels=uniform (qnet), max_points=2 (multipoint); a wrong one is named with the method's list")
     parser.add_argument("--calib", help="calibration inputs, .npy of shape (N, ...) (default: the built-in model's held-out calibration digits)")
+    parser.add_argument("--train", action="store_true",
+                        help=f"quantization-aware fine-tuning ({', '.join(QAT_METHODS)}); otherwise post-training")
+    parser.add_argument("--epochs", type=int, default=3, help="--train: epochs (default: 3)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="--train: Adam learning rate (default: 1e-4)")
+    parser.add_argument("--train-data", help="--train: .npz with arrays x (N, ...) and y (N,) labels (default: built-in digits train split)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,21 +215,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .compile import BUILTIN, compile_model, default_tuning_logs, load_source, load_train_data
+    from dataclasses import replace
+
+    from .adapters import for_target
+    from .compile import compile_model, default_tuning_logs
+    from .evaluation import evaluate
     from .outputs import check_output, default_output
-    from .train import TrainConfig
-    from .validate import load_npy
+    from .pipeline import BuildOptions, TuningRecords
     from .report import print_compile_summary
+    from .source import BUILTIN, load_source
+    from .validate import load_npy
+
     target, config = _target(args), _config(args)
     if args.report:
         from .html_report import check_report_path
 
         check_report_path(args.report)
-    train = TrainConfig(epochs=args.epochs, lr=args.lr) if args.train else None
-    if args.train_data and not args.train:
-        raise UserError("--train-data is only used with --train")
-    tuning_log = args.tuning_log or default_tuning_logs(target)
-    logs = [tuning_log] if isinstance(tuning_log, Path) else list(tuning_log)
+    _check_training_args(args)
+    logs = [args.tuning_log] if args.tuning_log else default_tuning_logs(target)
     model_name = Path(args.model).stem if args.model else BUILTIN
     planned = plan_cli.wants_plan(args)
     inputs = [args.model, args.calib, args.eval_data, args.eval_labels, args.train_data, args.plan_in, *logs]
@@ -238,16 +243,18 @@ def _compile(args: argparse.Namespace) -> int:
     eval_x = load_npy(args.eval_data, "evaluation data") if args.eval_data else None
     eval_y = load_npy(args.eval_labels, "evaluation labels") if args.eval_labels else None
     source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y, args.trust_model)
-    train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
-    from .vta.commands import compile_command, is_vta
-
-    if is_vta(args.target):
+    request = _request(args, source)
+    own = for_target(target).command("compile")
+    if own is not None:
         if planned:
-            raise UserError("--target vta takes no per-layer plan (its layers need VTA's own bit widths)")
-        return compile_command(args, source, config, train, train_data)
-    plan = plan_cli.make_plan(args, source, config, target) if planned else None
-    result = compile_model(source, config, target, output, tuning_log, train, train_data, args.kernel, plan)
-    evaluation = print_compile_summary(result, args.rpc or target.default_rpc)
+            raise UserError(f"--target {target.name} takes no per-layer plan (it compiles its layers its own way)")
+        return own(args, source, request)
+    if planned:
+        request = replace(request, plan=plan_cli.make_plan(args, source, request.config, target))
+    options = BuildOptions(args.kernel, TuningRecords.read(logs) if logs else None)
+    result = compile_model(source, request, target, output, options)
+    evaluation = evaluate(result, args.rpc or target.default_rpc)
+    print_compile_summary(result, evaluation, args.rpc or target.default_rpc)
     if planned:
         plan_cli.finish(args, result, evaluation)
     if args.report:
@@ -269,7 +276,24 @@ def _target(args: argparse.Namespace):
     return with_arch(load_target(args.target), args.cuda_arch)
 
 
+def _check_training_args(args: argparse.Namespace) -> None:
+    if args.train_data and not args.train:
+        raise UserError("--train-data is only used with --train")
+
+
+def _request(args: argparse.Namespace, source):
+    """The QuantRequest of compile and tune alike (so tuning records match what compile builds)."""
+    from .pipeline import QuantRequest
+    from .source import load_train_data
+    from .train import TrainConfig
+
+    train = TrainConfig(epochs=args.epochs, lr=args.lr) if args.train else None
+    train_data = load_train_data(args.train_data, source.input_shape) if args.train_data else None
+    return QuantRequest(_config(args), train, train_data)
+
+
 def _config(args: argparse.Namespace):
+    from .methods.registry import parse_method_opts
     from .quantize import QuantConfig
 
     return QuantConfig(
@@ -279,6 +303,7 @@ def _config(args: argparse.Namespace):
         method=args.method,
         budget=args.budget,
         act_scale=args.act_scale,
+        options=tuple(parse_method_opts(args.method_opt).items()),
     )
 
 
@@ -289,20 +314,21 @@ def _calib(args: argparse.Namespace):
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .compile import load_source
-    from .resources import user_tuning_dir
+    from .adapters import for_target
     from .report import print_tune_summary
+    from .resources import user_tuning_dir
     from .rpc import parse_address, tracker_servers
-    from .cuda.target import gpu_present, is_cuda
-    from .tune import Tracker, tune
+    from .source import load_source
+    from .tune import Tracker, TuneOptions, tune
 
-    from .vta.commands import is_vta, tune_command
-
-    target, config = _target(args), _config(args)
+    target, config = _target(args), _config(args)  # option errors before any device or model work
+    _check_training_args(args)
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
-    if is_vta(args.target):
-        return tune_command(args, load_source(args.model, args.input_shape, _calib(args)), config)
+    adapter = for_target(target)
+    own = adapter.command("tune")
+    if own is not None:
+        return own(args, load_source(args.model, args.input_shape, _calib(args), trust_model=args.trust_model), config)
     tracker, workers = None, 1
     if args.rpc_tracker or target.runs == "rpc":
         if not (args.rpc_tracker and args.rpc_key):
@@ -310,12 +336,13 @@ def _tune(args: argparse.Namespace) -> int:
         workers = tracker_servers(args.rpc_tracker, args.rpc_key)
         tracker = Tracker(*parse_address(args.rpc_tracker), args.rpc_key)
         print(f"measuring on {workers} server(s) under key '{args.rpc_key}' at {args.rpc_tracker}")
-    elif is_cuda(target) and not gpu_present():
-        raise UserError("tuning for cuda measures on a GPU: run it on a GPU machine, or give --rpc-tracker "
-                        "HOST:PORT and --rpc-key KEY of GPU RPC servers")
+    elif (problem := adapter.local_problem(target)) is not None:
+        raise UserError(f"tuning for {target.name} measures on its device, and here there is none ({problem}); "
+                        "or give --rpc-tracker HOST:PORT and --rpc-key KEY of its RPC servers")
     source = load_source(args.model, args.input_shape, _calib(args), trust_model=args.trust_model)
     log_dir = args.log_dir or user_tuning_dir(target.name)
-    results = tune(source, config, target, log_dir, args.trials, tracker, args.timeout, workers, kernel=args.kernel)
+    options = TuneOptions(args.trials, tracker, args.timeout, workers, kernel=args.kernel)
+    results = tune(source, _request(args, source), target, log_dir, options)
     print_tune_summary(results, target.name, log_dir)
     if args.json:
         from .json_output import emit, tune_record
@@ -325,83 +352,72 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from .compile import read_sidecar
-    from .rpc import connect, request
+    from .adapters import for_target
+    from .artifact import read_sidecar
+    from .device_run import DeviceAddress
     from .target import load_target
 
     meta, _ = read_sidecar(args.artifact)
-    from .vta.commands import deploy_command, is_vta
-
-    if is_vta(meta["target"]):
-        return deploy_command(args)
     target = load_target(meta["target"])
+    own = for_target(target).command("deploy")
+    if own is not None:
+        return own(args)
+    json_for = "deploy" if args.json else None
     if args.rpc_tracker:
         if not args.rpc_key:
             raise UserError("--rpc-tracker needs --rpc-key")
-        where = f"{target.name} device '{args.rpc_key}' via tracker {args.rpc_tracker}"
-        return run_artifact(args.artifact, target, lambda: request(args.rpc_tracker, args.rpc_key), where, args.repeat,
-                            "deploy" if args.json else None)
+        return run_artifact(args.artifact, target, DeviceAddress(tracker=args.rpc_tracker, key=args.rpc_key),
+                            args.repeat, json_for)
     if not args.rpc:
         raise UserError("give --rpc-tracker HOST:PORT --rpc-key KEY, or --rpc HOST:PORT")
-    where = f"{target.name} device at {args.rpc}"
-    return run_artifact(args.artifact, target, lambda: connect(args.rpc), where, args.repeat, "deploy" if args.json else None)
+    return run_artifact(args.artifact, target, DeviceAddress(rpc=args.rpc), args.repeat, json_for)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .rpc import connect
+    from .adapters import for_target
+    from .device_run import DeviceAddress
     from .target import load_target
-    from .vta.commands import is_vta, run_command
 
-    if is_vta(args.target):
-        return run_command(args)
     target = load_target(args.target)
-    remote = target.runs == "rpc" or (target.device_kind == "cuda" and args.rpc)
-    if args.profile and remote:
-        raise UserError(f"--profile times calls in this process, so it needs a local target, not '{target.name}' over RPC")
-    if remote:
-        address = args.rpc or target.default_rpc
-        return run_artifact(args.artifact, target, lambda: connect(address), f"{target.name} device at {address}",
-                            args.repeat, "run" if args.json else None)
-    if target.device_kind == "cuda":
-        from .cuda.target import gpu_present, no_gpu_reason
+    adapter = for_target(target)
+    own = adapter.command("run")
+    if own is not None:
+        return own(args)
+    if adapter.remote(target, bool(args.rpc)):
+        if args.profile:
+            raise UserError(f"--profile times calls in this process, so it needs a local target, not '{target.name}' over RPC")
+        address = DeviceAddress(rpc=args.rpc or target.default_rpc)
+    else:
+        problem = adapter.local_problem(target)
+        if problem is not None:
+            raise UserError(problem)
+        address = DeviceAddress()
+    return run_artifact(args.artifact, target, address, args.repeat, "run" if args.json else None, args.profile)
 
-        if not gpu_present():
-            raise UserError(no_gpu_reason(target))
-    return run_artifact(args.artifact, target, None, f"{target.name} (this machine)", args.repeat,
-                        "run" if args.json else None, args.profile)
 
-
-def run_artifact(
-    artifact: Path, target, session: Callable | None, where: str, repeat: int, json_for: str | None = None,
-    profile: bool = False,
-) -> int:
-    """Load the artifact (on `session()`'s device, or here), run its saved inputs, compare, time; for run and deploy.
-    `json_for`: the command name to emit a --json record for; `profile`: also time every function (local only)."""
-    from .batching import run_batched
-    from .compile import read_sidecar
+def run_artifact(artifact: Path, target, address, repeat: int, json_for: str | None = None, profile: bool = False) -> int:
+    """Run the artifact's saved inputs on its device (device_run, the path compile's evaluation takes too),
+    compare with the reference, print; for run and deploy. `json_for`: the command to emit a --json record for;
+    `profile`: also time every function (local only)."""
+    from .artifact import read_sidecar
+    from .device_run import run_on_device
     from .report import compare, print_comparison
-    from .rpc import DeviceModule, device_errors
 
     meta, data = read_sidecar(artifact)
     if meta["target"] != target.name:
         raise UserError(f"{artifact} was compiled for '{meta['target']}', not '{target.name}'")
     batch = meta["input_shape"][0]
-    with device_errors(where):
-        kind = target.device_kind
-        module = DeviceModule.remote(session(), artifact, kind) if session else DeviceModule.local(artifact, kind)
-        outputs = run_batched(module, data["inputs"], batch, f"running on {where}")
-        latency = module.latency_ms(data["inputs"][:batch], repeat=repeat)
+    run = run_on_device(target, artifact, data["inputs"], batch, address, repeat, profile)
     print(f"{artifact}  ({meta['model']}, {target.name})")
-    comparison = compare(outputs, data["reference"], data.get("labels"))
+    comparison = compare(run.outputs, data["reference"], data.get("labels"))
     print_comparison(comparison, meta["eval_label"])
-    print(f"latency on {where}: {latency:.3f} ms per batch of {batch} (median of {repeat} repeats)")
+    print(f"latency on {run.where}: {run.latency_ms:.3f} ms per batch of {batch} (median of {repeat} repeats)")
     if profile:
-        from .profile import print_profile, profile as profile_calls
+        from .profile import print_profile
 
-        print_profile(profile_calls(module, data["inputs"][:batch], repeat), repeat)
+        print_profile(run.profile, repeat)
     if json_for:
         from .json_output import emit, run_record
 
-        emit(run_record(json_for, artifact, meta, comparison, latency, where))
+        emit(run_record(json_for, artifact, meta, comparison, run.latency_ms, run.where))
     return 0
-

@@ -1,4 +1,5 @@
-"""The `compile` pipeline as a Python API: model in, quantized scheme, compiled artifact and its evaluation out.
+"""The `compile` command as a Python API: model in; quantized scheme, artifact and its sidecar files out. The
+compiler itself is pipeline.py; this adds the reference outputs and writes the files.
 
     source = load_source(None)                     # the built-in digits CNN, or a .pt2 path, or an nn.Module
     result = compile_model(source, QuantConfig(2, 2), load_target("x86"), Path("out.so"))
@@ -11,118 +12,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import fx
 
-from . import frontend, outputs, validate
+from . import outputs, pipeline, validate
+from .artifact import read_sidecar  # noqa: F401  (re-exported: run, deploy and bench read artifacts)
 from .batching import run_batched
-from .build import Lowered, build
-from .database import has_records, load_task_state, read_databases
-from .errors import UserError
-from .frontend import LayerInfo
+from .database import has_records
+from .evaluation import Evaluation, evaluate  # noqa: F401  (re-exported for the reports)
 from .outputs import sidecar_paths
+from .passes.lower_quantized import Lowered
+from .pipeline import BuildOptions, QuantRequest
 from .plan import Plan, to_json
-from .quantize import QuantConfig, quantize_model, quantize_with_training
+from .quantize import QuantConfig
 from .reference import ReferenceModel
-from .scheme import QuantScheme, WeightKind
-from .rpc import DeviceModule, connect, device_errors, is_listening
 from .resources import shipped_tuning_dir, user_tuning_dir
+from .scheme import QuantScheme, WeightKind
+from .source import BUILTIN, ModelSource, classes, load_source, load_train_data  # noqa: F401  (re-exported: the API)
 from .target import TargetSpec
-from .train import TrainConfig
-
-BUILTIN = "digits_cnn"
-
-
-@dataclass
-class ModelSource:
-    """A model ready to quantize: folded graph, its layers, and the data to calibrate and evaluate on."""
-
-    name: str
-    gm: fx.GraphModule
-    input_shape: tuple[int, ...]
-    layers: list[LayerInfo]
-    folded_bn: list[str]
-    calib: np.ndarray
-    eval_x: np.ndarray
-    eval_y: np.ndarray | None
-    eval_label: str
-    notes: list[str] = field(default_factory=list)  # what the loader changed, for the summary
-
-    @property
-    def batch_size(self) -> int:
-        return self.input_shape[0]
-
-    def fp32(self, x: np.ndarray) -> np.ndarray:
-        return _run(self.gm, x)
-
-
-def _run(gm: fx.GraphModule, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return gm(torch.from_numpy(x)).numpy()
-
-
-def _classes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> int | None:
-    """How many classes the model scores (labels must lie below), from one batch of the model's own shape."""
-    return validate.classes_of(_run(gm, np.zeros(input_shape, np.float32)))
-
-
-def load_source(
-    model: str | Path | torch.nn.Module | None,
-    input_shape: tuple[int, ...] | None = None,
-    calib: np.ndarray | None = None,
-    eval_x: np.ndarray | None = None,
-    eval_y: np.ndarray | None = None,
-    trust_model: bool = False,
-) -> ModelSource:
-    """Resolve the model (None = built-in digits CNN) and its calibration / evaluation data; a .pt2 is
-    loaded as untrusted unless `trust_model` (see safe_load)."""
-    eval_label, notes = "the evaluation data", []
-    if model is None:
-        from .models import digits
-
-        name, input_shape = BUILTIN, input_shape or digits.INPUT_SHAPE
-        ep = frontend.export_module(digits.load_model(), input_shape)
-        if calib is None:
-            calib = digits.load_split("calib")[0]
-        if eval_x is None:
-            eval_x, eval_y = digits.load_split("test")
-            eval_label = f"{len(eval_x)} held-out real digits (sklearn)"
-    elif isinstance(model, torch.nn.Module):
-        if input_shape is None:
-            raise UserError("input_shape is required for an nn.Module")
-        name, ep = type(model).__name__, frontend.export_module(model, input_shape)
-    elif Path(model).suffix.lower() == ".onnx":
-        from .onnx_import import load_onnx
-
-        onnx_model = load_onnx(model, input_shape)
-        name, notes = Path(model).stem, onnx_model.notes
-        ep = frontend.export_module(onnx_model.module, onnx_model.input_shape)
-    else:
-        name, ep = Path(model).stem, frontend.load_exported(model, trust_model)
-    input_shape = frontend.input_shape_of(ep, input_shape)
-    if calib is None:
-        raise UserError(f"model '{name}' needs calibration data: pass --calib FILE.npy of shape (N, {_dims(input_shape)})")
-    calib = validate.model_input(calib, input_shape, "calibration data")
-    if eval_x is None:
-        eval_x, eval_label = calib, f"{len(calib)} calibration samples (no --eval-data given)"
-    eval_x = validate.model_input(eval_x, input_shape, "evaluation data")
-    gm, folded = frontend.prepare(ep, input_shape)
-    if eval_y is not None:
-        eval_y = validate.labels(eval_y, len(eval_x), _classes(gm, input_shape), "evaluation labels")
-    layers = frontend.find_layers(gm)
-    if not layers:
-        raise UserError(f"model '{name}' has no conv2d or linear layer with parameter weights to quantize")
-    return ModelSource(name, gm, input_shape, layers, folded, calib, eval_x, eval_y, eval_label, notes)
-
-
-def _dims(shape: tuple[int, ...]) -> str:
-    return ", ".join(map(str, shape[1:]))
 
 
 @dataclass
 class CompileResult:
     source: ModelSource
-    config: QuantConfig
+    request: QuantRequest
     target: TargetSpec
     scheme: QuantScheme
     lowered: Lowered
@@ -133,6 +44,10 @@ class CompileResult:
     untuned_faster: list[str] = field(default_factory=list)  # records not applied: the untuned build was faster
     linked_with: str = ""  # the linker that made the artifact (system cross compiler or pip zig)
     plan: Plan | None = None  # the per-layer plan it was quantized by, with predicted families and bytes
+
+    @property
+    def config(self) -> QuantConfig:
+        return self.request.config
 
     @property
     def kernels(self) -> dict[str, str]:
@@ -146,115 +61,33 @@ def default_tuning_logs(target: TargetSpec) -> list[Path]:
 
 
 def compile_model(
-    source: ModelSource, config: QuantConfig, target: TargetSpec, output: Path,
-    tuning_log: Path | list[Path] | None = None,
-    train: TrainConfig | None = None, train_data: tuple[np.ndarray, np.ndarray] | None = None,
-    kernel: str = "auto", plan: Plan | None = None,
+    source: ModelSource, request: QuantRequest | QuantConfig, target: TargetSpec, output: Path,
+    options: BuildOptions = BuildOptions(),
 ) -> CompileResult:
-    """Quantize (post-training, or with QAT when `train` is given), lower, compile and export; writes the
-    artifact and its sidecar files. QAT data defaults to the built-in model's training split.
-
-    `tuning_log`: `tune` log folder(s) whose matching records schedule the kernels (no tuning happens here);
-    with several, the fastest record of each function wins.
-    `kernel`: "auto" (each layer's scheme kind picks its kernel family) or a family to use wherever it applies.
-    `plan`: quantize each layer by its own method and bits (plan_apply.py; post-training) instead of `config`'s.
-    """
-    gm = source.gm
-    if train_data is not None:  # the class range needs the model's output width
-        validate.labels(train_data[1], len(train_data[0]), _classes(gm, source.input_shape), "training labels")
+    """Quantize (a bare QuantConfig: post-training), build with `options` (kernel choice, tuning records; no
+    tuning happens here), export; writes the artifact and its sidecar files, all or nothing. A request with a
+    per-layer `plan` gets it back in the result with each layer's predicted family and bytes filled in."""
+    request = request if isinstance(request, QuantRequest) else QuantRequest(request)
+    if request.train_data is not None:  # the class range needs the model's output width
+        x, y = request.train_data
+        validate.labels(y, len(x), classes(source.gm, source.input_shape), "training labels")
+    quantized = pipeline.quantize(source, request)
+    built = pipeline.build(source, quantized, target, options)
+    plan = request.plan
     if plan is not None:
-        from .plan_apply import fill_predictions, quantize_planned
+        from .plan_apply import fill_predictions
 
-        if train is not None:
-            raise UserError("a per-layer plan is post-training; it cannot be combined with training")
-        scheme = quantize_planned(gm, source.layers, source.calib, plan, config, source.batch_size)
-        plan = fill_predictions(plan, scheme, gm, source.layers, source.calib, source.batch_size, target, kernel)
-    elif train is None:
-        scheme = quantize_model(gm, source.layers, source.calib, config, source.batch_size)
-    else:
-        data = train_data if train_data is not None else default_train_data(source)
-        scheme, gm = quantize_with_training(
-            gm, source.layers, source.calib, config, source.batch_size, train, data
-        )
-    mod, params, param_fqn = frontend.to_relax(gm, source.input_shape)
-    logs = [tuning_log] if isinstance(tuning_log, Path) else list(tuning_log or [])
-    database, untuned = (read_databases(logs), {}) if logs else (None, {})
-    for log in logs:
-        untuned.update({k: v["untuned_ms"] for k, v in load_task_state(log).items() if "untuned_ms" in v})
-    built = build(mod, params, param_fqn, source.layers, scheme, target, database, untuned, kernel)
-    reference = ReferenceModel(gm, source.layers, scheme)
+        plan = fill_predictions(plan, quantized.scheme, source.gm, source.layers, source.calib, source.batch_size,
+                                target, options.kernel)
+    reference = ReferenceModel(quantized.gm, source.layers, quantized.scheme)
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
-    result = CompileResult(source, config, target, scheme, built.lowered, output, reference_outputs,
-                           logs, built.tuned, built.untuned_faster, plan=plan)
+    records = options.records
+    result = CompileResult(source, request, target, quantized.scheme, built.lowered, output, reference_outputs,
+                           records.log_dirs if records else [], built.tuned, built.untuned_faster, plan=plan)
     with outputs.replace_together(output, *sidecar_paths(output)) as (artifact, meta, data):
-        result.linked_with = target.export(built.executable, artifact)
+        result.linked_with = pipeline.export(built.executable, target, artifact)
         write_sidecar(result, meta, data)
     return result
-
-
-def default_train_data(source: ModelSource) -> tuple[np.ndarray, np.ndarray]:
-    """The built-in digits training split (real data); other models must bring theirs."""
-    if source.name != BUILTIN:
-        raise UserError(f"model '{source.name}' needs training data for --train: pass --train-data FILE.npz with arrays x and y")
-    from .models import digits
-
-    return digits.load_split("train")
-
-
-def load_train_data(path: str | Path, input_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """A .npz with `x` (N, ...) inputs and `y` (N,) integer labels."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"training data file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            x, y = data["x"], data["y"]
-    except Exception as exc:
-        raise UserError(f"{path} is not a .npz with arrays 'x' and 'y': {exc}") from exc
-    x = validate.model_input(x, input_shape, f"training data {path} 'x'")
-    return x, validate.labels(y, len(x), None, f"training data {path} 'y'")
-
-
-@dataclass
-class Evaluation:
-    """Outputs of fp32, quantized reference and compiled module on the evaluation data."""
-
-    fp32: np.ndarray
-    reference: np.ndarray
-    compiled: np.ndarray | None
-    where: str  # where the compiled module ran, or why it did not
-    latency_ms: float | None = None
-
-
-def evaluate(result: CompileResult, rpc_address: str | None) -> Evaluation:
-    """Run the exported artifact itself: here for local targets, on the RPC device if one is up."""
-    src, target = result.source, result.target
-    fp32 = run_batched(src.fp32, src.eval_x, src.batch_size)
-    gpu = target.device_kind == "cuda"
-    if target.runs == "rpc" or (gpu and rpc_address):
-        if not rpc_address or not is_listening(rpc_address):
-            reason = f"not run: no device at {rpc_address}" if rpc_address else "not run: no --rpc device given"
-            if target.name == "arm_cpu":
-                reason += " (start the emulated one: scripts/arm64-device.sh start)"
-            return Evaluation(fp32, result.reference_outputs, None, reason)
-        where = f"{target.name} device at {rpc_address}"
-        try:
-            with device_errors(where):
-                module = DeviceModule.remote(connect(rpc_address), result.artifact, target.device_kind)
-                compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
-                latency = module.latency_ms(src.eval_x[: src.batch_size])
-        except UserError as exc:
-            return Evaluation(fp32, result.reference_outputs, None, f"not run: {exc}")
-        return Evaluation(fp32, result.reference_outputs, compiled, where, latency)
-    if gpu:
-        from .cuda.target import gpu_present, no_gpu_reason
-
-        if not gpu_present():
-            return Evaluation(fp32, result.reference_outputs, None, f"not run: {no_gpu_reason(target)}")
-    module, where = DeviceModule.local(result.artifact, target.device_kind), f"{target.name}, this machine"
-    compiled = run_batched(module, src.eval_x, src.batch_size, f"compiled module on {where}")
-    latency = module.latency_ms(src.eval_x[: src.batch_size])
-    return Evaluation(fp32, result.reference_outputs, compiled, where, latency)
 
 
 def write_sidecar(result: CompileResult, meta_path: Path, data_path: Path) -> None:
@@ -282,16 +115,6 @@ def write_sidecar(result: CompileResult, meta_path: Path, data_path: Path) -> No
         arrays["labels"] = src.eval_y
     with open(data_path, "wb") as out:  # a file object: savez would append ".npz" to a temporary name
         np.savez_compressed(out, **arrays)
-
-
-def read_sidecar(artifact: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    meta_path, data_path = sidecar_paths(artifact)
-    if not artifact.is_file():
-        raise UserError(f"artifact not found: {artifact}")
-    if not (meta_path.is_file() and data_path.is_file()):
-        raise UserError(f"{artifact} has no {meta_path.name}/{data_path.name} beside it (written by tvmquant compile)")
-    with np.load(data_path, allow_pickle=False) as data:
-        return json.loads(meta_path.read_text()), dict(data)
 
 
 def weight_bytes(result: CompileResult) -> list[tuple[str, int, int]]:

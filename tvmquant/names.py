@@ -1,5 +1,5 @@
 """The names the command line offers, importable without torch or TVM so that `--help` and a bad flag answer
-at once. The registries they name (quantize.py's methods, kernels/registry.py's families) are checked against
+at once. The registries they name (methods/registry.py, kernels/registry.py) are checked against
 these lists by tests/test_cli.py."""
 
 METHODS = ("uniform", "uniq", "inq", "balanced", "multipoint", "qnet")

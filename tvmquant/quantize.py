@@ -8,16 +8,16 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import fx
 
-import torch
-
+from . import actquant
 from .act_scale import ACT_SCALES, calibrate_activation_pow2
 from .calibrate import record_input_grams, record_layer_inputs
 from .errors import UserError
 from .frontend import LayerInfo
-from .methods import balanced, inq, multipoint, qnet, uniform, uniq
-from .names import METHODS, QAT_METHODS
+from .methods import uniform
+from .methods.registry import QAT_METHODS, PtqJob, method_named
 from .scheme import ActQuant, LayerScheme, QuantScheme, WeightQuant
 from .train import TrainConfig, train_quantized
 
@@ -30,29 +30,34 @@ class QuantConfig:
     abits: int = 2
     first_last_bits: int | None = 8
     method: str = "uniform"
-    budget: float = 0.1  # multipoint: extra rows as a fraction of all quantized output channels
+    budget: float = 0.1  # multipoint: extra rows as a fraction of all quantized output channels (--budget)
     act_scale: str = "mse"  # "pow2": power-of-two activation scales, signed codes (act_scale.py; VTA needs it)
+    options: tuple[tuple[str, object], ...] = ()  # further method options (--method-opt KEY=VALUE)
 
     def __post_init__(self) -> None:
         checks = (("--wbits/--bits", self.wbits), ("--abits/--bits", self.abits), ("--first-last-bits", self.first_last_bits))
         for flag, value in checks:
             if value is not None and not (isinstance(value, int) and 1 <= value <= 8):
                 raise UserError(f"{flag} must be an integer from 1 to 8, got {value}")
-        if self.method not in METHODS:
-            raise UserError(f"unknown method '{self.method}'; known: {', '.join(METHODS)}")
+        method = method_named(self.method)
         if self.act_scale not in ACT_SCALES:
             raise UserError(f"--act-scale must be one of {', '.join(ACT_SCALES)}, got '{self.act_scale}'")
         if self.budget < 0:
             raise UserError(f"--budget must be >= 0 (extra rows as a fraction of channels), got {self.budget}")
-        if self.method in ("inq", "multipoint") and min(self.wbits, self.first_last_bits or 8) < 2:
-            raise UserError(f"method '{self.method}' needs at least 2 weight bits")
+        if min(self.wbits, self.first_last_bits or 8) < method.min_bits:
+            raise UserError(f"method '{self.method}' needs at least {method.min_bits} weight bits")
+        if "budget" in dict(self.options):
+            raise UserError("give the multipoint budget as --budget")
+        method.check(dict(self.options))  # every option checked now, before any work
 
-
-def dequantized_input(x: torch.Tensor, act: ActQuant) -> torch.Tensor:
-    """The real value of x after activation quantization, computed as the kernels quantize it."""
-    inv = torch.tensor(act.inv_scale, dtype=torch.float32)
-    codes = torch.clamp(torch.round(x.float() * inv) + act.zero_point, 0, act.qmax)
-    return (codes - act.zero_point) * np.float32(act.scale)
+    def method_options(self, training: bool = False) -> dict[str, object]:
+        """The options of the method's quantizer (`training`: of its trainer): --budget where it has one, then
+        --method-opt, parsed."""
+        method = method_named(self.method)
+        given = dict(self.options)
+        if not training and any(o.name == "budget" for o in method.options):
+            given["budget"] = self.budget
+        return method.resolve(given, training)
 
 
 def plan_layers(layers: list[LayerInfo], config: QuantConfig, scheme: QuantScheme) -> list[tuple[LayerInfo, int, int]]:
@@ -95,19 +100,13 @@ def quantize_weights(
     keyword arguments (listed in each method module's docstring)."""
     weights = {layer.name: gm.get_parameter(layer.weight).detach().numpy() for layer, _, _ in chosen}
     bits = {layer.name: wbits for layer, wbits, _ in chosen}
-    if config.method == "multipoint":
+
+    def grams() -> dict[str, np.ndarray]:
         kernels = {name: tuple(w.shape[2:]) for name, w in weights.items()}
-        quant = {name: (lambda x, a=act: dequantized_input(x, a)) for name, act in acts.items()}
-        grams = record_input_grams(gm, [layer for layer, _, _ in chosen], kernels, quant, calib, batch_size)
-        return multipoint.quantize_layers(weights, bits, grams, config.budget, **(options or {}))
-    single = {
-        "uniform": uniform.quantize_weight,
-        "uniq": uniq.quantize_weight,
-        "inq": inq.quantize_weight,
-        "balanced": balanced.quantize_weight,
-        "qnet": qnet.quantize_weight,
-    }[config.method]
-    return {name: single(w, bits[name], **(options or {})) for name, w in weights.items()}
+        quant = {name: (lambda x, a=act: actquant.torch_dequantized(x, a)) for name, act in acts.items()}
+        return record_input_grams(gm, [layer for layer, _, _ in chosen], kernels, quant, calib, batch_size)
+
+    return method_named(config.method).ptq(PtqJob(weights, bits, grams), {**config.method_options(), **(options or {})})
 
 
 def assemble(
@@ -150,12 +149,14 @@ def quantize_with_training(
     gm: fx.GraphModule, layers: list[LayerInfo], calib: np.ndarray, config: QuantConfig, batch_size: int,
     train: TrainConfig, data: tuple[np.ndarray, np.ndarray], options: dict | None = None,
 ) -> tuple[QuantScheme, fx.GraphModule]:
-    """QAT: activations calibrated on the float model, weights fine-tuned by the method (`options`: the method's
-    training keyword arguments, qat.py), then activations re-calibrated on the trained graph with its quantized
-    weights in place (training moved the biases and the activation ranges); returns the scheme and the trained
-    graph (its biases changed too)."""
-    if config.method not in QAT_METHODS:
+    """QAT: activations calibrated on the float model, weights fine-tuned by the method (`options`: further
+    trainer keyword arguments beside the config's, qat.py), then activations re-calibrated on the trained graph
+    with its quantized weights in place (training moved the biases and the activation ranges); returns the
+    scheme and the trained graph (its biases changed too)."""
+    method = method_named(config.method)
+    if not method.trains:
         raise UserError(f"method '{config.method}' is post-training only; --train works with {', '.join(QAT_METHODS)}")
+    options = {**config.method_options(training=True), **(options or {})}
     scheme = QuantScheme()
     chosen = plan_layers(layers, config, scheme)
     acts = calibrate_activations(gm, chosen, calib, batch_size, config.act_scale)

@@ -15,15 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from . import actquant
 from .frontend import LayerInfo
 from .scheme import LayerScheme, QuantScheme, integer_core
 
 
 def quantize_input(x: torch.Tensor, layer: LayerScheme) -> torch.Tensor:
-    """Activation codes as float32, computed exactly as the kernel does."""
-    act = layer.act
-    inv = torch.tensor(act.inv_scale, dtype=torch.float32)
-    return torch.clamp(torch.round(x.float() * inv) + act.zero_point, 0, act.qmax)
+    """Activation codes as float32, computed exactly as the kernel does (actquant's one definition)."""
+    return actquant.torch_codes(x, layer.act)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .compile import CompileResult, Evaluation, evaluate, weight_bytes
+from .compile import CompileResult, Evaluation, weight_bytes
 from .sizes import code_bytes, ratio_text, size_note
 from .outputs import sidecar_paths
 
@@ -57,9 +57,9 @@ def _kb(n: int) -> str:
     return f"{n / 1024:8.1f} KB"
 
 
-def print_compile_summary(result: CompileResult, rpc_address: str | None) -> Evaluation:
-    """Layers and kernels, weight sizes, accuracy of fp32 / reference / compiled, and where the artifact is;
-    returns the evaluation it printed."""
+def print_compile_summary(result: CompileResult, ev: Evaluation, rpc_address: str | None) -> None:
+    """Layers and kernels, weight sizes, accuracy of fp32 / reference / compiled (`ev`, from
+    evaluation.evaluate: this only prints), and where the artifact is."""
     src, cfg, scheme = result.source, result.config, result.scheme
     first_last = "fp32" if cfg.first_last_bits is None else f"W{cfg.first_last_bits}A{cfg.first_last_bits}"
     what = (f"{cfg.method} W{cfg.wbits}A{cfg.abits} (first/last layer: {first_last})" if result.plan is None
@@ -101,7 +101,6 @@ def print_compile_summary(result: CompileResult, rpc_address: str | None) -> Eva
     for name, note in result.lowered.notes.items():
         print(f"  note: {name} runs on {result.kernels[name]} ({note})")
 
-    ev = evaluate(result, rpc_address)
     labels = src.eval_y
     if result.tuning_logs:
         print(f"\ntuning records applied from {', '.join(map(str, result.tuning_logs))}: {len(result.tuned)} function(s) "
@@ -125,7 +124,6 @@ def print_compile_summary(result: CompileResult, rpc_address: str | None) -> Eva
           f"metadata and check data in {meta.name}, {data.name})")
     if result.target.runs == "rpc":
         print(f"run it:   python -m tvmquant run --target {result.target.name} --rpc {rpc_address or 'HOST:PORT'} {result.artifact}")
-    return ev
 
 
 def print_tune_summary(results: list[TaskResult], target: str, log_dir: Path) -> None:

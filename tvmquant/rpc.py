@@ -105,20 +105,21 @@ def request(tracker: str, key: str, timeout: float = TRACKER_TIMEOUT) -> rpc.RPC
 
 
 class DeviceModule:
-    """A compiled model loaded on a device (local CPU or remote), called on fixed-shape numpy batches."""
+    """A compiled model loaded on a device (here or remote; the target's adapter says which device), called on
+    fixed-shape numpy batches."""
 
     def __init__(self, module: tvm.runtime.Module, device: tvm.runtime.Device):
         self.device = device
         self.vm = relax.VirtualMachine(module, device)
 
     @classmethod
-    def local(cls, artifact: str | Path | relax.VMExecutable, kind: str = "cpu") -> DeviceModule:
-        """`kind`: the device its kernels run on here ("cpu", "cuda": TargetSpec.device_kind)."""
+    def local(cls, artifact: str | Path | relax.VMExecutable, device: tvm.runtime.Device | None = None) -> DeviceModule:
+        """`device`: where its kernels run here (the target adapter's; default tvm.cpu())."""
         module = artifact if isinstance(artifact, relax.VMExecutable) else tvm.runtime.load_module(str(artifact))
-        return cls(module, tvm.device(kind))
+        return cls(module, tvm.cpu() if device is None else device)
 
     @classmethod
-    def remote(cls, session: rpc.RPCSession, artifact: str | Path, kind: str = "cpu") -> DeviceModule:
+    def remote(cls, session: rpc.RPCSession, artifact: str | Path, device: tvm.runtime.Device) -> DeviceModule:
         artifact = Path(artifact)
         session.upload(str(artifact))
         try:
@@ -127,7 +128,7 @@ class DeviceModule:
             raise UserError(
                 f"the device could not load {artifact.name} (built for another target?): {str(exc).splitlines()[0]}"
             ) from exc
-        return cls(module, session.device(kind))
+        return cls(module, device)
 
     def _set(self, x: np.ndarray) -> None:
         self.vm.set_input("main", tvm.runtime.tensor(np.ascontiguousarray(x, np.float32), self.device))

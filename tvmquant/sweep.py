@@ -83,15 +83,14 @@ def sweep(source: ModelSource, methods: list[str], bits: list[int], first_last_b
 
 
 def _compiled_outputs(source: ModelSource, config, target: TargetSpec, work_dir: Path) -> np.ndarray:
-    from .batching import run_batched
     from .compile import compile_model
-    from .rpc import DeviceModule
+    from .device_run import DeviceAddress, run_on_device
 
     artifact = work_dir / f"{source.name}-{config.method}-w{config.wbits}a{config.abits}.so"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = compile_model(source, config, target, artifact)
-    return run_batched(DeviceModule.local(result.artifact), source.eval_x, source.batch_size)
+    return run_on_device(target, result.artifact, source.eval_x, source.batch_size, DeviceAddress()).outputs
 
 
 def _percent(value: float | None) -> str:

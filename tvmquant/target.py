@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-import tvm
 from tvm.target import Target
 
 from .errors import UserError
@@ -28,23 +26,15 @@ class TargetSpec:
     cross_compiler: str | None
     runs: str  # "local" or "rpc"
     default_rpc: str | None = None
+    adapter: str = "cpu"  # the target kind's adapter (tvmquant/adapters/)
+    device_hint: str | None = None  # how to bring a device up, for "not run" messages
 
     @property
     def tvm_target(self) -> Target:
-        config = dict(self.tvm_config)
-        if config["kind"] == "cuda":  # device code for the GPU, host code (the VM's glue) for this CPU
-            return Target(config, host={"kind": "llvm"})
-        if config.get("mcpu") == "native":
-            config["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
-        if self.runs == "local" and "num-cores" not in config:
-            # MetaSchedule sizes parallel loops by it and refuses a target without it.
-            config["num-cores"] = psutil.cpu_count(logical=False) or 1
-        return Target(config)
+        """The TVM target, as the target kind's adapter completes the file (host, machine defaults)."""
+        from .adapters import for_target
 
-    @property
-    def device_kind(self) -> str:
-        """Where the artifact's kernels run: "cuda" or "cpu" (tvm.device / RPCSession.device names)."""
-        return "cuda" if self.tvm_config["kind"] == "cuda" else "cpu"
+        return for_target(self).tvm_target(self)
 
     def linker(self) -> Linker | None:
         """How artifacts for a cross target are linked (None: TVM's host default)."""
@@ -53,13 +43,8 @@ class TargetSpec:
         return find_linker(self.cross_compiler, self.tvm_config.get("mtriple", ""), self.name)
 
     def export(self, executable, path: Path) -> str:
-        """Write a shared library (weights embedded) for this target; atomically, so no half-written file.
+        """Write a shared library (weights embedded) for this LLVM target (the CPU adapter's export); atomically, so no half-written file.
         Returns what linked it."""
-        if self.device_kind == "cuda":
-            from .cuda import artifact
-
-            artifact.export(executable, path, self.tvm_config["arch"])
-            return f"the host compiler, with NVRTC's {self.tvm_config['arch']} cubin inside"
         linker = self.linker()
         fcompile = linker.fcompile() if linker else None
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +76,8 @@ def load_target(name: str) -> TargetSpec:
             cross_compiler=data.get("cross_compiler"),
             runs=data.get("runs", "local"),
             default_rpc=data.get("default_rpc"),
+            adapter=data.get("adapter", "cpu"),
+            device_hint=data.get("device_hint"),
         )
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"target file {path} is malformed: {exc}") from exc

@@ -1,7 +1,8 @@
 """`tune`: MetaSchedule with the XGBoost cost model over the model's tasks, measured here or on an RPC device.
 
-Tasks are the model as `compile` would build it, but with unscheduled kernels (see `build.legalize`): our
-bit-serial kernels plus the fused fp32 ops. Records go to TVM's JSON database in the log folder, which is
+Tasks are the model as `compile` builds it, up to the records (`pipeline.tuning_module`): our tunable
+kernels, unscheduled, plus the fused fp32 ops. The model is quantized with the same options as `compile`
+(method options, QAT); since activation scales are kernel inputs, records also survive re-calibration. Records go to TVM's JSON database in the log folder, which is
 locked for the run (`database.locked`). A task with `trials` successful records already, or whose search space ran out
 before that, is not tuned again, so a second run resumes; untuned latencies and exhausted spaces are kept
 beside the database (`tasks.json`) for the same reason.
@@ -9,7 +10,6 @@ beside the database (`tasks.json`) for the same reason.
 
 from __future__ import annotations
 
-import functools
 import sys
 import types
 from collections.abc import Iterator
@@ -23,15 +23,15 @@ import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from . import _ms_workers, frontend, tempdirs
+from . import _ms_workers, pipeline, tempdirs
+from .adapters import for_target
 from .console import metaschedule_log, quiet_metaschedule_console
 from .console import progress as progress_bar
-from .build import legalize, lower
-from .kernels.registry import fixed_kernel
-from .compile import ModelSource
 from .database import load_task_state, locked, open_database, save_task_state, task_key
-from .kernels.registry import tunable_family
-from .quantize import QuantConfig, quantize_model
+from .kernels.family import FAMILY_ATTR
+from .kernels.registry import FAMILIES
+from .pipeline import QuantRequest
+from .source import ModelSource
 from .target import TargetSpec
 
 # The builder/exporter run in MetaSchedule's worker processes: ship them by value, so a worker never needs
@@ -60,26 +60,30 @@ class TaskResult:
     failed: int  # of those, how many failed
 
 
-def extract_tasks(
-    source: ModelSource, config: QuantConfig, target: TargetSpec, kernel: str = "auto"
-) -> list[ms.ExtractedTask]:
-    """The model's tunable functions, as `compile` with tuning records will look them up."""
-    scheme = quantize_model(source.gm, source.layers, source.calib, config, source.batch_size)
-    mod, params, param_fqn = frontend.to_relax(source.gm, source.input_shape)
-    # Every kernel unscheduled (MetaSchedule's task analysis cannot read some default schedules, e.g. int8's
-    # dot intrinsic); the fused fp32 tasks around them are the same either way. Kernels of families that are
-    # not tunable are then left out: compile always gives them their default schedule.
-    with target.tvm_target:
-        mod, _ = lower(mod, params, param_fqn, source.layers, scheme, tunable=True, kernel=kernel, deferred=True)
-    tasks = ms.relax_integration.extract_tasks(legalize(mod, target.tvm_target), target.tvm_target)
-    return sorted((t for t in tasks if not fixed_kernel(t.task_name)), key=lambda task: task.task_name)
+@dataclass(frozen=True)
+class TuneOptions:
+    """How much to tune and where to measure."""
+
+    trials: int
+    tracker: Tracker | None = None
+    timeout: float = 60.0
+    workers: int = 1
+    progress: bool = True
+    kernel: str = "auto"
 
 
-def make_builder(target: TargetSpec, timeout: float) -> ms.builder.LocalBuilder:
-    f_export, linker = None, target.linker()
-    if linker is not None:
-        f_export = functools.partial(_ms_workers.export_so, link_command=list(linker.command))
-    return ms.builder.LocalBuilder(f_build=_ms_workers.build, f_export=f_export, timeout_sec=timeout)
+def extract_tasks(source: ModelSource, request: QuantRequest, target: TargetSpec, kernel: str = "auto") -> list[ms.ExtractedTask]:
+    """The model's tunable functions, as `compile` with tuning records will look them up. Kernels of families
+    that are not tunable (int8, dequant) are left out: compile always gives them their default schedule."""
+    mod = pipeline.tuning_module(source, pipeline.quantize(source, request), target, kernel)
+    tasks = ms.relax_integration.extract_tasks(mod, target.tvm_target)
+    tasks = [task for task in tasks if _tunable(task.dispatched[0]["main"])]
+    return sorted(tasks, key=lambda task: task.task_name)
+
+
+def _tunable(func: tvm.tirx.PrimFunc) -> bool:
+    family = FAMILIES.get(str(func.attrs.get(FAMILY_ATTR, ""))) if func.attrs is not None else None
+    return family is None or family.tunable
 
 
 def make_runner(tracker: Tracker | None, timeout: float, workers: int) -> ms.runner.Runner:
@@ -105,16 +109,9 @@ def _seconds(record: ms.database.TuningRecord) -> float | None:
     return sum(secs) / len(secs) if secs and max(secs) < FAILED else None
 
 
-def _default_schedule(task: ms.ExtractedTask, target: tvm.target.Target) -> tvm.IRModule:
-    mod = task.dispatched[0]
-    if target.kind.name == "cuda":
-        from .cuda import pipeline as cuda_pipeline
-
-        return cuda_pipeline.schedule(mod, target)
-    family = tunable_family(task.task_name)
-    if family is not None:
-        mod = tvm.IRModule({"main": family.schedule(mod["main"])})
-    return mod
+def _default_schedule(task: ms.ExtractedTask, target: TargetSpec) -> tvm.IRModule:
+    """The task as `compile` builds it without a record (pipeline.default_schedules on the task alone)."""
+    return pipeline.default_schedules(task.dispatched[0], target)
 
 
 def measure_untuned(
@@ -122,14 +119,14 @@ def measure_untuned(
 ) -> list[float | None]:
     """Latency (ms) of each task as `compile` builds it without records: our default kernel schedule, or
     TVM's plain lowering for fp32 ops. Measured with the same builder and runner as the trials."""
-    with target.tvm_target:
-        mods = [_default_schedule(task, target.tvm_target) for task in tasks]
+    mods = [_default_schedule(task, target) for task in tasks]
     built = builder.build([ms.builder.BuilderInput(mod, target.tvm_target) for mod in mods])
+    device = for_target(target).runner_device
     inputs, where = [], []
     for i, (mod, result) in enumerate(zip(mods, built)):
         if result.error_msg is None:
             args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-            inputs.append(ms.runner.RunnerInput(result.artifact_path, target.device_kind, args))
+            inputs.append(ms.runner.RunnerInput(result.artifact_path, device, args))
             where.append(i)
     latencies: list[float | None] = [None] * len(tasks)
     for i, future in zip(where, runner.run(inputs)):
@@ -157,25 +154,13 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
 
 
 def tune(
-    source: ModelSource,
-    config: QuantConfig,
-    target: TargetSpec,
-    log_dir: Path,
-    trials: int,
-    tracker: Tracker | None = None,
-    timeout: float = 60.0,
-    workers: int = 1,
-    progress: bool = True,
-    kernel: str = "auto",
+    source: ModelSource, request: QuantRequest, target: TargetSpec, log_dir: Path, options: TuneOptions
 ) -> list[TaskResult]:
-    """Tune every task of the model up to `trials` records each; returns the per-task summary."""
-    if target.device_kind == "cuda":  # candidates are compiled by NVRTC in the builder's worker processes
-        from .cuda import toolkit
-
-        toolkit.configure()
-    tasks = extract_tasks(source, config, target, kernel)
-    builder = make_builder(target, timeout)
-    runner = make_runner(tracker, timeout, workers)
+    """Tune every task of the model up to `options.trials` records each; returns the per-task summary."""
+    trials, progress = options.trials, options.progress
+    tasks = extract_tasks(source, request, target, options.kernel)
+    builder = for_target(target).builder(target, options.timeout)
+    runner = make_runner(options.tracker, options.timeout, options.workers)
     tempdirs.clean_stale()
     with tempdirs.exit_cleanly_on_termination(), locked(log_dir):
         database = open_database(log_dir)
@@ -216,29 +201,6 @@ def tune(
     return results
 
 
-def search_space(target: TargetSpec) -> ms.space_generator.PostOrderApply:
-    """CUDA: MetaSchedule's GPU space (multi-level tiling with thread binding, cross-thread reduction, auto
-    bind) as TVM defines it. CPU: TVM's default CPU rules, except that multi-level tiling does not fuse the
-    consumer into the tiles: in our kernels the consumer also reads the activation sums, and TVM 0.27's
-    reverse_compute_at then raises instead of skipping the candidate, which ends the whole run."""
-    if target.device_kind == "cuda":
-        return ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda", mutator_probs="cuda")
-    rules = [
-        ms.schedule_rule.InlineConstantScalars(),
-        ms.schedule_rule.AutoInline(
-            into_producer=False, into_consumer=True, inline_const_tensor=True, disallow_if_then_else=True,
-            require_injective=True, require_ordered=True, disallow_op=["tirx.exp"],
-        ),
-        ms.schedule_rule.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
-        ms.schedule_rule.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64),
-        ms.schedule_rule.ParallelizeVectorizeUnroll(
-            max_jobs_per_core=16, max_vectorize_extent=64, unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True,
-        ),
-        ms.schedule_rule.RandomComputeLocation(),
-    ]
-    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="llvm", mutator_probs="llvm")
-
-
 @contextmanager
 def _without_tensor_intrin() -> Iterator[None]:
     """TuneContext imports `tvm.s_tir.tensor_intrin` (~50 s, mostly CUDA intrinsics) though none of our rules
@@ -257,7 +219,8 @@ def _without_tensor_intrin() -> Iterator[None]:
 def _tune_one(task, remaining, target, work_dir, builder, runner, database, callback, log_file) -> None:
     quiet_metaschedule_console()
     with _without_tensor_intrin():
-        contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts([task], work_dir, space=search_space(target))
+        space = for_target(target).tuning_space()
+        contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts([task], work_dir, space=space)
     with metaschedule_log(log_file):
         _tune_contexts(contexts, remaining, work_dir, builder, runner, database, callback)
 

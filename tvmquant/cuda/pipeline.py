@@ -1,9 +1,9 @@
-"""The CUDA Relax build: TVM's CUDA legalization, then tvmquant's family rules and dlight for the rest.
+"""The CUDA Relax passes (the CUDA adapter's, adapters/cuda.py): TVM's CUDA legalization without its closing
+dlight pass, and the rest of TVM's CUDA pipeline.
 
 TVM's own CUDA pipeline ends its legalization with dlight, which knows nothing of our kernels; here the
-kernels arrive unscheduled and opaque (one fused function each) and the family rules (rules.RULES) schedule
-them first, so dlight's Matmul / GEMV / Reduction / Fallback only see the fp32 ops. Functions already
-scheduled (by a tuning record) are left alone.
+kernels stay unscheduled and opaque (one fused function each) until pipeline.default_schedules gives them
+their family rules (cuda/rules/), so dlight's Matmul / GEMV / Reduction / Fallback only see the fp32 ops.
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
-from tvm.s_tir import dlight as dl
 from tvm.target import Target
-
-from .rules import RULES, generic_rules
 
 
 def legalize_passes(target: Target) -> list[tvm.transform.Pass]:
@@ -31,19 +28,3 @@ def legalize_passes(target: Target) -> list[tvm.transform.Pass]:
 
 def finalize_passes(target: Target) -> list[tvm.transform.Pass]:
     return cuda_pipeline.dataflow_lower_passes(target) + cuda_pipeline.finalize_passes(target)
-
-
-def legalize(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """Relax ops -> fused TIR PrimFuncs, unscheduled (what `tune` extracts and records are matched against)."""
-    with target:
-        return tvm.transform.Sequential(legalize_passes(target))(mod)
-
-
-def schedule(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """Every unscheduled PrimFunc: its family's CUDA rule, else the first dlight GPU rule that applies."""
-    with target:
-        return dl.ApplyDefaultSchedule(*RULES, *generic_rules())(mod)
-
-
-def finalize(mod: tvm.IRModule, target: Target) -> relax.VMExecutable:
-    return tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(finalize_passes(target)))

@@ -21,17 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 from tvm import te, tirx
 from tvm.s_tir import Schedule
+from tvm.target import Target
 
+from .. import actquant
 from ..packing import WORD_BITS, num_words, pack_bitplanes
 from ..scheme import LayerScheme, WeightKind, half_integers, integer_core
-from .family import KernelCall
+from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
-
-FAMILY = "bitserial"
-TUNABLE = True
 
 
 @dataclass(frozen=True)
@@ -53,26 +51,13 @@ class BitserialConv2dConfig(ConvGeometry):
         return "int32" if worst < 2**31 else "int64"
 
 
-def quantize_activations(x: te.Tensor, inv_scale: float, zero_point: int, bits: int) -> te.Tensor:
-    """clip(nearbyint(x * inv_scale) + zp, 0, 2^bits-1) as int32; nearbyint rounds half to even like torch."""
-    inv = tirx.const(float(np.float32(inv_scale)), "float32")
-    lo, hi = tirx.const(0.0, "float32"), tirx.const(float((1 << bits) - 1), "float32")
-    zp = tirx.const(float(zero_point), "float32")
-
-    def code(*idx):
-        v = te.nearbyint(x(*idx) * inv) + zp
-        return te.max(te.min(v, hi), lo).astype("int32")
-
-    return te.compute(x.shape, code, name="quantize")
-
-
-def pad_codes(q: te.Tensor, cfg: BitserialConv2dConfig, zero_point: int) -> te.Tensor:
+def pad_codes(q: te.Tensor, cfg: BitserialConv2dConfig, zero_point: te.Tensor) -> te.Tensor:
     """Spatially padded uint8 codes (N, C, H+2ph, W+2pw): the padding holds zero_point, i.e. real zero."""
     (ph, pw), n, c, h, w = cfg.padding, cfg.batch, cfg.in_channels, cfg.height, cfg.width
 
     def code(n, c, hp, wp):
         inside = tirx.all(hp >= ph, hp < h + ph, wp >= pw, wp < w + pw)
-        return tirx.if_then_else(inside, q[n, c, hp - ph, wp - pw], zero_point).astype("uint8")
+        return tirx.if_then_else(inside, q[n, c, hp - ph, wp - pw], zero_point[0]).astype("uint8")
 
     return te.compute((n, c, h + 2 * ph, w + 2 * pw), code, name="pad_codes")
 
@@ -101,19 +86,20 @@ def _tap_word(planes: te.Tensor, cfg: BitserialConv2dConfig, n, y, x, r, s, j, w
 
 
 def bitserial_conv2d_int(
-    x: te.Tensor, wplanes: te.Tensor, wsum: te.Tensor, zw2: te.Tensor, cfg: BitserialConv2dConfig,
-    inv_scale: float, zero_point: int,
+    x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, wplanes: te.Tensor, wsum: te.Tensor,
+    zw2: te.Tensor, cfg: BitserialConv2dConfig,
 ) -> te.Tensor:
     """The exact integer core I (N, O, OH, OW) of the layer, from float input x (N, C, H, W).
 
+    inv_scale, zero_point: the activation quantizer's runtime inputs (actquant.te_placeholders);
     wplanes: (KH, KW, wbits, words, O) uint64, channels packed per kernel tap, output channels innermost for
     vector lanes; wsum: (O,) sum of weight codes; zw2: (O,) twice the weight zero point. The popcount sums
     run in uint64 lanes (what vpopcntq / cnt+uaddlp produce: no narrowing in the inner loop), in an
     (N, OH, OW, O) buffer whose tiles the schedule keeps in registers.
     """
     acc = cfg.acc_dtype
-    planes = pack_activation_planes(pad_codes(quantize_activations(x, inv_scale, zero_point, cfg.abits), cfg,
-                                              zero_point), cfg)
+    codes = actquant.te_codes(x, inv_scale, zero_point, cfg.abits)
+    planes = pack_activation_planes(pad_codes(codes, cfg, zero_point), cfg)
     oh, ow = cfg.out_hw
     kh, kw = cfg.kernel
     r, s = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s")
@@ -140,7 +126,7 @@ def bitserial_conv2d_int(
         ),
         name="act_sum",
     )
-    za, k_total = tirx.const(zero_point, acc), tirx.const(cfg.reduction, acc)
+    za, k_total = zero_point[0].astype(acc), tirx.const(cfg.reduction, acc)
     # Split so the dot tile's epilogue needs only the dot (a fused consumer may read no other intermediate).
     partial = te.compute(
         (cfg.batch, cfg.out_channels, oh, ow),
@@ -157,11 +143,11 @@ def bitserial_conv2d_int(
 
 
 def bitserial_conv2d(
-    x: te.Tensor, wplanes: te.Tensor, wsum: te.Tensor, zw2: te.Tensor, scale: te.Tensor,
-    cfg: BitserialConv2dConfig, inv_scale: float, zero_point: int,
+    x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, wplanes: te.Tensor, wsum: te.Tensor,
+    zw2: te.Tensor, scale: te.Tensor, cfg: BitserialConv2dConfig,
 ) -> te.Tensor:
     """float32 output (N, O, OH, OW) = float32(I) * scale[o]; bias is left to the graph."""
-    core = bitserial_conv2d_int(x, wplanes, wsum, zw2, cfg, inv_scale, zero_point)
+    core = bitserial_conv2d_int(x, inv_scale, zero_point, wplanes, wsum, zw2, cfg)
     return te.compute(
         core.shape, lambda n, o, y, z: core[n, o, y, z].astype("float32") * scale[o], name="rescale"
     )
@@ -172,8 +158,7 @@ def reference_int(
     inv_scale: float, zero_point: int,
 ) -> np.ndarray:
     """numpy reference of I: quantize x exactly as the kernel does, then an integer convolution."""
-    qmax = (1 << cfg.abits) - 1
-    q = np.clip(np.rint(x.astype(np.float32) * np.float32(inv_scale)) + zero_point, 0, qmax).astype(np.int64)
+    q = actquant.numpy_codes(x, inv_scale, zero_point, cfg.abits).astype(np.int64)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     centred = np.pad(q - zero_point, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     oh, ow = cfg.out_hw
@@ -191,11 +176,10 @@ def _pixel_tile(pixels: int, widest: int = 8) -> int:
     return max(d for d in range(1, widest + 1) if pixels % d == 0)
 
 
-def _widest_pixel_tile() -> int:
+def _widest_pixel_tile(target: Target) -> int:
     """8 pixels x 16 uint64 lanes fit AVX-512's 32 zmm registers; NEON's 32 q registers hold 2 lanes each,
-    so under an arm_cpu target (when the caller compiles inside `with target:`) tiles stay one pixel wide."""
-    target = tvm.target.Target.current(allow_none=True)
-    return 1 if target is not None and "arm_cpu" in target.keys else 8
+    so for an arm_cpu target tiles stay one pixel wide."""
+    return 1 if "arm_cpu" in target.keys else 8
 
 
 def vector_lanes(extent: int, widest: int = 16) -> int:
@@ -221,7 +205,7 @@ def _schedule_packing(sch: Schedule) -> None:
     sch.decompose_reduction(pack, t)
 
 
-def _schedule_dot(sch: Schedule) -> None:
+def _schedule_dot(sch: Schedule, target: Target) -> None:
     """Register tiles of P pixels x L output channels (L vector lanes), the whole reduction inside the tile.
 
     Each weight vector is loaded once per tile and reused for P pixels and every activation plane; each
@@ -232,7 +216,7 @@ def _schedule_dot(sch: Schedule) -> None:
     dot = sch.get_sblock("popcount_dot")
     n, y, z, o, wd, r, s, i, j = sch.get_loops(dot)
     tiled = z if int(sch.get(z).extent) > 1 else n
-    po, pi = sch.split(tiled, [None, _pixel_tile(int(sch.get(tiled).extent), _widest_pixel_tile())])
+    po, pi = sch.split(tiled, [None, _pixel_tile(int(sch.get(tiled).extent), _widest_pixel_tile(target))])
     oo, oi = sch.split(o, [None, vector_lanes(int(sch.get(o).extent))])
     if tiled is z:
         sch.reorder(n, y, po, oo, wd, r, s, i, j, pi, oi)
@@ -277,41 +261,36 @@ def _schedule_epilogue(sch: Schedule) -> None:
     sch.vectorize(sch.split(pixels, [None, vector_lanes(int(sch.get(pixels).extent))])[1])
 
 
-def schedule_gemm(sch: Schedule) -> None:
+def schedule_gemm(sch: Schedule, target: Target) -> None:
     """Packing and the register-tiled popcount GEMM with its act_sum; shared by kernels built on
     `bitserial_conv2d_int` (multipoint), which schedule their own consumer of the integer core."""
     _schedule_packing(sch)
-    _schedule_dot(sch)
+    _schedule_dot(sch, target)
     asum = sch.get_sblock("act_sum")
     n, y, *_ = sch.get_loops(asum)
     sch.parallel(sch.fuse(n, y))
 
 
-def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     """Default CPU schedule (no tuning needed): vectorized packing, register-tiled popcount GEMM, 2 threads."""
     sch = Schedule(func)
-    schedule_gemm(sch)
+    schedule_gemm(sch, target)
     _schedule_epilogue(sch)
     return sch.mod["main"]
 
 
-def build_primfunc(
-    cfg: BitserialConv2dConfig, inv_scale: float, zero_point: int, scheduled: bool = True
-) -> tirx.PrimFunc:
-    """The kernel (x, wplanes, wsum, zw2, scale) -> float32 output, for one layer instance.
-
-    `scheduled=False` gives the plain TE function, which is what MetaSchedule tunes and what tuning records
-    are matched against; `schedule()` turns it into the default (untuned) kernel.
-    """
+def build_primfunc(cfg: BitserialConv2dConfig) -> tirx.PrimFunc:
+    """The unscheduled kernel (x, act_inv_scale, act_zero_point, wplanes, wsum, zw2, scale) -> float32 output:
+    what MetaSchedule tunes and tuning records are matched against; `schedule()` gives the default kernel."""
     oc = cfg.out_channels
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
+    inv, zp = actquant.te_placeholders()
     wplanes = te.placeholder((*cfg.kernel, cfg.wbits, cfg.words, oc), "uint64", name="wplanes")
     wsum = te.placeholder((oc,), "int32", name="wsum")
     zw2 = te.placeholder((oc,), "int32", name="zw2")
     scale = te.placeholder((oc,), "float32", name="scale")
-    out = bitserial_conv2d(x, wplanes, wsum, zw2, scale, cfg, inv_scale, zero_point)
-    func = te.create_prim_func([x, wplanes, wsum, zw2, scale, out])
-    return schedule(func) if scheduled else func
+    out = bitserial_conv2d(x, inv, zp, wplanes, wsum, zw2, scale, cfg)
+    return te.create_prim_func([x, inv, zp, wplanes, wsum, zw2, scale, out])
 
 
 def pack_weights(codes: np.ndarray, cfg: BitserialConv2dConfig) -> np.ndarray:
@@ -331,12 +310,14 @@ def supports(layer: LayerScheme) -> str | None:
     return None
 
 
-def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
+def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
     """UNIFORM layers: packed bit-planes, code sums, twice the zero points and the output scale."""
     w = layer.weight
     cfg = BitserialConv2dConfig(**vars(geometry), wbits=w.bits, abits=layer.act.bits)
     codes = w.codes.reshape(w.out_channels, -1)
     zw2 = np.round(2 * np.asarray(w.zero_point, np.float64)).astype(np.int32)
     code_sums = codes.sum(axis=1, dtype=np.int64).astype(np.int32)
-    prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
-    return KernelCall(prim, [pack_weights(codes, cfg), code_sums, zw2, integer_core(layer).scale])
+    return kernel_call(build_primfunc(cfg), layer, [pack_weights(codes, cfg), code_sums, zw2, integer_core(layer).scale])
+
+
+FAMILY = Family("bitserial", tunable=True, check=supports, build=compute, schedules={"cpu": schedule})

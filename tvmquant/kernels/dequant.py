@@ -17,14 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
+from tvm.target import Target
 
+from .. import actquant
 from ..scheme import LayerScheme, integer_core
-from .bitserial import quantize_activations
-from .family import KernelCall
+from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
-
-FAMILY = "dequant"
-TUNABLE = False
 
 
 @dataclass(frozen=True)
@@ -37,16 +35,16 @@ class DequantConv2dConfig(ConvGeometry):
 
 
 def dequant_conv2d(
-    x: te.Tensor, terms: te.Tensor, combine: te.Tensor, scale: te.Tensor, cfg: DequantConv2dConfig,
-    inv_scale: float, zero_point: int, term_codes: te.Tensor | None = None,
+    x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, terms: te.Tensor, combine: te.Tensor,
+    scale: te.Tensor, cfg: DequantConv2dConfig, term_codes: te.Tensor | None = None,
 ) -> te.Tensor:
     """float32 output (N, O, OH, OW) from float32 x (N, C, H, W), float64 terms (J, O, C, KH, KW),
     float64 combine (J, O) and float32 scale (O,). With `term_codes` (J,), `terms` are the uint8 codes
     (O, C, KH, KW) and term j is the 0/1 matrix [code == term_codes[j]], formed here instead of stored (an
     8-bit codebook layer would otherwise store up to 256 float64 matrices)."""
-    q = quantize_activations(x, inv_scale, zero_point, cfg.abits)
+    q = actquant.te_codes(x, inv_scale, zero_point, cfg.abits)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
-    zp = tirx.const(zero_point, "int32")
+    zp = zero_point[0]
 
     def centred(n, c, h, w):
         inside = tirx.all(h >= ph, h < cfg.height + ph, w >= pw, w < cfg.width + pw)
@@ -78,7 +76,7 @@ def dequant_conv2d(
     return te.compute(core.shape, lambda n, o, y, z: core[n, o, y, z].astype("float32") * scale[o], name="rescale")
 
 
-def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     """Default CPU schedule: threads over (batch, output channel) everywhere, quantization inlined."""
     sch = Schedule(func)
     sch.compute_inline(sch.get_sblock("quantize"))
@@ -92,13 +90,11 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def build_primfunc(
-    cfg: DequantConv2dConfig, inv_scale: float, zero_point: int, scheduled: bool = True
-) -> tirx.PrimFunc:
-    """The kernel (x, terms, combine, scale) -> float32 output, for one layer instance; one-hot configurations
-    take (x, codes, term_codes, combine, scale); `scheduled=False` is the plain TE function another target's
-    rules schedule."""
+def build_primfunc(cfg: DequantConv2dConfig) -> tirx.PrimFunc:
+    """The unscheduled kernel (x, act_inv_scale, act_zero_point, terms, combine, scale) -> float32 output;
+    one-hot configurations take (x, act_inv_scale, act_zero_point, codes, term_codes, combine, scale)."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
+    inv, zp = actquant.te_placeholders()
     weights = (cfg.out_channels, cfg.in_channels, *cfg.kernel)
     if cfg.onehot:
         terms = te.placeholder(weights, "uint8", name="codes")
@@ -107,17 +103,16 @@ def build_primfunc(
         terms, term_codes = te.placeholder((cfg.terms, *weights), "float64", name="terms"), None
     combine = te.placeholder((cfg.terms, cfg.out_channels), "float64", name="combine")
     scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
-    out = dequant_conv2d(x, terms, combine, scale, cfg, inv_scale, zero_point, term_codes)
-    inputs = [x, terms] + ([term_codes] if term_codes is not None else [])
-    func = te.create_prim_func([*inputs, combine, scale, out])
-    return schedule(func) if scheduled else func
+    out = dequant_conv2d(x, inv, zp, terms, combine, scale, cfg, term_codes)
+    inputs = [x, inv, zp, terms] + ([term_codes] if term_codes is not None else [])
+    return te.create_prim_func([*inputs, combine, scale, out])
 
 
 def supports(layer: LayerScheme) -> str | None:
     return None
 
 
-def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
+def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
     """Every kind; the terms that are zero everywhere are dropped (they add exactly +0). One-hot cores
     (CODEBOOK) store their codes once, not one float64 matrix per code."""
     core = integer_core(layer)
@@ -129,8 +124,7 @@ def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = Tr
         terms = [core.onehot.reshape(shape).astype(np.uint8), np.asarray(kept, np.int32)]
     else:
         terms = [np.stack([core.term(j).reshape(shape) for j in kept]).astype(np.float64)]
-    prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
-    return KernelCall(prim, [*terms, core.combine[kept], core.scale])
+    return kernel_call(build_primfunc(cfg), layer, [*terms, core.combine[kept], core.scale])
 
 
 def reference(
@@ -138,8 +132,7 @@ def reference(
     inv_scale: float, zero_point: int,
 ) -> np.ndarray:
     """numpy reference: quantize x as the kernel does, convolve each term in float64, combine, scale in float32."""
-    qmax = (1 << cfg.abits) - 1
-    q = np.clip(np.rint(x.astype(np.float32) * np.float32(inv_scale)) + zero_point, 0, qmax)
+    q = actquant.numpy_codes(x, inv_scale, zero_point, cfg.abits)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     centred = np.pad(q.astype(np.float64) - zero_point, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     oh, ow = cfg.out_hw
@@ -152,3 +145,6 @@ def reference(
                 acc += np.einsum("nchw,oc->nohw", patch, terms[j, :, :, r, s])
         core = core + combine[j][None, :, None, None] * acc
     return core.astype(np.float32) * scale[None, :, None, None]
+
+
+FAMILY = Family("dequant", tunable=False, check=supports, build=compute, schedules={"cpu": schedule})

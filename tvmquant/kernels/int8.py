@@ -31,15 +31,13 @@ import tvm
 from tvm import te, tirx
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
-from tvm.target import codegen
+from tvm.target import Target, codegen
 
+from .. import actquant
 from ..scheme import LayerScheme, WeightKind, half_integers, integer_core
-from .bitserial import quantize_activations, vector_lanes
-from .family import KernelCall
+from .bitserial import vector_lanes
+from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
-
-FAMILY = "int8"
-TUNABLE = False  # the dot instructions come from tensorization, which MetaSchedule's CPU space does not do
 
 LANES = 16  # output channels per block: one zmm of int32 (four NEON q registers)
 GROUP = 4  # consecutive k per dot instruction
@@ -100,10 +98,9 @@ TensorIntrin.register(INTRINS["sdot"][0], *_dot_intrin(4, "int8", "llvm.aarch64.
                       override=True)
 
 
-def dot_isa(target: tvm.target.Target | None = None) -> str:
-    """'vnni' (x86 AVX-512 VNNI), 'sdot' (aarch64 +dotprod) or 'widen' (widening multiplies): what the
-    current (or given) target offers for 8-bit dot products."""
-    target = target or tvm.target.Target.current(allow_none=True)
+def dot_isa(target: Target | None) -> str:
+    """'vnni' (x86 AVX-512 VNNI), 'sdot' (aarch64 +dotprod) or 'widen' (widening multiplies, also for None and
+    non-LLVM targets): what `target` offers for 8-bit dot products."""
     if target is None or target.kind.name != "llvm":
         return "widen"
     if codegen.target_has_features("avx512vnni", target):
@@ -175,10 +172,10 @@ def _bounds(layer: LayerScheme, parts: Int8Weights) -> tuple[int, int]:
     return dot, parts.multiplier * dot + asum + e
 
 
-def _config(layer: LayerScheme, geometry: ConvGeometry, parts: Int8Weights) -> Int8Conv2dConfig:
+def _config(layer: LayerScheme, geometry: ConvGeometry, parts: Int8Weights, target: Target | None) -> Int8Conv2dConfig:
     _, epilogue = _bounds(layer, parts)
     return Int8Conv2dConfig(
-        **vars(geometry), abits=layer.act.bits, signed_act=dot_isa() == "sdot",
+        **vars(geometry), abits=layer.act.bits, signed_act=dot_isa(target) == "sdot",
         with_asum=bool(parts.offset.any()), acc_dtype="int32" if epilogue <= INT32_MAX else "int64",
     )
 
@@ -205,23 +202,24 @@ def constants(layer: LayerScheme, parts: Int8Weights, cfg: Int8Conv2dConfig) -> 
 
 # --- the compute (TE) -----------------------------------------------------------------------------------
 
-def act_codes(x: te.Tensor, cfg: Int8Conv2dConfig, inv_scale: float, zero_point: int) -> te.Tensor:
-    """Padded channel-last codes (N, Hp, Wp, C4): u8 codes, or code - 128 as s8 under sdot."""
-    q = quantize_activations(x, inv_scale, zero_point, cfg.abits)
+def act_codes(x: te.Tensor, cfg: Int8Conv2dConfig, inv_scale: te.Tensor, zero_point: te.Tensor) -> te.Tensor:
+    """Padded channel-last codes (N, Hp, Wp, C4): u8 codes, or code - 128 as s8 under sdot; the quantizer's
+    scale and zero point are the kernel's runtime inputs (actquant.te_placeholders)."""
+    q = actquant.te_codes(x, inv_scale, zero_point, cfg.abits)
     (ph, pw), h, w, c = cfg.padding, cfg.height, cfg.width, cfg.in_channels
     dtype, offset = ("int8", 128) if cfg.signed_act else ("uint8", 0)
 
     def code(n, hp, wp, cp):
         inside = tirx.all(hp >= ph, hp < h + ph, wp >= pw, wp < w + pw, cp < c)
-        pad = tirx.if_then_else(cp < c, zero_point, 0)
+        pad = tirx.if_then_else(cp < c, zero_point[0], 0)
         return (tirx.if_then_else(inside, q[n, tirx.min(cp, c - 1), hp - ph, wp - pw], pad) - offset).astype(dtype)
 
     return te.compute((cfg.batch, h + 2 * ph, w + 2 * pw, cfg.channels4), code, name="act_codes")
 
 
 def int8_conv2d(
-    x: te.Tensor, wpack: te.Tensor, e: te.Tensor, d: te.Tensor | None, scale: te.Tensor, cfg: Int8Conv2dConfig,
-    multiplier: int, inv_scale: float, zero_point: int,
+    x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, wpack: te.Tensor, e: te.Tensor, d: te.Tensor | None,
+    scale: te.Tensor, cfg: Int8Conv2dConfig, multiplier: int,
 ) -> te.Tensor:
     """float32 output (N, O, OH, OW) = float32(m * dot + d * asum + e) * scale[o]; bias is left to the graph."""
     acc, (sh, sw), (kh, kw) = cfg.acc_dtype, cfg.stride, cfg.kernel
@@ -274,12 +272,12 @@ def _widest_tile(isa: str) -> int:
     return 8 if isa == "vnni" else 4
 
 
-def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     """Threads over (pixel tiles, 16-channel blocks); per tile, P x 16 int32 accumulators stay in registers
     while the whole reduction (taps, channel groups) runs inside, each weight vector is loaded once and
     reused for P pixels, and each 4-byte activation group is a broadcast; the 16x4 step is one `vpdpbusd`
     (x86 VNNI) or four `sdot` (aarch64 +dotprod), else vectorised widening multiplies."""
-    isa = dot_isa()
+    isa = dot_isa(target)
     sch = Schedule(func)
     sch.compute_inline(sch.get_sblock("quantize"))
     codes = sch.get_sblock("act_codes")
@@ -362,7 +360,7 @@ def reference_int(
 ) -> np.ndarray:
     """I (N, O, OH, OW) = m * sum W a + d * sum a + e, computed from u8 codes with numpy int64: checks the
     decomposition (and e) independently of the PyTorch reference's sum T (a - z_a)."""
-    q = np.clip(np.rint(x.astype(np.float32) * np.float32(inv_scale)) + zero_point, 0, (1 << abits) - 1)
+    q = actquant.numpy_codes(x, inv_scale, zero_point, abits)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     padded = np.pad(q.astype(np.int64), ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=zero_point)
     w8 = parts.w8.astype(np.int64).reshape(cfg.out_channels, cfg.in_channels, kh, kw)
@@ -387,29 +385,27 @@ def supports(layer: LayerScheme) -> str | None:
     return None if dot <= INT32_MAX else "the int8 dot could overflow int32"
 
 
-def build_primfunc(
-    cfg: Int8Conv2dConfig, multiplier: int, inv_scale: float, zero_point: int, scheduled: bool = True
-) -> tirx.PrimFunc:
-    """The kernel (x, wpack, e, [d,] scale) -> float32 output, for one layer instance (`scheduled=False`: the
-    plain TE function)."""
+def build_primfunc(cfg: Int8Conv2dConfig, multiplier: int) -> tirx.PrimFunc:
+    """The unscheduled kernel (x, act_inv_scale, act_zero_point, wpack, e, [d,] scale) -> float32 output."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
+    inv, zp = actquant.te_placeholders()
     wpack = te.placeholder((cfg.blocks, *cfg.kernel, cfg.channels4 // GROUP, LANES, GROUP), "int8", name="wpack")
     e = te.placeholder((cfg.out_channels,), cfg.acc_dtype, name="e")
     d = te.placeholder((cfg.out_channels,), cfg.acc_dtype, name="d") if cfg.with_asum else None
     scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
-    out = int8_conv2d(x, wpack, e, d, scale, cfg, multiplier, inv_scale, zero_point)
-    args = [x, wpack, e, *([d] if d is not None else []), scale, out]
-    func = te.create_prim_func(args)
-    return schedule(func) if scheduled else func
+    out = int8_conv2d(x, inv, zp, wpack, e, d, scale, cfg, multiplier)
+    return te.create_prim_func([x, inv, zp, wpack, e, *([d] if d is not None else []), scale, out])
 
 
-def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
-    """UNIFORM / small-span POW2 layers: packed int8 weights, the folded corrections and the output scale.
-    Scheduled unless `scheduled=False` (another target's rules schedule it: CUDA); never tuned (TUNABLE is
-    False); the ISA comes from the current target."""
+def compute(layer: LayerScheme, geometry: ConvGeometry, target: Target | None) -> KernelCall:
+    """UNIFORM / small-span POW2 layers: packed int8 weights, the folded corrections and the output scale; the
+    activation encoding (u8, or s8 for sdot) follows the target's dot instruction."""
     parts = decompose(layer)
     if isinstance(parts, str):
         raise ValueError(f"layer {layer.name}: {parts}")
-    cfg = _config(layer, geometry, parts)
-    prim = build_primfunc(cfg, parts.multiplier, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
-    return KernelCall(prim, constants(layer, parts, cfg))
+    cfg = _config(layer, geometry, parts, target)
+    return kernel_call(build_primfunc(cfg, parts.multiplier), layer, constants(layer, parts, cfg))
+
+
+# The dot instructions come from tensorization, which MetaSchedule's CPU space does not do: not tunable.
+FAMILY = Family("int8", tunable=False, check=supports, build=compute, schedules={"cpu": schedule}, targeted=True)

@@ -22,8 +22,8 @@ T-MAC for codebook activations x codebook weights does not arise and is not buil
 
 The default schedule gathers the 16-entry table with a vector of indices (scalar loads inserted into vectors
 on x86 and aarch64). A byte/word shuffle (`vpermw`, NEON `tbl`) would look up 16 entries per instruction; a
-tensorized prototype worked on x86 but did not measure faster, and a family's schedule is not told its target
-yet, so it is not in this kernel. Measured: 0.6-0.8x PyTorch fp32 (docs/BENCHMARKS.md), not the goal.
+tensorized prototype worked on x86 but did not measure faster, so it is not in this kernel (schedules now get
+the target, so a per-target rule could tensorize). Measured: 0.6-0.8x PyTorch fp32 (docs/BENCHMARKS.md), not the goal.
 """
 
 from __future__ import annotations
@@ -33,14 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
+from tvm.target import Target
 
+from .. import actquant
 from ..scheme import LayerScheme, WeightKind, integer_core
-from .bitserial import quantize_activations
-from .family import KernelCall
+from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
-
-FAMILY = "lut"
-TUNABLE = True
 GROUP = 4  # reduction elements per table: 2^4 = 16 int16 entries, one 256-bit register
 ENTRIES = 1 << GROUP
 MAX_BITS = 4  # 2^b - 1 lookups per group: past 4 bits the float64 dequant fallback does less work
@@ -76,11 +74,13 @@ class LutConv2dConfig(ConvGeometry):
         return "int32" if worst < 2**31 else "int64"
 
 
-def activation_tables(x: te.Tensor, cfg: LutConv2dConfig, inv_scale: float, zero_point: int) -> te.Tensor:
+def activation_tables(
+    x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, cfg: LutConv2dConfig
+) -> te.Tensor:
     """(N, H+2ph, W+2pw, groups, 16) int16: entry m = sum of (a - z_a) over the channels whose bit is set in m."""
-    q = quantize_activations(x, inv_scale, zero_point, cfg.abits)
+    q = actquant.te_codes(x, inv_scale, zero_point, cfg.abits)
     ph, pw = cfg.padding
-    zp = tirx.const(zero_point, "int32")
+    zp = zero_point[0]
 
     def entry(n, h, w, g, m):
         inside = tirx.all(h >= ph, h < cfg.height + ph, w >= pw, w < cfg.width + pw)
@@ -97,14 +97,14 @@ def activation_tables(x: te.Tensor, cfg: LutConv2dConfig, inv_scale: float, zero
 
 
 def lut_conv2d_buckets(
-    x: te.Tensor, index: te.Tensor, cfg: LutConv2dConfig, inv_scale: float, zero_point: int
+    x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, index: te.Tensor, cfg: LutConv2dConfig
 ) -> tuple[te.Tensor, te.Tensor]:
     """(S (N, OH, OW, codes-1, padded O) for codes 1.., total (N, OH, OW) = sum of (a - z_a) over the window).
 
     index: (KH, KW, groups, codes-1, padded O) uint8, bit j set where the weight of channel GROUP*g+j is that code.
     """
     acc = cfg.acc_dtype
-    table = activation_tables(x, cfg, inv_scale, zero_point)
+    table = activation_tables(x, inv_scale, zero_point, cfg)
     (kh, kw), (sh, sw) = cfg.kernel, cfg.stride
     r, s = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s")
     g = te.reduce_axis((0, cfg.groups), name="g")
@@ -128,11 +128,11 @@ def lut_conv2d_buckets(
 
 
 def lut_conv2d(
-    x: te.Tensor, index: te.Tensor, levels: te.Tensor, scale: te.Tensor, cfg: LutConv2dConfig,
-    inv_scale: float, zero_point: int,
+    x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, index: te.Tensor, levels: te.Tensor,
+    scale: te.Tensor, cfg: LutConv2dConfig,
 ) -> te.Tensor:
     """float32 output (N, O, OH, OW); levels: (codes, O) float64 (the IntegerCore's combine), scale (O,)."""
-    buckets, total = lut_conv2d_buckets(x, index, cfg, inv_scale, zero_point)
+    buckets, total = lut_conv2d_buckets(x, inv_scale, zero_point, index, cfg)
     l1 = te.reduce_axis((0, cfg.lookups), name="l1")
     oh, ow = cfg.out_hw
     looked = te.compute(
@@ -161,7 +161,7 @@ def lut_conv2d(
     return te.compute(core.shape, lambda n, o, y, z: core[n, o, y, z].astype("float32") * scale[o], name="rescale")
 
 
-def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     """Default CPU schedule: threads over output pixels and channel vectors, 16 output channels in lanes.
 
     Every table row (one pixel, one channel group) is loaded once for all codes and 16 output channels.
@@ -185,15 +185,15 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def build_primfunc(cfg: LutConv2dConfig, inv_scale: float, zero_point: int, scheduled: bool = True) -> tirx.PrimFunc:
-    """The kernel (x, index, levels, scale) -> float32 output; `scheduled=False` is what MetaSchedule tunes."""
+def build_primfunc(cfg: LutConv2dConfig) -> tirx.PrimFunc:
+    """The unscheduled kernel (x, act_inv_scale, act_zero_point, index, levels, scale) -> float32 output."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
+    inv, zp = actquant.te_placeholders()
     index = te.placeholder((*cfg.kernel, cfg.groups, cfg.lookups, cfg.padded_out), "uint8", name="index")
     levels = te.placeholder((cfg.lookups + 1, cfg.out_channels), "float64", name="levels")
     scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
-    out = lut_conv2d(x, index, levels, scale, cfg, inv_scale, zero_point)
-    func = te.create_prim_func([x, index, levels, scale, out])
-    return schedule(func) if scheduled else func
+    out = lut_conv2d(x, inv, zp, index, levels, scale, cfg)
+    return te.create_prim_func([x, inv, zp, index, levels, scale, out])
 
 
 def pack_index(codes: np.ndarray, cfg: LutConv2dConfig) -> np.ndarray:
@@ -214,8 +214,7 @@ def reference_buckets(
     x: np.ndarray, codes: np.ndarray, cfg: LutConv2dConfig, inv_scale: float, zero_point: int
 ) -> np.ndarray:
     """numpy reference of every bucket S_l, (N, codes, O, OH, OW) int64: a one-hot integer convolution."""
-    qmax = (1 << cfg.abits) - 1
-    q = np.clip(np.rint(x.astype(np.float32) * np.float32(inv_scale)) + zero_point, 0, qmax).astype(np.int64)
+    q = actquant.numpy_codes(x, inv_scale, zero_point, cfg.abits).astype(np.int64)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     centred = np.pad(q - zero_point, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     oh, ow = cfg.out_hw
@@ -247,11 +246,13 @@ def supports(layer: LayerScheme) -> str | None:
     return None
 
 
-def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
+def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
     """CODEBOOK layers: index nibbles per code 1.., the level table (codes, O) and the output scale."""
     w = layer.weight
     cfg = LutConv2dConfig(**vars(geometry), wbits=w.bits, abits=layer.act.bits)
     core = integer_core(layer)
-    prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
     index = pack_index(w.codes.reshape(w.out_channels, -1), cfg)
-    return KernelCall(prim, [index, np.ascontiguousarray(core.combine), core.scale])
+    return kernel_call(build_primfunc(cfg), layer, [index, np.ascontiguousarray(core.combine), core.scale])
+
+
+FAMILY = Family("lut", tunable=True, check=supports, build=compute, schedules={"cpu": schedule})

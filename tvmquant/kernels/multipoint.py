@@ -22,15 +22,14 @@ from dataclasses import dataclass, fields
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
+from tvm.target import Target
 
+from .. import actquant
 from ..scheme import LayerScheme, WeightKind, half_integers, integer_core
 from . import bitserial
 from .bitserial import BitserialConv2dConfig
-from .family import KernelCall
+from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
-
-FAMILY = "multipoint"
-TUNABLE = True
 ROW_PAD = 8  # expanded rows are padded to a multiple of this: 8 u64 lanes = one AVX-512 / four NEON registers
 
 
@@ -104,11 +103,11 @@ def _product(weight: tirx.PrimExpr, value: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def multipoint_conv2d(
-    x: te.Tensor, wplanes: te.Tensor, wsum: te.Tensor, zw2: te.Tensor, rowmap: te.Tensor, combine: te.Tensor,
-    scale: te.Tensor, cfg: MultipointConv2dConfig, inv_scale: float, zero_point: int,
+    x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, wplanes: te.Tensor, wsum: te.Tensor,
+    zw2: te.Tensor, rowmap: te.Tensor, combine: te.Tensor, scale: te.Tensor, cfg: MultipointConv2dConfig,
 ) -> te.Tensor:
     """float32 output (N, O, OH, OW) from float32 x (N, C, H, W); the weights as in bitserial (R rows)."""
-    core = bitserial.bitserial_conv2d_int(x, wplanes, wsum, zw2, cfg.gemm, inv_scale, zero_point)
+    core = bitserial.bitserial_conv2d_int(x, inv_scale, zero_point, wplanes, wsum, zw2, cfg.gemm)
 
     def term(n, o, y, z, s):
         # clamped: MetaSchedule measures candidates on random inputs, a random row map must stay in bounds
@@ -135,12 +134,12 @@ def reference(
     return acc.astype(np.float32) * rows.scale[None, :, None, None]
 
 
-def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     """Default CPU schedule: bitserial's packing and register-tiled popcount GEMM over the expanded rows; the
     combination (with the integer core inlined) parallel over (batch, channel, row) and vectorized along the
     output row, where the gathered I are contiguous."""
     sch = Schedule(func)
-    bitserial.schedule_gemm(sch)
+    bitserial.schedule_gemm(sch, target)
     sch.compute_inline(sch.get_sblock("integer_core"))
     n, o, y, z = sch.get_loops(sch.get_sblock("combine"))
     sch.parallel(sch.fuse(n, o, y))
@@ -151,21 +150,20 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def build_primfunc(
-    cfg: MultipointConv2dConfig, inv_scale: float, zero_point: int, scheduled: bool = True
-) -> tirx.PrimFunc:
-    """The kernel (x, wplanes, wsum, zw2, rowmap, combine, scale) -> float32 output, for one layer instance."""
+def build_primfunc(cfg: MultipointConv2dConfig) -> tirx.PrimFunc:
+    """The unscheduled kernel (x, act_inv_scale, act_zero_point, wplanes, wsum, zw2, rowmap, combine, scale)
+    -> float32 output, for one layer instance."""
     rows, out = cfg.rows, cfg.out_channels
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
+    inv, zp = actquant.te_placeholders()
     wplanes = te.placeholder((*cfg.kernel, cfg.wbits, cfg.gemm.words, rows), "uint64", name="wplanes")
     wsum = te.placeholder((rows,), "int32", name="wsum")
     zw2 = te.placeholder((rows,), "int32", name="zw2")
     rowmap = te.placeholder((out, cfg.slots), "int32", name="rowmap")
     combine = te.placeholder((out, cfg.slots), "float64", name="combine")
     scale = te.placeholder((out,), "float32", name="scale")
-    y = multipoint_conv2d(x, wplanes, wsum, zw2, rowmap, combine, scale, cfg, inv_scale, zero_point)
-    func = te.create_prim_func([x, wplanes, wsum, zw2, rowmap, combine, scale, y])
-    return schedule(func) if scheduled else func
+    y = multipoint_conv2d(x, inv, zp, wplanes, wsum, zw2, rowmap, combine, scale, cfg)
+    return te.create_prim_func([x, inv, zp, wplanes, wsum, zw2, rowmap, combine, scale, y])
 
 
 def kernel_consts(rows: ExpandedRows, cfg: MultipointConv2dConfig) -> list[np.ndarray]:
@@ -185,12 +183,14 @@ def supports(layer: LayerScheme) -> str | None:
     return None
 
 
-def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
+def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
     """MULTIPOINT layers: the expanded rows packed as bit-planes, the row map and the combination weights."""
     rows = expand_rows(layer)
     cfg = MultipointConv2dConfig(
         **vars(geometry), wbits=layer.weight.bits, abits=layer.act.bits, rows=len(rows.codes),
         slots=rows.rowmap.shape[1],
     )
-    prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
-    return KernelCall(prim, kernel_consts(rows, cfg))
+    return kernel_call(build_primfunc(cfg), layer, kernel_consts(rows, cfg))
+
+
+FAMILY = Family("multipoint", tunable=True, check=supports, build=compute, schedules={"cpu": schedule})

@@ -3,18 +3,29 @@ user's `--kernel`.
 
 DESIGN.md's table: UNIFORM -> bit-serial popcount, POW2 -> shift-add, CODEBOOK -> lookup table, MULTIPOINT ->
 sum of bit-serial GEMMs; refined by `auto_family` for UNIFORM and POW2 layers, which the int8 dot-product family
-(kernels/int8.py) runs too. A family that cannot run a layer (see its `supports`) hands it to the next choice,
-and the dequant fallback runs anything.
+(kernels/int8.py) runs too. A family that cannot run a layer (its `supports`) or has no schedule rule for the
+target (not in the target's rule table, family.rule_table) hands it to the next choice, and the dequant
+fallback runs anything; where not even dequant has a rule, the adapter's generic scheduling takes its kernel
+(the note says so).
+
+Registering a family = one line in FAMILIES (and, if it is the first choice for a weight kind, PREFERRED).
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from collections.abc import Mapping
+
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.target import Target
 
 from ..scheme import LayerScheme, WeightKind
 from . import bitserial, dequant, int8, lut, multipoint, shift
+from .family import KernelFamily, rule_table
 
-FAMILIES: dict[str, ModuleType] = {m.FAMILY: m for m in (bitserial, int8, shift, lut, multipoint, dequant)}
+FAMILIES: dict[str, KernelFamily] = {
+    f.name: f for f in (bitserial.FAMILY, int8.FAMILY, shift.FAMILY, lut.FAMILY, multipoint.FAMILY, dequant.FAMILY)
+}
+FALLBACK = dequant.FAMILY
 CHOICES = ("auto", *FAMILIES)
 PREFERRED = {
     WeightKind.UNIFORM: "bitserial",
@@ -31,7 +42,7 @@ PREFERRED = {
 INT8_COST = {"vnni": 6, "sdot": 6, "widen": 24}
 
 
-def auto_family(layer: LayerScheme, isa: str | None = None) -> str:
+def auto_family(layer: LayerScheme, isa: str) -> str:
     """The stated cost rule for UNIFORM and POW2 layers, per kernel tap and output channel:
 
         bit-serial work  = wbits * abits * 64 * ceil(C / 64)   bits ANDed and popcounted (C packed per word)
@@ -41,10 +52,9 @@ def auto_family(layer: LayerScheme, isa: str | None = None) -> str:
     and layers with few channels (the RGB stem, C = 3: 3 of 64 bits used) go to int8, W1/W2 layers with many
     channels stay bit-serial. POW2 runs on int8 where the target has a dot-product instruction (the same exact
     integers, measured faster than shift-add), and on multiplier-free shift-add elsewhere. C is the input
-    channels of a conv, K of a linear layer; `isa` defaults to the current target's (`int8.dot_isa`).
+    channels of a conv, K of a linear layer; `isa` is the target's (`int8.dot_isa`).
     """
     w = layer.weight
-    isa = isa or int8.dot_isa()
     if w.kind is WeightKind.POW2:
         return "int8" if isa != "widen" else "shift"
     channels = w.codes.shape[1]
@@ -52,34 +62,33 @@ def auto_family(layer: LayerScheme, isa: str | None = None) -> str:
     return "int8" if serial > INT8_COST[isa] * 4 * -(-channels // 4) else "bitserial"
 
 
-def choose(layer: LayerScheme, requested: str = "auto") -> tuple[ModuleType, str | None]:
-    """(family, why the requested or preferred family was not taken, or None)."""
+def _wanted(layer: LayerScheme, target: Target, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if layer.weight.kind in (WeightKind.UNIFORM, WeightKind.POW2) and int8.supports(layer) is None:
+        return auto_family(layer, int8.dot_isa(target))
+    return PREFERRED[layer.weight.kind]
+
+
+def choose(
+    layer: LayerScheme, target: Target, requested: str = "auto", rules: Mapping[str, ScheduleRule] | None = None
+) -> tuple[KernelFamily, str | None]:
+    """(family, why the requested or preferred family was not taken, or None). `rules`: the target's rule
+    table (family.rule_table; default: the families' own rules for `target`)."""
     if requested not in CHOICES:
         raise ValueError(f"unknown kernel family '{requested}'; known: {', '.join(CHOICES)}")
-    if requested == "auto":
-        wanted = PREFERRED[layer.weight.kind]
-        if layer.weight.kind in (WeightKind.UNIFORM, WeightKind.POW2) and int8.supports(layer) is None:
-            wanted = auto_family(layer)
-    else:
-        wanted = requested
+    rules = rule_table(FAMILIES.values(), target) if rules is None else rules
+    wanted = _wanted(layer, target, requested)
     family = FAMILIES.get(wanted)
-    reason = f"no {wanted} kernel" if family is None else family.supports(layer)
+    reason = f"no {wanted} kernel" if family is None else family.supports(layer, target)
+    if reason is None and wanted not in rules:
+        reason = f"no schedule rule for target keys {list(target.keys)}"
     if reason is None:
         return family, None
     if requested != "auto":
-        fallback, _ = choose(layer, "auto")
-        return fallback, f"{wanted}: {reason}"
-    return dequant, f"{wanted}: {reason}"
-
-
-def fixed_kernel(func_name: str) -> bool:
-    """Whether this PrimFunc is the kernel of a family MetaSchedule does not tune (it keeps its default schedule)."""
-    return any(not family.TUNABLE and func_name.startswith(f"{name}_") for name, family in FAMILIES.items())
-
-
-def tunable_family(func_name: str) -> ModuleType | None:
-    """The tunable family whose kernel this PrimFunc is (named `<family>_<layer>` by the pass), if any."""
-    for name, family in FAMILIES.items():
-        if family.TUNABLE and func_name.startswith(f"{name}_"):
-            return family
-    return None
+        fallback, note = choose(layer, target, "auto", rules)
+        return fallback, f"{wanted}: {reason}" + (f"; {note}" if note else "")
+    note = f"{wanted}: {reason}"
+    if FALLBACK.name not in rules:
+        note += f"; {FALLBACK.name} has no rule either: the target's generic schedule runs it"
+    return FALLBACK, note

@@ -28,14 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 from tvm.s_tir import Schedule
+from tvm.target import Target
 
+from .. import actquant
 from ..scheme import POW2_MAX_SPAN, LayerScheme, WeightKind, integer_core, pow2_fields
-from .bitserial import quantize_activations
-from .family import KernelCall
+from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
-
-FAMILY = "shift"
-TUNABLE = True
 
 LANES = 16  # output channels per vector: one zmm of int32 (AVX-512), four q registers (NEON)
 SHIFT_MASK, ZERO_BIT, SIGN_BIT = 31, 32, -128  # fields of one int8 weight code
@@ -71,19 +69,19 @@ def _term(code: tirx.PrimExpr, act: tirx.PrimExpr, acc: str) -> tirx.PrimExpr:
 
 
 def shift_conv2d_int(
-    x: te.Tensor, wcode: te.Tensor, cfg: ShiftConv2dConfig, inv_scale: float, zero_point: int
+    x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, wcode: te.Tensor, cfg: ShiftConv2dConfig
 ) -> te.Tensor:
     """The exact integer core I, laid out (N, OH, OW, O padded to LANES) so output channels are innermost.
 
     x: (N, C, H, W) float32; wcode: (O/LANES, KH, KW, C, LANES) int8 codes (see module docstring).
     """
     acc = cfg.acc_dtype
-    q = quantize_activations(x, inv_scale, zero_point, cfg.abits)
+    q = actquant.te_codes(x, inv_scale, zero_point, cfg.abits)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
 
     def centred(n, c, h, w):
         inside = tirx.all(h >= ph, h < cfg.height + ph, w >= pw, w < cfg.width + pw)
-        value = q[n, c, h - ph, w - pw] - tirx.const(zero_point, "int32")
+        value = q[n, c, h - ph, w - pw] - zero_point[0]
         return tirx.if_then_else(inside, value, 0).astype(acc)
 
     padded = te.compute((cfg.batch, cfg.in_channels, cfg.height + 2 * ph, cfg.width + 2 * pw), centred, name="centred")
@@ -100,10 +98,11 @@ def shift_conv2d_int(
 
 
 def shift_conv2d(
-    x: te.Tensor, wcode: te.Tensor, scale: te.Tensor, cfg: ShiftConv2dConfig, inv_scale: float, zero_point: int
+    x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, wcode: te.Tensor, scale: te.Tensor,
+    cfg: ShiftConv2dConfig,
 ) -> te.Tensor:
     """float32 output (N, O, OH, OW) = float32(I) * scale[o]; bias is left to the graph."""
-    core = shift_conv2d_int(x, wcode, cfg, inv_scale, zero_point)
+    core = shift_conv2d_int(x, inv_scale, zero_point, wcode, cfg)
     oh, ow = cfg.out_hw
     return te.compute(
         (cfg.batch, cfg.out_channels, oh, ow),
@@ -117,7 +116,7 @@ def _tile(extent: int, widest: int = TILE) -> int:
     return max(d for d in range(1, min(extent, widest) + 1) if extent % d == 0)
 
 
-def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     """Default CPU schedule: threads over (pixel tile, 16-channel block); per tile, an accumulator of
     TILE x 16 lanes stays in registers while the reduction runs over (r, s, c) outside it, so each weight
     vector is decoded once per tile and each activation is broadcast once per block. Input channels are the
@@ -147,17 +146,14 @@ def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def build_primfunc(
-    cfg: ShiftConv2dConfig, inv_scale: float, zero_point: int, scheduled: bool = True
-) -> tirx.PrimFunc:
-    """The kernel (x, wcode, scale) -> float32 output, for one layer instance; `scheduled=False` gives the
-    plain TE function that MetaSchedule tunes."""
+def build_primfunc(cfg: ShiftConv2dConfig) -> tirx.PrimFunc:
+    """The unscheduled kernel (x, act_inv_scale, act_zero_point, wcode, scale) -> float32 output."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
+    inv, zp = actquant.te_placeholders()
     wcode = te.placeholder((cfg.blocks, *cfg.kernel, cfg.in_channels, LANES), "int8", name="wcode")
     scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
-    out = shift_conv2d(x, wcode, scale, cfg, inv_scale, zero_point)
-    func = te.create_prim_func([x, wcode, scale, out])
-    return schedule(func) if scheduled else func
+    out = shift_conv2d(x, inv, zp, wcode, scale, cfg)
+    return te.create_prim_func([x, inv, zp, wcode, scale, out])
 
 
 def encode_weights(matrix: np.ndarray, cfg: ShiftConv2dConfig) -> np.ndarray:
@@ -177,8 +173,7 @@ def reference_int(
     x: np.ndarray, matrix: np.ndarray, cfg: ShiftConv2dConfig, inv_scale: float, zero_point: int
 ) -> np.ndarray:
     """numpy reference of I (N, O, OH, OW): quantize x as the kernel does, then an integer convolution with T."""
-    qmax = (1 << cfg.abits) - 1
-    q = np.clip(np.rint(x.astype(np.float32) * np.float32(inv_scale)) + zero_point, 0, qmax).astype(np.int64)
+    q = actquant.numpy_codes(x, inv_scale, zero_point, cfg.abits).astype(np.int64)
     (kh, kw), (sh, sw), (ph, pw) = cfg.kernel, cfg.stride, cfg.padding
     centred = np.pad(q - zero_point, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     weight = matrix.astype(np.int64).reshape(cfg.out_channels, cfg.in_channels, kh, kw)
@@ -211,7 +206,7 @@ def supports(layer: LayerScheme) -> str | None:
     return None
 
 
-def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = True) -> KernelCall:
+def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
     """POW2 layers: int8 shift/sign/zero codes of the integer core T and its float32 output scale."""
     core = integer_core(layer)
     if core.matrices is None:
@@ -219,5 +214,7 @@ def instantiate(layer: LayerScheme, geometry: ConvGeometry, scheduled: bool = Tr
     matrix = core.matrices[0]
     max_shift = int(np.abs(matrix).max(initial=1)).bit_length() - 1
     cfg = ShiftConv2dConfig(**vars(geometry), abits=layer.act.bits, max_shift=max_shift)
-    prim = build_primfunc(cfg, layer.act.inv_scale, layer.act.zero_point, scheduled=scheduled)
-    return KernelCall(prim, [encode_weights(matrix, cfg), core.scale])
+    return kernel_call(build_primfunc(cfg), layer, [encode_weights(matrix, cfg), core.scale])
+
+
+FAMILY = Family("shift", tunable=True, check=supports, build=compute, schedules={"cpu": schedule})

@@ -4,54 +4,85 @@ Preconditions: the module comes from `frontend.to_relax`, so weights are still f
 in the ExportedProgram; `param_to_layer` maps those names to layers of the QuantScheme. Linear layers appear as
 `matmul(x, permute_dims(W, [1, 0]))`; conv2d as `nn.conv2d(x, W)` in NCHW/OIHW. Bias adds are left in place.
 Every other op is untouched and lowered by TVM as usual.
+
+The pass is stateless: what it decided travels in the module. Each kernel PrimFunc carries the attributes
+`tvmquant.family` and `tvmquant.layer`; the module attribute `tvmquant.notes` maps a layer to why its preferred
+or requested family was not taken. `Lowered.from_module` reads them back (build, tune and the reports use it).
+Kernels are inserted unscheduled and opaque (fusion keeps each one whole: a tuning task of its own, or the
+input of its family's schedule rule in `ApplyDefaultSchedule`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.target import Target
 
 from ..kernels import registry
-from ..kernels.family import layer_geometry
+from ..kernels.family import FAMILY_ATTR, LAYER_ATTR, layer_geometry
 from ..scheme import LayerScheme, QuantScheme
+from .layer_match import layer_weight, rewrite_functions
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps never fuses such a call with its neighbours
+NOTES_ATTR = "tvmquant.notes"
+ACT_INPUTS = 2  # kernel parameters after x that carry the activation quantizer (kernels/family.py)
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """What the lowering decided per quantized layer, as read back from the module."""
+
+    kernels: dict[str, str]  # layer -> kernel family
+    const_bytes: dict[str, int]  # layer -> bytes of the kernel's weight constants (what the artifact stores)
+    notes: dict[str, str]  # layer -> why the preferred or requested family was not taken
+
+    @classmethod
+    def from_module(cls, mod: tvm.IRModule) -> Lowered:
+        kernels, const_bytes = {}, {}
+        for _, func in mod.functions_items():
+            if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and LAYER_ATTR in func.attrs:
+                layer = str(func.attrs[LAYER_ATTR])
+                kernels[layer] = str(func.attrs[FAMILY_ATTR])
+                const_bytes[layer] = _weight_bytes(func)
+        notes = mod.attrs.get(NOTES_ATTR) if mod.attrs is not None else None
+        return cls(kernels, const_bytes, {str(k): str(v) for k, v in (notes or {}).items()})
+
+
+def _weight_bytes(func: tvm.tirx.PrimFunc) -> int:
+    """Bytes of the weight parameters (x, act inputs, weights..., out): fixed by the kernel's signature."""
+    total = 0
+    for param in list(func.params)[1 + ACT_INPUTS : -1]:
+        total += math.prod(int(d) for d in param.shape) * tvm.runtime.DataType(param.dtype).itemsize
+    return total
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowerQuantizedLayers")
 class LowerQuantizedLayers:
-    """Module pass; records per layer name the kernel family it got (`kernels`), the bytes of its constants
-    (`const_bytes`) and why the preferred or requested family was not taken (`notes`).
-
-    `kernel` is "auto" (the scheme kind decides) or a family name to use wherever it applies. Kernels are
-    PrimFuncs named `<family>_<layer>`. `tunable=True` inserts tunable families' kernels unscheduled (for
-    MetaSchedule), marked opaque so that fusion keeps each one a task of its own that the family's
-    `schedule` can still handle when no tuning record matches it. `deferred=True` (CUDA) inserts every
-    family's kernel unscheduled and opaque: the target's own rules schedule them after fusion.
-    """
+    """Swap quantized layers for kernel calls. `kernel` is "auto" (the scheme kind decides) or a family name to
+    use wherever it applies on `target`; `rules` is the target's rule table (family.rule_table: which families
+    have a schedule there; default: the families' own rules). Kernels are PrimFuncs named `<family>_<layer>`
+    (for people: nothing decodes the name)."""
 
     def __init__(
-        self, scheme: QuantScheme, param_to_layer: dict[str, str], tunable: bool = False, kernel: str = "auto",
-        deferred: bool = False,
+        self, scheme: QuantScheme, param_to_layer: dict[str, str], target: Target, kernel: str = "auto",
+        rules: Mapping[str, ScheduleRule] | None = None,
     ):
         self.scheme = scheme
         self.param_to_layer = param_to_layer
-        self.tunable = tunable
+        self.target = target
         self.kernel = kernel
-        self.deferred = deferred
-        self.kernels: dict[str, str] = {}
-        self.const_bytes: dict[str, int] = {}
-        self.notes: dict[str, str] = {}
+        self.rules = rules
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        out = rewrite_functions(mod, rewriter)
+        return out.with_attr(NOTES_ATTR, rewriter.notes) if rewriter.notes else out
 
 
 def _static_shape(expr: relax.Expr) -> list[int]:
@@ -63,27 +94,16 @@ class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, owner: LowerQuantizedLayers):
         super().__init__(mod)
         self.owner = owner
-
-    def _layer_of(self, weight: relax.Expr) -> LayerScheme | None:
-        if not isinstance(weight, relax.Var):
-            return None
-        name = self.owner.param_to_layer.get(weight.name)
-        return self.owner.scheme.layers.get(name) if name else None
+        self.notes: dict[str, str] = {}
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        op = getattr(call.op, "name", None)
-        if op == "relax.nn.conv2d":
-            layer = self._layer_of(call.args[1])
-            if layer is not None and call.attrs.groups == 1:
-                return self._conv2d(call.args[0], layer)
-        elif op == "relax.matmul" and isinstance(call.args[1], relax.Var):
-            transposed = self.lookup_binding(call.args[1])
-            if isinstance(transposed, relax.Call) and getattr(transposed.op, "name", None) == "relax.permute_dims":
-                layer = self._layer_of(transposed.args[0])
-                if layer is not None:
-                    return self._linear(call.args[0], layer)
-        return call
+        found = layer_weight(call, self.lookup_binding)
+        name = self.owner.param_to_layer.get(found[1].name) if found else None
+        layer = self.owner.scheme.layers.get(name) if name else None
+        if layer is None:
+            return call
+        return self._conv2d(call.args[0], layer) if found[0] == "conv2d" else self._linear(call.args[0], layer)
 
     def _conv2d(self, x: relax.Expr, layer: LayerScheme) -> relax.Expr:
         n, c, h, w = _static_shape(x)
@@ -97,20 +117,13 @@ class _Rewriter(relax.PyExprMutator):
         return relax.op.reshape(out, (*shape[:-1], layer.weight.out_channels))
 
     def _kernel(self, x: relax.Expr, layer: LayerScheme, shape: tuple[int, int, int, int]) -> relax.Expr:
-        family, note = registry.choose(layer, self.owner.kernel)
-        tuned = self.owner.tunable and family.TUNABLE
+        family, note = registry.choose(layer, self.owner.target, self.owner.kernel, self.owner.rules)
         geometry = layer_geometry(layer, shape)
-        call = family.instantiate(layer, geometry, scheduled=not (tuned or self.owner.deferred))
-        prim = call.prim
-        if self.owner.tunable or self.owner.deferred:  # opaque: fusion keeps each kernel whole
-            prim = prim.with_attr("op_pattern", OPAQUE)
-            if not (tuned or self.owner.deferred):
-                prim = prim.with_attr("tirx.is_scheduled", True)
-        gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"{family.FAMILY}_{_ident(layer.name)}")
-        self.owner.kernels[layer.name] = family.FAMILY
-        self.owner.const_bytes[layer.name] = call.const_bytes
+        call = family.compute(layer, geometry, self.owner.target)
+        prim = call.prim.with_attr(LAYER_ATTR, layer.name).with_attr("op_pattern", OPAQUE)
+        gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"{family.name}_{_ident(layer.name)}")
         if note:
-            self.owner.notes[layer.name] = note
+            self.notes[layer.name] = note
         out_ty = relax.TensorType((shape[0], geometry.out_channels, *geometry.out_hw), "float32")
         return relax.call_tir(gv, [x, *(relax.const(np.ascontiguousarray(v), str(v.dtype)) for v in call.consts)], out_ty)
 

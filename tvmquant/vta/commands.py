@@ -1,5 +1,5 @@
-"""The VTA side of the command line: one entry function per command, called from cli.py when the target is
-VTA (a target file with a "vta_config" key), so that a VTA target adapter can take them over unchanged."""
+"""The VTA side of the command line: one entry function per command, which the VTA target adapter
+(adapters/vta.py, `command`) hands to cli.py for targets whose file names `"adapter": "vta"`."""
 
 from __future__ import annotations
 
@@ -23,15 +23,6 @@ def tuning_logs(target: str, given: Path | None) -> list[Path]:
     return [given] if given else [shipped_tuning_dir(name), user_tuning_dir(name)]
 
 
-def is_vta(target: str) -> bool:
-    """Whether `target` (a name in targets/ or a .json path) is a VTA target."""
-    path = Path(target) if target.endswith(".json") else TARGETS_DIR / f"{target}.json"
-    try:
-        return "vta_config" in json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, TypeError):
-        return False
-
-
 def vta_config(target: str, override: str | None) -> VtaConfig:
     if override:
         return load_config(override)
@@ -40,17 +31,16 @@ def vta_config(target: str, override: str | None) -> VtaConfig:
     return load_config(path.parent / name if name.endswith(".json") else name)
 
 
-def compile_command(args: argparse.Namespace, source, config, train, train_data) -> int:
+def compile_command(args: argparse.Namespace, source, request) -> int:
     """`compile --target vta`: writes OUT.so, OUT.json/.npz and OUT.vta/, then checks it on the simulator."""
     from .artifact import folder_of
     from .pipeline import compile_vta, vta_quant_config
 
     target, vta = load_target(args.target), vta_config(args.target, args.vta_config)
-    held, _ = vta_quant_config(config, vta)
+    held, _ = vta_quant_config(request.config, vta)
     output = args.output or default_output(source.name, vta.name, held.wbits, held.abits, held.method, args.kernel)
     check_output(output, [args.model, args.calib, args.eval_data, args.eval_labels, args.train_data])
-    out = compile_vta(source, config, target, vta, output, tuning_logs(args.target, args.tuning_log), train,
-                      train_data, args.kernel)
+    out = compile_vta(source, request, target, vta, output, tuning_logs(args.target, args.tuning_log), args.kernel)
     for note in out.notes:
         print(f"note: {note}")
     r = out.result
@@ -74,10 +64,10 @@ def compile_command(args: argparse.Namespace, source, config, train, train_data)
 
 def run_command(args: argparse.Namespace) -> int:
     """`run --target vta ARTIFACT`: replay OUT.vta/ on the simulator through the host library."""
-    from ..compile import read_sidecar
+    from ..artifact import read_sidecar
 
     meta, _ = read_sidecar(args.artifact)
-    if not is_vta(meta["target"]) and meta["target"] != "vta":
+    if load_target(meta["target"]).adapter != "vta":
         raise UserError(f"{args.artifact} was compiled for '{meta['target']}', not a VTA target")
     return report_run(args.artifact, limit=getattr(args, "eval_limit", None))
 
@@ -91,7 +81,7 @@ def deploy_command(args: argparse.Namespace) -> int:
 
 def report_run(artifact: Path, limit: int | None = None) -> int:
     from ..batching import run_batched
-    from ..compile import read_sidecar
+    from ..artifact import read_sidecar
     from ..report import compare, print_comparison
     from .pipeline import VtaModule
 

@@ -12,11 +12,27 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from ..passes.layer_match import layer_weight, rewrite_functions
+
 PREFIX = "tvmquant.vta."
 
 
 def packed_name(layer: str) -> str:
     return PREFIX + layer
+
+
+def offloaded_layers(mod: tvm.IRModule) -> set[str]:
+    """The layers OffloadToVta handed to VTA in `mod` (read from its packed calls: the pass keeps no state)."""
+    found: set[str] = set()
+
+    def visit(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.ExternFunc) and str(expr.global_symbol).startswith(PREFIX):
+            found.add(str(expr.global_symbol)[len(PREFIX):])
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found
 
 
 @tvm.transform.module_pass(opt_level=0, name="OffloadToVta")
@@ -26,14 +42,9 @@ class OffloadToVta:
     def __init__(self, weight_param: dict[str, str], bias_param: dict[str, str]):
         self.layer_of_weight = {p: layer for layer, p in weight_param.items()}
         self.bias_param = bias_param
-        self.offloaded: list[str] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        rewriter = _Rewriter(mod, self)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get()
+        return rewrite_functions(mod, _Rewriter(mod, self))
 
 
 @relax.expr_functor.mutator
@@ -41,15 +52,6 @@ class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, owner: OffloadToVta):
         super().__init__(mod)
         self.owner = owner
-
-    def _weight_layer(self, weight: relax.Expr) -> str | None:
-        if isinstance(weight, relax.Var) and weight.name in self.owner.layer_of_weight:
-            return self.owner.layer_of_weight[weight.name]
-        if isinstance(weight, relax.Var):
-            bound = self.lookup_binding(weight)
-            if isinstance(bound, relax.Call) and getattr(bound.op, "name", None) == "relax.permute_dims":
-                return self._weight_layer(bound.args[0]) if isinstance(bound.args[0], relax.Var) else None
-        return None
 
     def _offloaded_layer(self, expr: relax.Expr) -> str | None:
         bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
@@ -69,13 +71,11 @@ class _Rewriter(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
-        op = getattr(call.op, "name", None)
-        if op in ("relax.nn.conv2d", "relax.matmul"):
-            layer = self._weight_layer(call.args[1])
-            if layer is not None:
-                self.owner.offloaded.append(layer)
-                return relax.call_dps_packed(packed_name(layer), relax.Tuple([call.args[0]]), call.ty)
-        if op == "relax.add":
+        found = layer_weight(call, self.lookup_binding)
+        layer = self.owner.layer_of_weight.get(found[1].name) if found else None
+        if layer is not None:
+            return relax.call_dps_packed(packed_name(layer), relax.Tuple([call.args[0]]), call.ty)
+        if getattr(call.op, "name", None) == "relax.add":
             for a, b in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
                 layer = self._offloaded_layer(a)
                 if layer is not None and self._is_param(b, self.owner.bias_param.get(layer)):

@@ -17,20 +17,22 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
-from .. import frontend, outputs
+from .. import outputs, pipeline
 from ..batching import run_batched
-from ..build import Lowered, build
-from ..compile import CompileResult, ModelSource, write_sidecar
+from ..compile import CompileResult, write_sidecar
 from ..outputs import sidecar_paths
-from ..quantize import QuantConfig, quantize_model, quantize_with_training
+from ..passes.lower_quantized import Lowered
+from ..pipeline import BuildOptions, QuantRequest, Quantized
+from ..quantize import QuantConfig
 from ..scheme import QuantScheme
+from ..source import ModelSource
 from ..target import TargetSpec
 from . import artifact
 from .config import VtaConfig
 from .cycles import Counters
 from .lower import geometry
 from .model import VtaReference, plan_model
-from .offload import OffloadToVta, packed_name
+from .offload import OffloadToVta, offloaded_layers, packed_name
 from .program import MODULES
 from .runtime import VtaProgram, compile_layer, run_float
 from .simulator import START_ORDERS
@@ -99,19 +101,14 @@ def _input_shapes(source: ModelSource, names: set[str]) -> dict[str, tuple[int, 
     return shapes
 
 
-def compile_vta(source: ModelSource, config: QuantConfig, target: TargetSpec, vta: VtaConfig, output: Path,
-                tuning_logs: list[Path] = (), train=None, train_data=None, kernel: str = "auto") -> VtaCompileResult:
-    """`tuning_logs`: folders of VTA tiling records (tune.py) to apply."""
-    config, notes = vta_quant_config(config, vta)
-    gm = source.gm
-    if train is None:
-        scheme = quantize_model(gm, source.layers, source.calib, config, source.batch_size)
-    else:
-        from ..compile import default_train_data
-
-        data = train_data if train_data is not None else default_train_data(source)
-        scheme, gm = quantize_with_training(gm, source.layers, source.calib, config, source.batch_size, train, data)
-        source = replace(source, gm=gm)
+def compile_vta(source: ModelSource, request: QuantRequest, target: TargetSpec, vta: VtaConfig, output: Path,
+                tuning_logs: list[Path] = (), kernel: str = "auto") -> VtaCompileResult:
+    """`tuning_logs`: folders of VTA tiling records (tune.py) to apply. The host part goes through the usual
+    pipeline (pipeline.build), with VTA's layers offloaded before the other quantized layers are lowered."""
+    config, notes = vta_quant_config(request.config, vta)
+    quantized = pipeline.quantize(source, replace(request, config=config))
+    gm, scheme = quantized.gm, quantized.scheme
+    source = replace(source, gm=gm)
     vta_layers, host_reasons = plan_model(gm, source.layers, scheme, vta, source.calib)
     shapes = _input_shapes(source, set(vta_layers))
     tilings = load_tilings(list(tuning_logs), vta)
@@ -121,23 +118,26 @@ def compile_vta(source: ModelSource, config: QuantConfig, target: TargetSpec, vt
         programs[name] = compile_layer(layer, shapes[name], vta, tilings.get(key))
         if key in tilings:
             tuned.append(name)
-    mod, params, param_fqn = frontend.to_relax(gm, source.input_shape)
-    weight, bias = _layer_params(source, param_fqn, set(vta_layers))
-    offload = OffloadToVta(weight, bias)
-    mod = offload(mod)
-    missing = set(vta_layers) - set(offload.offloaded)
-    if missing:
-        raise AssertionError(f"layers planned for VTA but not found in the Relax graph: {sorted(missing)}")
+
+    def offload(mod: tvm.IRModule, param_fqn: dict[str, str]) -> tvm.IRModule:
+        weight, bias = _layer_params(source, param_fqn, set(vta_layers))
+        mod = OffloadToVta(weight, bias)(mod)
+        missing = set(vta_layers) - offloaded_layers(mod)
+        if missing:
+            raise AssertionError(f"layers planned for VTA but not found in the Relax graph: {sorted(missing)}")
+        return mod
+
     host_scheme = QuantScheme({k: v for k, v in scheme.layers.items() if k not in vta_layers}, scheme.kept_float)
-    built = build(mod, params, param_fqn, source.layers, host_scheme, target, kernel=kernel)
+    built = pipeline.build(source, Quantized(host_scheme, gm), target, BuildOptions(kernel), prepare=offload)
     lowered = Lowered({**built.lowered.kernels, **{n: "vta" for n in vta_layers}},
                       {**built.lowered.const_bytes, **{n: len(p.images["wgt"]) + len(p.images["acc"]) for n, p in programs.items()}},
                       {**built.lowered.notes, **host_reasons})
     reference = VtaReference(gm, source.layers, scheme, vta_layers)
     ref_out = run_batched(reference, source.eval_x, source.batch_size, "quantized reference (VTA arithmetic)")
-    result = CompileResult(source, config, target, scheme, lowered, output, ref_out, list(tuning_logs), tuned)
+    result = CompileResult(source, replace(request, config=config), target, scheme, lowered, output, ref_out,
+                           list(tuning_logs), tuned)
     with outputs.replace_together(output, *sidecar_paths(output)) as (lib, meta, data):
-        result.linked_with = target.export(built.executable, lib)
+        result.linked_with = pipeline.export(built.executable, target, lib)
         write_sidecar(result, meta, data)
     artifact.write(output, programs, vta)
     return VtaCompileResult(result, vta, programs, host_reasons, notes, tuned)
