@@ -6,18 +6,18 @@ import json
 
 import numpy as np
 import pytest
+from models_for_tests import run_compiled
 
 from tvmquant import plan as plan_file
-from tvmquant.batching import run_batched
 from tvmquant.cli import main
 from tvmquant.compile import compile_model, load_source
 from tvmquant.errors import UserError
 from tvmquant.plan import FLOAT, LayerChoice, Plan
 from tvmquant.plan_apply import quantize_planned
 from tvmquant.plan_search import measure_options
+from tvmquant.pipeline import QuantRequest
 from tvmquant.plan_solve import pareto, solve
 from tvmquant.quantize import QuantConfig, quantize_model
-from tvmquant.rpc import DeviceModule
 
 LAYERS = ["conv1", "conv2", "conv3", "fc1", "fc2"]
 
@@ -78,8 +78,8 @@ def test_plan_fits_budget_and_compiled_equals_reference(slack, source, options, 
     smallest = sum(min(o.bytes for o in opts) for opts in quantized_only.values())
     budget = int(smallest * (1 + slack))  # a tight budget and a looser one: different plans
     chosen = solve(quantized_only, budget)
-    result = compile_model(source, QuantConfig(), host_target, tmp_path / "m.so",
-                           plan=Plan(source.name, chosen, budget, _fp32_bytes(source)))
+    request = QuantRequest(QuantConfig(), plan=Plan(source.name, chosen, budget, _fp32_bytes(source)))
+    result = compile_model(source, request, host_target, tmp_path / "m.so")
     floats = sum(c.bytes for c in chosen.values() if c.is_float)
     deployed = sum(result.lowered.const_bytes.values()) + floats
     assert deployed <= budget
@@ -89,7 +89,7 @@ def test_plan_fits_budget_and_compiled_equals_reference(slack, source, options, 
     for name, choice in ((n, c) for n, c in chosen.items() if not c.is_float):
         layer = result.scheme.layers[name]
         assert (layer.weight.bits, layer.act.bits) == (choice.wbits, choice.abits)
-    compiled = run_batched(DeviceModule.local(result.artifact), source.eval_x, source.batch_size)
+    compiled = run_compiled(result, source.eval_x, source.batch_size)
     np.testing.assert_array_equal(compiled, result.reference_outputs)
     assert (result.reference_outputs.argmax(1) == source.eval_y).mean() >= 0.95
 

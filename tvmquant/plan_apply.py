@@ -59,12 +59,14 @@ def kernel_shape(layer: LayerScheme, shape: tuple[int, ...]) -> tuple[int, int, 
 
 
 def deployed(layer: LayerScheme, shape: tuple[int, ...], target: TargetSpec, kernel: str = "auto") -> tuple[str, int]:
-    """(family, bytes of its constants): what LowerQuantizedLayers will choose and store for this layer when
-    building for `target` (the int8 cost rule depends on the target's dot-product instruction)."""
-    with target.tvm_target:
-        family, _ = registry.choose(layer, kernel)
-        call = family.instantiate(layer, layer_geometry(layer, kernel_shape(layer, shape)), scheduled=False)
-    return family.FAMILY, call.const_bytes
+    """(family, bytes of its weight constants): what LowerQuantizedLayers will choose and store for this layer
+    when building for `target` (the int8 cost rule depends on the target's dot-product instruction, the
+    choice on the target's rule table)."""
+    from .pipeline import rules
+
+    family, _ = registry.choose(layer, target.tvm_target, kernel, rules(target))
+    call = family.compute(layer, layer_geometry(layer, kernel_shape(layer, shape)), target.tvm_target)
+    return family.name, call.const_bytes
 
 
 def quantize_choice(
