@@ -10,12 +10,12 @@ from tvmquant.kernels.family import KernelCall, layer_geometry
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import load_target
 
-FAMILY_BITS = {"bitserial": (2, 2), "multipoint": (3, 2), "shift": (3, 4), "lut": (2, 3), "dequant": (6, 4)}
+FAMILY_BITS = {"bitserial": (2, 2), "int8": (8, 8), "multipoint": (3, 2), "shift": (3, 4), "lut": (2, 3), "dequant": (6, 4)}
 
 
 def _weight(family: str, wbits: int, full: tuple[int, ...], rng: np.random.Generator) -> WeightQuant:
     o = full[0]
-    if family == "bitserial":
+    if family in ("bitserial", "int8"):  # int8: UNIFORM codes, taken by the int8 family when asked
         return WeightQuant(WeightKind.UNIFORM, wbits, rng.integers(0, 1 << wbits, full),
                            scale=rng.uniform(0.01, 1, o), zero_point=rng.integers(0, 2 * (1 << wbits) - 1, o) / 2)
     if family == "shift":

@@ -45,6 +45,7 @@ SHAPES = MODEL_SHAPES + KERNEL_SHAPES
 INSTRUCTIONS = {  # (in the CUDA source, in the PTX)
     "bitserial": ("__popcll", "popc.b64"), "multipoint": ("__popcll", "popc.b64"),
     "shift": ("<<", "shl.b32"), "lut": ("short table_shared", "ld.shared.s16"), "dequant": ("double", "fma.rn.f64"),
+    "int8": ("__dp4a", "dp4a.u32.u32"),
 }
 
 
@@ -62,11 +63,12 @@ def schedule(func: tvm.tirx.PrimFunc, target: Target) -> tvm.tirx.PrimFunc:
 
 
 @lru_cache(maxsize=None)
-def family_source(family: str) -> str:
+def family_source(family: str, bits: tuple[int, int] | None = None) -> str:
     """One CUDA translation unit with the family's kernel for every test shape (compiled once per session)."""
     target = cuda_target()
-    funcs = {f"k{i}": schedule(unscheduled(family, shape)[1].prim, target).with_attr("global_symbol", f"k{i}")
-             for i, shape in enumerate(SHAPES)}
+    with target:  # as in a CUDA build (int8 picks its activation codes' signedness from the target)
+        prims = [unscheduled(family, shape, bits=bits)[1].prim for shape in SHAPES]
+    funcs = {f"k{i}": schedule(prim, target).with_attr("global_symbol", f"k{i}") for i, prim in enumerate(prims)}
     lib = tvm.compile(tvm.IRModule(funcs), target)
     (module,) = artifact.cuda_modules(lib.mod)
     return module.inspect_source("cuda")
@@ -144,6 +146,89 @@ def test_swap_binaries_rewrites_only_cuda_source_modules():
     assert artifact.swap_binaries(blob, {b"other source": b"x"}) == blob
 
 
+INT8_NO_ASUM = (4, 4)  # T fits int8 (multiplier 1, no activation-sum term): the epilogue without channel sums
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_int8_without_activation_sums_builds_with_dp4a(arch):
+    source = family_source("int8", INT8_NO_ASUM)
+    assert "channel_sum" not in source and source.count("__dp4a(") >= len(SHAPES)
+    usage = toolkit.ptxas_usage(toolkit.compile_source(source, arch, "ptx"), arch)
+    assert set(usage) == kernel_names(source)
+    assert all(u.spill_stores == 0 and u.registers <= toolkit.ARCH_LIMITS[arch].registers for u in usage.values())
+
+
+@pytest.mark.parametrize("family", ["int8", "bitserial"])
+def test_gemv_splits_the_reduction_over_threads_only_for_few_output_pixels(family):
+    """A 4096 x 4096 GEMV (1 pixel) sums slices of K across threadIdx.y (cross-thread reduction through shared
+    memory, `red_buf`); a conv with 16 x 16 output pixels tiles pixels x channels and stages its activations."""
+    staged = {"int8": "act_codes_shared", "bitserial": "pack_act_shared"}[family]
+    target = cuda_target()
+    sources = {}
+    for name, shape in (("gemv", (1, 4096, 1, 1, 4096, (1, 1), (1, 1), (0, 0))),
+                        ("conv", (1, 16, 16, 16, 32, (3, 3), (1, 1), (1, 1)))):
+        with target:
+            prim = unscheduled(family, shape, bits=(2, 8))[1].prim
+        lib = tvm.compile(tvm.IRModule({"main": schedule(prim, target)}), target)
+        sources[name] = artifact.cuda_modules(lib.mod)[0].inspect_source("cuda")
+    assert "red_buf" in sources["gemv"] and staged not in sources["gemv"]
+    assert staged in sources["conv"] and "red_buf" not in sources["conv"]
+    usage = toolkit.ptxas_usage(toolkit.compile_source(sources["gemv"], "sm_90", "ptx"), "sm_90")
+    assert all(u.spill_stores == 0 and u.stack_bytes == 0 for u in usage.values()), usage
+
+
+DP4A_EMULATION = """
+int dp4a_signed;  /* CUDA's two __dp4a overloads, chosen at run time: the tensorized block calls one symbol */
+unsigned int __dp4a(unsigned int a, unsigned int b, unsigned int c) {
+  for (int i = 0; i < 4; ++i) {
+    int x = (a >> (8 * i)) & 255, y = (b >> (8 * i)) & 255;
+    if (dp4a_signed) { x = (signed char)x; y = (signed char)y; }
+    c += (unsigned int)(x * y);
+  }
+  return c;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def dp4a_on_the_cpu(tmp_path_factory):
+    """A C `__dp4a` with CUDA's semantics, loaded globally so that LLVM-compiled TIR calling it links to it."""
+    import ctypes
+
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to emulate __dp4a")
+    folder = tmp_path_factory.mktemp("dp4a")
+    (folder / "dp4a.c").write_text(DP4A_EMULATION)
+    subprocess.run(["gcc", "-shared", "-fPIC", str(folder / "dp4a.c"), "-o", str(folder / "libdp4a.so")], check=True)
+    return ctypes.CDLL(str(folder / "libdp4a.so"), mode=ctypes.RTLD_GLOBAL)
+
+
+@pytest.mark.parametrize("scope", ["shared", "global"])
+@pytest.mark.parametrize("codes", ["uint8", "int8"])
+def test_the_dp4a_block_computes_its_description(codes, scope, dp4a_on_the_cpu):
+    """The tensorized block's implementation (u8 codes: unsigned __dp4a with flipped weights and the activation
+    sum; s8: signed __dp4a), run on this CPU against an emulated __dp4a, equals the sum it replaces in int64,
+    weight and code extremes included."""
+    from tvmquant.cuda.rules import dp4a
+
+    ctypes_flag = __import__("ctypes").c_int.in_dll(dp4a_on_the_cpu, "dp4a_signed")
+    ctypes_flag.value = int(codes == "int8")
+    _, impl = dp4a._intrin(codes, scope)
+    lib = tvm.compile(tvm.IRModule({"main": impl.with_attr("global_symbol", "main")}), "llvm")
+    info = np.iinfo(codes)
+    rng = np.random.default_rng(0)
+    for trial in range(64):
+        a = rng.integers(info.min, info.max + 1, 4).astype(codes)
+        w = rng.integers(-128, 128, (4, 4)).astype(np.int8)
+        if trial < 4:  # the extremes
+            a[:] = (info.max, info.min)[trial % 2]
+            w[:] = (-128, 127)[trial // 2]
+        c = rng.integers(-(2**30), 2**30, 4).astype(np.int32)
+        out = tvm.runtime.tensor(c.copy())
+        lib(tvm.runtime.tensor(a), tvm.runtime.tensor(w), out)
+        np.testing.assert_array_equal(out.numpy(), c + w.astype(np.int64) @ a.astype(np.int64))
+
+
 @pytest.fixture(scope="module")
 def default_model_artifact(tmp_path_factory):
     """The built-in digits CNN, W2A2 (first/last 8 bits), compiled for cuda sm_90 (16 evaluation digits)."""
@@ -162,8 +247,7 @@ def default_model_artifact(tmp_path_factory):
 
 def test_default_model_compiles_to_a_library_with_a_cubin(default_model_artifact):
     result = default_model_artifact
-    # the 8-bit first/last layers are int8's (main's cost rule); with no CUDA rule of its own yet, dlight's
-    # Fallback schedules that kernel
+    # the 8-bit first/last layers are int8's (main's cost rule), scheduled by the __dp4a rule
     assert set(result.kernels.values()) == {"bitserial", "int8"}
     (cubin,) = artifact.embedded_cubins(result.artifact)
     assert cubin.startswith(b"\x7fELF")
@@ -266,7 +350,17 @@ def cuda_device():
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_is_exact_on_the_gpu(family, shape, cuda_device):
-    layer, call = unscheduled(family, shape, seed=5)
+    _exact_on_the_gpu(family, shape, cuda_device)
+
+
+def _exact_on_the_gpu(family: str, shape: tuple, cuda_device, bits: tuple[int, int] | None = None) -> None:
+    with cuda_target():  # int8 picks its activation codes' signedness from the target, as in a CUDA build
+        layer, call = unscheduled(family, shape, seed=5, bits=bits)
+    _check_on_the_gpu(layer, call, shape, cuda_device)
+
+
+def _check_on_the_gpu(layer, call, shape: tuple, cuda_device) -> None:
+    """The kernel, scheduled by its CUDA rule, run on the GPU: bit for bit the PyTorch reference of the layer."""
     x = (2 * np.random.default_rng(3).standard_normal(shape[:4])).astype(np.float32)
     toolkit.configure()
     lib = tvm.compile(tvm.IRModule({"main": schedule(call.prim, cuda_target())}), cuda_target())
@@ -276,6 +370,12 @@ def test_every_family_is_exact_on_the_gpu(family, shape, cuda_device):
     xt = torch.from_numpy(x if layer.op == "conv2d" else x.reshape(len(x), -1))
     want = quantized_layer(xt, layer, None).numpy().reshape(out.shape)
     np.testing.assert_array_equal(out.numpy(), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
+def test_int8_without_activation_sums_is_exact_on_the_gpu(shape, cuda_device):
+    _exact_on_the_gpu("int8", shape, cuda_device, INT8_NO_ASUM)
 
 
 @pytest.mark.gpu
@@ -321,3 +421,113 @@ def test_every_method_runs_on_the_gpu_like_the_reference(method_artifact, cuda_d
     evaluation = evaluate(method_artifact, None)
     assert evaluation.compiled is not None, evaluation.where
     np.testing.assert_allclose(evaluation.compiled, evaluation.reference, rtol=1e-5, atol=1e-5)
+
+
+# ---- --float16 -------------------------------------------------------------------------------------------
+
+def _float16_module() -> tvm.IRModule:
+    """conv2d -> relu -> a kernel (call_tir, float32 in and out) -> relu -> matmul, weights bound as constants:
+    what a model with a float32 layer on each side of a quantized one is before legalization."""
+    from tvm.script import ir as I, relax as R, tirx as T
+
+    @I.ir_module
+    class Module:
+        @T.prim_func(private=True, s_tir=True)
+        def kernel(x: T.Buffer((1, 4, 4, 4), "float32"), y: T.Buffer((1, 4, 4, 4), "float32")):
+            T.func_attr({"op_pattern": 8})  # opaque, as the pass marks tvmquant's kernels: never fused
+            for n, c, h, w in T.grid(1, 4, 4, 4):
+                with T.sblock("double"):
+                    vn, vc, vh, vw = T.axis.remap("SSSS", [n, c, h, w])
+                    y[vn, vc, vh, vw] = x[vn, vc, vh, vw] * T.float32(2)
+
+        @R.function
+        def main(x: R.Tensor((1, 4, 4, 4), "float32"), w: R.Tensor((4, 4, 3, 3), "float32"),
+                 m: R.Tensor((64, 8), "float32")):
+            R.func_attr({"num_input": 1})
+            with R.dataflow():
+                a = R.nn.relu(R.nn.conv2d(x, w, padding=1))
+                b = R.call_tir(Module.kernel, (a,), out_ty=R.Tensor((1, 4, 4, 4), "float32"))
+                c = R.matmul(R.reshape(R.nn.relu(b), (1, 64)), m)
+                R.output(c)
+            return c
+
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.standard_normal((4, 4, 3, 3)), "m": rng.standard_normal((64, 8))}
+    bind = tvm.relax.transform.BindParams("main", {k: tvm.runtime.tensor(v.astype(np.float32)) for k, v in weights.items()})
+    return bind(Module)
+
+
+def _param_dtypes(mod: tvm.IRModule) -> dict[str, set[str]]:
+    return {gv.name_hint: {str(p.dtype) for p in f.params} for gv, f in mod.functions_items()
+            if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def test_float16_runs_the_float32_ops_in_half_and_keeps_float32_io_and_kernels():
+    from tvmquant import pipeline
+    from tvmquant.cuda.target import with_float16
+
+    spec = with_float16(load_target("cuda"), True)
+    mod = pipeline.legalize(_float16_module(), spec)
+    main = mod["main"]
+    assert [str(p.ty.dtype) for p in main.params] == ["float32"] and str(main.ret_ty.dtype) == "float32"
+    dtypes = _param_dtypes(mod)
+    assert dtypes["kernel"] == {"float32"}  # the kernel is untouched
+    conv = next(n for n in dtypes if "conv2d" in n)
+    matmul = next(n for n in dtypes if "matmul" in n)
+    assert "float16" in dtypes[conv] and "float16" in dtypes[matmul]
+    assert all("float16" not in d for d in _param_dtypes(pipeline.legalize(_float16_module(),
+                                                                          load_target("cuda"))).values())
+    exe = pipeline.finalize(pipeline.default_schedules(mod, spec), spec)
+    (module,) = artifact.cuda_modules(exe.mod)
+    source = module.inspect_source("cuda")
+    assert "half" in source
+    usage = toolkit.ptxas_usage(toolkit.compile_source(source, "sm_80", "ptx"), "sm_80")
+    assert set(usage) == kernel_names(source)
+
+
+@pytest.fixture(scope="module")
+def float16_model_artifact(tmp_path_factory):
+    """The digits CNN with float32 first/last layers (conv1, fc2) built with --float16 for sm_90, and the CUDA
+    source its cubin was compiled from."""
+    from tvmquant.compile import compile_model, load_source
+    from tvmquant.cuda.target import with_float16
+    from tvmquant.models import digits
+    from tvmquant.quantize import QuantConfig
+
+    x, y = digits.load_split("test")
+    spec = with_float16(with_arch(load_target("cuda"), "sm_90"), True)
+    sources, compile_source = [], toolkit.compile_source
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(toolkit, "compile_source", lambda src, *a: sources.append(src) or compile_source(src, *a))
+        result = compile_model(load_source(None, eval_x=x[:64], eval_y=y[:64]), QuantConfig(2, 2, first_last_bits=None),
+                               spec, tmp_path_factory.mktemp("cuda16") / "digits16.so")
+    (source,) = sources
+    return result, source
+
+
+def test_float16_compiles_the_default_model_with_its_float32_edge_layers_in_half(float16_model_artifact):
+    """--first-last-bits fp32 --float16: conv1 and fc2 run in float16 (their CUDA kernels take half), the
+    quantized layers keep their kernels, and the artifact holds the cubin."""
+    result, source = float16_model_artifact
+    assert set(result.kernels) == {"conv2", "conv3", "fc1"}
+    half_kernels = {n for n in kernel_names(source) if re.search(rf"void (?:__launch_bounds__\(\d+\) )?{n}\([^)]*half", source)}
+    assert any("conv2d" in n for n in half_kernels) and any("matmul" in n for n in half_kernels)
+    assert not any(n.startswith("bitserial_") for n in half_kernels)
+    assert len(artifact.embedded_cubins(result.artifact)) == 1
+
+
+@pytest.mark.gpu
+def test_float16_model_runs_on_the_gpu_close_to_the_reference(float16_model_artifact, cuda_device):
+    """Only the float32 layers and ops are rounded to float16: outputs within float16 rounding of the float32
+    reference, the same answers."""
+    from tvmquant.compile import evaluate
+
+    evaluation = evaluate(float16_model_artifact[0], None)
+    assert evaluation.compiled is not None, evaluation.where
+    np.testing.assert_allclose(evaluation.compiled, evaluation.reference, rtol=2e-2, atol=2e-2)
+    assert (evaluation.compiled.argmax(1) == evaluation.reference.argmax(1)).mean() >= 0.95
+
+
+def test_float16_mistakes_are_one_line_errors(capsys):
+    assert main(["compile", "--target", "x86", "--float16", "-o", "never.so"]) == 2
+    assert "--float16 applies to CUDA targets" in capsys.readouterr().err and not Path("never.so").exists()

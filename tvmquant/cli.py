@@ -164,6 +164,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="x86", help="a name in targets/ (x86, arm_cpu) or a target .json file (default: x86)")
     parser.add_argument("--cuda-arch", metavar="sm_XY", help="CUDA targets: the GPU architecture to build for, "
                         "e.g. sm_80 (A100), sm_90 (H100) (default: the target file's, sm_80 for cuda)")
+    parser.add_argument("--float16", action="store_true", help="CUDA targets: compute the float32 ops left outside "
+                        "the quantized kernels in float16 (inputs and outputs stay float32)")
     parser.add_argument("--bits", type=_bits, default=2, help="weight and activation bits, 1-8 (default: 2)")
     parser.add_argument("--wbits", type=_bits, help="weight bits, overrides --bits")
     parser.add_argument("--abits", type=_bits, help="activation bits, overrides --bits")
@@ -269,11 +271,11 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _target(args: argparse.Namespace):
-    """The target file, with --cuda-arch applied."""
-    from .cuda.target import with_arch
+    """The target file, with --cuda-arch and --float16 applied."""
+    from .cuda.target import with_arch, with_float16
     from .target import load_target
 
-    return with_arch(load_target(args.target), args.cuda_arch)
+    return with_float16(with_arch(load_target(args.target), args.cuda_arch), args.float16)
 
 
 def _check_training_args(args: argparse.Namespace) -> None:

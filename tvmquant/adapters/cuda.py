@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 class GenericKernelRule(ScheduleRule):
-    """A family without a CUDA rule of its own (int8 today) still runs on the GPU: its kernels take the first
+    """A family without a CUDA rule of its own (none today) still runs on the GPU: its kernels take the first
     of dlight's generic GPU rules that applies (as TVM schedules any TIR), correct but not tuned for it."""
 
     def __init__(self, family: str, rules: Sequence[ScheduleRule]):

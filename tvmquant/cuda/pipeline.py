@@ -13,10 +13,14 @@ from tvm import relax
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.target import Target
 
+from . import mixed_precision
+
 
 def legalize_passes(target: Target) -> list[tvm.transform.Pass]:
-    """TVM's CUDA library dispatch and legalization without its closing dlight pass."""
+    """TVM's CUDA library dispatch and legalization without its closing dlight pass; with --float16, first
+    the float32 ops outside our kernels to float16 (mixed_precision)."""
     return [
+        *mixed_precision.passes(target),
         *cuda_pipeline.library_dispatch_passes(target),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

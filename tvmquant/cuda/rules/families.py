@@ -6,7 +6,8 @@ memory; what differs is the reduction and what is staged:
 
 - bitserial: AND + `__popcll` over 64-bit words of packed activation bit-planes, which are staged in shared
   memory one word (all taps, all planes) at a time; the popcount sums live in registers and the integer
-  epilogue runs on them before anything is stored. Bit-planes are packed by a kernel of their own.
+  epilogue runs on them before anything is stored. Bit-planes are packed by a kernel of their own. Layers
+  with few output pixels (GEMV) split the words over threadIdx.y as well and add the slices across threads.
 - multipoint: bitserial's GEMM over the expanded rows, then the float64 per-channel combination.
 - shift: shifts of centred activation codes (`<<`, per thread per weight), a chunk of 8 input channels of the
   padded codes staged per step; int accumulators in registers, the float32 rescale fused behind them.
@@ -25,15 +26,25 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from .common import bind_remaining, family_of, inline, is_cuda, split_reduction, stage_shared, tile_gemm
+from . import dp4a
+from .common import (bind_remaining, family_of, inline, is_cuda, reduce_across_threads, split_k_gemm,
+                     split_reduction, stage_shared, tile_gemm, wants_split_k)
 
 CHUNK = 8  # input channels (or channel groups) of the activation operand staged in shared memory per step
+SPLIT_K_LANES = 32  # split_k_gemm: threads along output channels, one channel each (16 pixels x uint64 sums),
+SPLIT_K_SLICES = 8  # and along the words: 256 threads, so that the sums fit the registers a thread may have
 
 
 def bitserial_gemm(sch: Schedule) -> None:
-    """Packing kernel + the popcount GEMM with its epilogue in registers (bitserial and multipoint)."""
+    """Packing kernel + the popcount GEMM with its epilogue in registers (bitserial and multipoint); for few
+    output pixels the words split over threads too (common.split_k_gemm)."""
     inline(sch, "quantize", "pad_codes")
     dot = sch.get_sblock("popcount_dot")
+    if wants_split_k(sch, dot, channel_axis=3, split=0, slices=SPLIT_K_SLICES):
+        split_k_gemm(sch, dot, channel_axis=3, split=0, inner=2, epilogue="dot_epilogue", per_thread=1,
+                     lanes=SPLIT_K_LANES, slices=SPLIT_K_SLICES)
+        reduce_across_threads(sch, sch.get_sblock("act_sum"))
+        return
     tiled = tile_gemm(sch, dot, channel_axis=3)
     words, _r, _s, wbit, abit = tiled.reduction
     stage_shared(sch, dot, "pack_act", words, tiled.threads)
@@ -98,4 +109,5 @@ class CudaFamilyRule(ScheduleRule):
 
 
 RULES = [CudaFamilyRule(name, fn) for name, fn in
-         (("bitserial", bitserial), ("multipoint", bitserial), ("shift", shift), ("lut", lut), ("dequant", dequant))]
+         (("bitserial", bitserial), ("multipoint", bitserial), ("shift", shift), ("lut", lut), ("dequant", dequant),
+          ("int8", dp4a.schedule))]
