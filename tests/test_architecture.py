@@ -112,7 +112,7 @@ def test_method_options_reach_the_quantizer(awkward):
 
 @pytest.mark.parametrize("opt,message", [
     ("fit=student", "option fit must be one of auto, gaussian, empirical"),
-    ("temperature=3", "has no option temperature (its options: fit)"),
+    ("temperature=3", "has no option temperature (its options: fit, per_channel)"),
     ("fit", "expects KEY=VALUE"),
 ])
 def test_bad_method_options_are_one_line_errors(opt, message, capsys, tmp_path):

@@ -22,7 +22,7 @@ def test_uniq_bins_equiprobable_and_levels_at_bin_medians(bits):
     cdf = norm.cdf((np.concatenate([[-np.inf], thresholds, [np.inf]]) - mu) / sigma)
     np.testing.assert_allclose(np.diff(cdf), 1 / (1 << bits), atol=1e-12)
     np.testing.assert_allclose(norm.cdf((levels - mu) / sigma), (cdf[:-1] + cdf[1:]) / 2, atol=1e-12)
-    q = uniq.quantize_weight(w, bits)
+    q = uniq.quantize_weight(w, bits, per_channel=False)  # the authors' per-tensor fit
     assert q.kind is WeightKind.CODEBOOK
     deq = q.dequantize()
     assert set(np.unique(deq)) <= set(levels)
@@ -35,13 +35,27 @@ def test_uniq_bins_equiprobable_and_levels_at_bin_medians(bits):
 
 def test_uniq_empirical_variant_equal_counts():
     w = _weights((64, 32, 3, 3))
-    counts = np.bincount(uniq.quantize_weight(w, 3, fit="empirical").codes.ravel(), minlength=8)
+    counts = np.bincount(uniq.quantize_weight(w, 3, fit="empirical", per_channel=False).codes.ravel(), minlength=8)
     assert counts.max() - counts.min() <= 2
+
+
+def test_uniq_per_channel_fit_follows_each_channels_scale():
+    w = _weights((8, 16, 3, 3)) * np.geomspace(0.01, 1, 8)[:, None, None, None]  # BatchNorm-folded-like scales
+    q = uniq.quantize_weight(w, 3)
+    for row, levels, codes in zip(w, q.levels, q.codes):
+        _, want = uniq.thresholds_and_levels(row[None], 3)
+        np.testing.assert_allclose(levels, want)
+        np.testing.assert_array_equal(codes, uniq.quantize_weight(row[None], 3, per_channel=False).codes[0])
+    err = [np.linalg.norm(x.dequantize()[0] - w[0]) / np.linalg.norm(w[0])
+           for x in (q, uniq.quantize_weight(w, 3, per_channel=False))]
+    assert err[0] < 0.5 and err[1] > 0.9  # one layer-wide table cannot resolve the smallest channel
+    noisy = uniq.noisy_weight(torch.from_numpy(w).float(), 3)
+    assert float((noisy[0] - torch.from_numpy(w[0]).float()).abs().max()) < 3 * float(np.abs(w[0]).max())
 
 
 def test_uniq_noise_stays_within_one_bin_in_cdf_domain():
     w = torch.from_numpy(_weights()).float().requires_grad_(True)
-    noisy = uniq.noisy_weight(w, 2)
+    noisy = uniq.noisy_weight(w, 2, per_channel=False)
     mu, sigma = w.detach().mean(), w.detach().std()
     du = (torch.special.ndtr((noisy - mu) / sigma) - torch.special.ndtr((w - mu) / sigma)).detach()
     assert float(du.abs().max()) <= 1 / 8 + 1e-5 and float(du.abs().max()) > 0
@@ -261,6 +275,21 @@ def test_inq_trainer_gives_every_portion_the_same_steps():
         frozen.append(int(trainer.states["l"].frozen.sum()))
     assert frozen == [round(p * w.numel()) for p in portions for _ in range(2)]
     assert InqTrainer({"l": w}, {"l": 3}).total_steps(5) == 5 * len(portions)
+
+
+def test_inq_wide_layers_use_the_uniform_grid_in_ptq_and_qat():
+    w = _weights()
+    wide = inq.quantize_weight(w, 8)
+    assert wide.kind is WeightKind.UNIFORM
+    np.testing.assert_array_equal(wide.codes, uniform.quantize_weight(w, 8).codes)
+    pow2 = inq.quantize_weight(w, 8, uniform_bits=9)  # the paper's all-pow2 network
+    assert pow2.kind is WeightKind.POW2
+    err = [np.linalg.norm(q.dequantize() - w) for q in (wide, pow2, inq.quantize_weight(w, 4))]
+    assert err[0] < 0.1 * err[1] and err[1] > 0.75 * err[2]  # pow2 at 8 bits: hardly finer than at 4
+    params = {n: torch.nn.Parameter(torch.from_numpy(w).float()) for n in ("edge", "mid")}
+    trainer = InqTrainer(params, {"edge": 8, "mid": 3}, portion_steps=1)
+    assert set(trainer.states) == {"mid"} and trainer.export("edge").kind is WeightKind.UNIFORM
+    assert trainer.total_steps(10) == len(inq.PORTIONS[3]) - 1
 
 
 def test_balanced_per_channel_grids_keep_small_channels_and_their_mean():

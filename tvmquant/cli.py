@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import cli_eval_bench
+from . import cli_eval_bench, plan_cli
 from .errors import UserError
 from .json_output import HELP as JSON_HELP
 from .names import KERNELS, METHODS, QAT_METHODS
@@ -25,7 +25,8 @@ EPILOG = """examples:
 EXAMPLES = {  # each subcommand's --help ends with these
     "compile": """  python -m tvmquant compile --target arm_cpu --bits 2
   python -m tvmquant compile --model net.onnx --calib x.npy --wbits 2 --abits 4 --method uniq -o net.so
-  python -m tvmquant compile --bits 4 --report report.html --json > compile.json""",
+  python -m tvmquant compile --bits 4 --report report.html --json > compile.json
+""" + plan_cli.HELP_EPILOG,
     "tune": """  python -m tvmquant tune --target x86 --trials 16
   python -m tvmquant tune --target arm_cpu --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 --trials 8 --json""",
     "deploy": """  python -m tvmquant deploy --rpc-tracker 127.0.0.1:9190 --rpc-key arm64 tvmquant_out/digits_cnn-arm_cpu-w2a2-uniform.so
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--report", type=Path, metavar="REPORT.html",
                       help="also write one self-contained HTML page: layers, accuracy, weight histograms, bytes and time per layer")
     comp.add_argument("--eval-limit", type=int, help="vta: check only the first N evaluation samples on the simulator")
+    plan_cli.add_arguments(comp)
 
     tune = sub.add_parser(
         "tune",
@@ -216,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .adapters import for_target
     from .compile import compile_model, default_tuning_logs
     from .evaluation import evaluate
@@ -233,19 +237,29 @@ def _compile(args: argparse.Namespace) -> int:
     _check_training_args(args)
     logs = [args.tuning_log] if args.tuning_log else default_tuning_logs(target)
     model_name = Path(args.model).stem if args.model else BUILTIN
-    output = args.output or default_output(model_name, target.name, config.wbits, config.abits, config.method, args.kernel)
-    check_output(output, [args.model, args.calib, args.eval_data, args.eval_labels, args.train_data, *logs])
+    planned = plan_cli.wants_plan(args)
+    inputs = [args.model, args.calib, args.eval_data, args.eval_labels, args.train_data, args.plan_in, *logs]
+    plan_cli.check_arguments(args, inputs)
+    output = args.output or (plan_cli.default_output(args, model_name, target.name) if planned else
+                             default_output(model_name, target.name, config.wbits, config.abits, config.method, args.kernel))
+    check_output(output, inputs)
     eval_x = load_npy(args.eval_data, "evaluation data") if args.eval_data else None
     eval_y = load_npy(args.eval_labels, "evaluation labels") if args.eval_labels else None
     source = load_source(args.model, args.input_shape, _calib(args), eval_x, eval_y, args.trust_model)
     request = _request(args, source)
     own = for_target(target).command("compile")
     if own is not None:
+        if planned:
+            raise UserError(f"--target {target.name} takes no per-layer plan (it compiles its layers its own way)")
         return own(args, source, request)
+    if planned:
+        request = replace(request, plan=plan_cli.make_plan(args, source, request.config, target))
     options = BuildOptions(args.kernel, TuningRecords.read(logs) if logs else None)
     result = compile_model(source, request, target, output, options)
     evaluation = evaluate(result, args.rpc or target.default_rpc)
     print_compile_summary(result, evaluation, args.rpc or target.default_rpc)
+    if planned:
+        plan_cli.finish(args, result, evaluation)
     if args.report:
         from .html_report import write_compile_report
 

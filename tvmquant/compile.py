@@ -21,6 +21,7 @@ from .evaluation import Evaluation, evaluate  # noqa: F401  (re-exported for the
 from .outputs import sidecar_paths
 from .passes.lower_quantized import Lowered
 from .pipeline import BuildOptions, QuantRequest
+from .plan import Plan, to_json
 from .quantize import QuantConfig
 from .reference import ReferenceModel
 from .resources import shipped_tuning_dir, user_tuning_dir
@@ -42,6 +43,7 @@ class CompileResult:
     tuned: list[str] = field(default_factory=list)  # functions scheduled by a tuning record
     untuned_faster: list[str] = field(default_factory=list)  # records not applied: the untuned build was faster
     linked_with: str = ""  # the linker that made the artifact (system cross compiler or pip zig)
+    plan: Plan | None = None  # the per-layer plan it was quantized by, with predicted families and bytes
 
     @property
     def config(self) -> QuantConfig:
@@ -63,18 +65,25 @@ def compile_model(
     options: BuildOptions = BuildOptions(),
 ) -> CompileResult:
     """Quantize (a bare QuantConfig: post-training), build with `options` (kernel choice, tuning records; no
-    tuning happens here), export; writes the artifact and its sidecar files, all or nothing."""
+    tuning happens here), export; writes the artifact and its sidecar files, all or nothing. A request with a
+    per-layer `plan` gets it back in the result with each layer's predicted family and bytes filled in."""
     request = request if isinstance(request, QuantRequest) else QuantRequest(request)
     if request.train_data is not None:  # the class range needs the model's output width
         x, y = request.train_data
         validate.labels(y, len(x), classes(source.gm, source.input_shape), "training labels")
     quantized = pipeline.quantize(source, request)
     built = pipeline.build(source, quantized, target, options)
+    plan = request.plan
+    if plan is not None:
+        from .plan_apply import fill_predictions
+
+        plan = fill_predictions(plan, quantized.scheme, source.gm, source.layers, source.calib, source.batch_size,
+                                target, options.kernel)
     reference = ReferenceModel(quantized.gm, source.layers, quantized.scheme)
     reference_outputs = run_batched(reference, source.eval_x, source.batch_size, "quantized reference")
     records = options.records
     result = CompileResult(source, request, target, quantized.scheme, built.lowered, output, reference_outputs,
-                           records.log_dirs if records else [], built.tuned, built.untuned_faster)
+                           records.log_dirs if records else [], built.tuned, built.untuned_faster, plan=plan)
     with outputs.replace_together(output, *sidecar_paths(output)) as (artifact, meta, data):
         result.linked_with = pipeline.export(built.executable, target, artifact)
         write_sidecar(result, meta, data)
@@ -98,6 +107,8 @@ def write_sidecar(result: CompileResult, meta_path: Path, data_path: Path) -> No
         "tuned_functions": result.tuned,
         "layer_table": layer_rows(result),  # what `run --json` reports per layer
     }
+    if result.plan is not None:
+        meta["plan"] = json.loads(to_json(result.plan))
     meta_path.write_text(json.dumps(meta, indent=2))
     arrays = {"inputs": src.eval_x, "reference": result.reference_outputs}
     if src.eval_y is not None:

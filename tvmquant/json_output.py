@@ -3,6 +3,7 @@ own prints) on stderr. The redirection is at the file-descriptor level so that n
 
 Fields (README, "Machine-readable output"): `command`, `artifact`, `target`, `model`, `layers` (one object per
 conv2d/linear layer: `name`, `op`, `method`, `kind`, `wbits`, `abits`, `kernel`, `bytes`, `fp32_bytes`),
+`plan` (compile with a budget or --plan-in: the plan file's object, else null),
 and, where the compiled module ran, `agreement` (top-1 agreement with the quantized reference, 0-1),
 `max_abs_diff`, `latency_ms`, `accuracy`.
 """
@@ -66,7 +67,8 @@ def layer_rows(result: CompileResult) -> list[dict[str, Any]]:
             row |= {"method": None, "kind": "float32", "wbits": None, "abits": None, "kernel": "tvm",
                     "bytes": 4 * numel, "note": result.scheme.kept_float.get(info.name)}
         else:
-            row |= {"method": result.config.method, "kind": layer.weight.kind.value, "wbits": layer.weight.bits,
+            method = result.plan.layers[info.name].method if result.plan else result.config.method
+            row |= {"method": method, "kind": layer.weight.kind.value, "wbits": layer.weight.bits,
                     "abits": layer.act.bits, "kernel": result.kernels.get(info.name), "bytes": sizes[info.name][1],
                     "note": result.lowered.notes.get(info.name)}
         rows.append(row)
@@ -80,6 +82,7 @@ def _comparison(c: Comparison | None, latency_ms: float | None) -> dict[str, Any
 
 
 def compile_record(result: CompileResult, ev: Evaluation, report: Path | None = None) -> dict[str, Any]:
+    from .plan import to_json as plan_json
     from .report import compare
 
     src = result.source
@@ -95,6 +98,7 @@ def compile_record(result: CompileResult, ev: Evaluation, report: Path | None = 
                      "compiled": accuracy(ev.compiled) if ev.compiled is not None else None},
         **_comparison(comparison, ev.latency_ms), "where": ev.where,
         "tuned_functions": result.tuned, "notes": src.notes, "report": str(report) if report else None,
+        "plan": json.loads(plan_json(result.plan)) if result.plan else None,
     }
 
 

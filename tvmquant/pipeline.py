@@ -33,7 +33,9 @@ from .database import load_task_state, read_databases, task_key
 from .kernels.family import rule_table
 from .kernels.registry import FAMILIES
 from .passes.default_schedule import ApplyDefaultSchedule
+from .errors import UserError
 from .passes.lower_quantized import Lowered, LowerQuantizedLayers
+from .plan import Plan
 from .quantize import QuantConfig, quantize_model, quantize_with_training
 from .scheme import QuantScheme
 from .source import ModelSource, default_train_data
@@ -43,11 +45,14 @@ from .train import TrainConfig
 
 @dataclass(frozen=True)
 class QuantRequest:
-    """What decides the quantized model: method and bits, and QAT (`train`, with data or the built-in split)."""
+    """What decides the quantized model: method and bits, and QAT (`train`, with data or the built-in split);
+    or a per-layer `plan` (plan.py: each layer's own method and bits, post-training; `config` then gives only
+    the multipoint budget and the activation scales)."""
 
     config: QuantConfig
     train: TrainConfig | None = None
     train_data: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    plan: Plan | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,14 @@ class BuildResult:
 
 
 def quantize(source: ModelSource, request: QuantRequest) -> Quantized:
-    """Post-training, or QAT when `request.train` is set."""
+    """Post-training, or QAT when `request.train` is set, or by the request's per-layer plan."""
+    if request.plan is not None:
+        if request.train is not None:
+            raise UserError("a per-layer plan is post-training; it cannot be combined with training")
+        from .plan_apply import quantize_planned
+
+        scheme = quantize_planned(source.gm, source.layers, source.calib, request.plan, request.config, source.batch_size)
+        return Quantized(scheme, source.gm)
     if request.train is None:
         return Quantized(quantize_model(source.gm, source.layers, source.calib, request.config, source.batch_size),
                          source.gm)

@@ -110,26 +110,34 @@ class InqTrainer(Trainer):
     (default: the steps of the requested epochs, as the paper retrains for a fixed number of iterations per
     portion); the final portion, 1.0, is applied at export, as in the paper nothing is left to train then. Frozen
     weights get no gradient and are restored after every step, so momentum and weight decay cannot move them.
-    Options: portion_steps, n1 (inq.choose_n1)."""
+    Layers of inq.UNIFORM_BITS or more bits (the 8-bit edges) train as the uniform baseline does.
+    Options: portion_steps, n1 (inq.choose_n1), uniform_bits."""
 
-    def __init__(self, weights, bits, portion_steps: int | None = None, n1: str = "auto"):
+    def __init__(self, weights, bits, portion_steps: int | None = None, n1: str = "auto",
+                 uniform_bits: int = inq.UNIFORM_BITS):
         super().__init__(weights, bits)
-        self.states = {name: inq.IncrementalState(w, bits[name], n1) for name, w in weights.items()}
-        self.portions = {name: inq.PORTIONS.get(b, inq.DEFAULT_PORTIONS)[:-1] for name, b in bits.items()}
+        wide = {name: b for name, b in bits.items() if b >= uniform_bits}
+        self.edges = UniformTrainer({name: weights[name] for name in wide}, wide)
+        narrow = {name: w for name, w in weights.items() if name not in wide}
+        self.states = {name: inq.IncrementalState(w, bits[name], n1) for name, w in narrow.items()}
+        self.portions = {name: inq.PORTIONS.get(bits[name], inq.DEFAULT_PORTIONS)[:-1] for name in narrow}
         self.portion_steps, self.step = portion_steps, 0
 
     def total_steps(self, run_steps: int) -> int:
         self.portion_steps = max(1, self.portion_steps or run_steps)
-        return self.portion_steps * max(len(p) for p in self.portions.values())
+        return self.portion_steps * max([len(p) for p in self.portions.values()] or [1])
 
     def start_step(self, progress: float) -> None:
         index = self.step // (self.portion_steps or 1)
         for name, state in self.states.items():
             portions = self.portions[name]
             state.advance(self.weights[name], portions[min(index, len(portions) - 1)])
+        self.edges.start_step(progress)
         self.step += 1
 
     def weight(self, name: str) -> torch.Tensor:
+        if name in self.edges.weights:
+            return self.edges.weight(name)
         w, frozen = self.weights[name], self.states[name].frozen
         return torch.where(frozen, w.detach(), w)
 
@@ -138,6 +146,8 @@ class InqTrainer(Trainer):
             state.hold(self.weights[name])
 
     def export(self, name: str) -> WeightQuant:
+        if name in self.edges.weights:
+            return self.edges.export(name)
         self.states[name].advance(self.weights[name], 1.0)
         return self.states[name].export(self.weights[name])
 

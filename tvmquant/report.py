@@ -62,7 +62,9 @@ def print_compile_summary(result: CompileResult, ev: Evaluation, rpc_address: st
     evaluation.evaluate: this only prints), and where the artifact is."""
     src, cfg, scheme = result.source, result.config, result.scheme
     first_last = "fp32" if cfg.first_last_bits is None else f"W{cfg.first_last_bits}A{cfg.first_last_bits}"
-    print(f"\n{src.name} -> {result.target.name}: {cfg.method} W{cfg.wbits}A{cfg.abits} (first/last layer: {first_last})")
+    what = (f"{cfg.method} W{cfg.wbits}A{cfg.abits} (first/last layer: {first_last})" if result.plan is None
+            else "per-layer plan (method and bits per layer: see the plan below)")
+    print(f"\n{src.name} -> {result.target.name}: {what}")
     if src.folded_bn:
         print(f"BatchNorm folded into: {', '.join(src.folded_bn)}")
     for note in src.notes:

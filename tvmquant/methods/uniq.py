@@ -6,7 +6,14 @@ tensor (mean, std floored at 1e-5) as in the authors' code; `fit="empirical"` us
 instead. Deviation: `fit="auto"` (the default) is the Gaussian fit, except at EMPIRICAL_BITS (8) or more bits (the 8-bit
 first/last layers), where it takes whichever of the Gaussian and the empirical quantiles has the smaller weight
 error: there the Gaussian fit's outermost level sits at 2.89 sigma and clips a heavy-tailed layer's largest
-weights. The result is a CODEBOOK (one table per layer, repeated for every output channel).
+weights. The result is a CODEBOOK, one table per output channel.
+
+Deviation: the fit is per output channel (`per_channel=True`, the default; `False` is the authors' per-tensor
+fit, one table repeated for every channel), for training noise and inference alike. BatchNorm is folded into
+the convolutions before quantization, which scales each output channel by its own gamma/sigma; one Gaussian
+for the whole tensor then puts the levels of narrow channels far apart. Measured (PTQ, real digits): built-in
+digits CNN (BatchNorm folded) W2A8 87.50 -> 97.78 %, W4A8 98.06 -> 98.89 %, W2A2 73.06 -> 95.56 %; the
+reproduce.py MNIST CNN (no BatchNorm) W2A8 98.84 -> 98.72 %, W4A8 99.52 -> 99.48 %, W2A2 98.24 -> 97.92 %.
 
 Choices recorded here (METHODS.md leaves them open or the shared representation forces them):
 - biases stay float32 (the authors quantize them too; our representation has no bias codes);
@@ -28,11 +35,12 @@ from ..scheme import WeightKind, WeightQuant
 
 FITS = ("auto", "gaussian", "empirical")
 EMPIRICAL_BITS = 8
+PER_CHANNEL = True
 _EPS = 1e-5
 
 
 def gaussian_fit(weight: np.ndarray) -> tuple[float, float]:
-    """Per-tensor (mu, sigma) as the authors fit them."""
+    """(mu, sigma) of all of `weight` (one channel's rows, or the whole tensor as the authors fit it)."""
     return float(weight.mean()), max(float(weight.std()), _EPS)
 
 
@@ -52,22 +60,32 @@ def thresholds_and_levels(weight: np.ndarray, bits: int, fit: str = "auto") -> t
 
 
 def fit_error(weight: np.ndarray, bits: int, fit: str) -> float:
-    """Squared weight error of the k-quantile quantizer under one fit."""
-    return float(((quantize_weight(weight, bits, fit).dequantize() - weight) ** 2).sum())
+    """Squared weight error of the k-quantile quantizer under one fit of all of `weight`."""
+    return float(((quantize_weight(weight, bits, fit, per_channel=False).dequantize() - weight) ** 2).sum())
 
 
-def quantize_weight(weight: np.ndarray, bits: int, fit: str = "auto") -> WeightQuant:
-    """CODEBOOK codes: the index of the equiprobable bin each weight falls in."""
+def quantize_weight(weight: np.ndarray, bits: int, fit: str = "auto", per_channel: bool = PER_CHANNEL) -> WeightQuant:
+    """CODEBOOK codes: the index of the equiprobable bin each weight falls in; `per_channel`: one fit and
+    table per output channel (module docstring), else one per layer as the authors fit it."""
+    if per_channel:
+        parts = [quantize_weight(row[None], bits, fit, per_channel=False) for row in weight]
+        codes = np.concatenate([q.codes for q in parts])
+        return WeightQuant(WeightKind.CODEBOOK, bits, codes, levels=np.concatenate([q.levels for q in parts]))
     thresholds, levels = thresholds_and_levels(weight, bits, fit)
     codes = np.searchsorted(thresholds, weight.astype(np.float64), side="right")
     table = np.tile(levels, (weight.shape[0], 1))
     return WeightQuant(WeightKind.CODEBOOK, bits, codes.astype(np.uint8), levels=table)
 
 
-def noisy_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """w~ = F^-1(clip(F(w) + e)), e ~ U[-1/2K, 1/2K] fresh per call; straight-through to w."""
+def noisy_weight(weight: torch.Tensor, bits: int, per_channel: bool = PER_CHANNEL) -> torch.Tensor:
+    """w~ = F^-1(clip(F(w) + e)), e ~ U[-1/2K, 1/2K] fresh per call; straight-through to w. F is fitted as
+    quantize_weight fits it (per output channel or per layer)."""
     with torch.no_grad():
-        mu, sigma = weight.mean(), weight.std().clamp_min(_EPS)
+        if per_channel:
+            dims = tuple(range(1, weight.dim()))
+            mu, sigma = weight.mean(dims, keepdim=True), weight.std(dims, keepdim=True).clamp_min(_EPS)
+        else:
+            mu, sigma = weight.mean(), weight.std().clamp_min(_EPS)
         u = torch.special.ndtr((weight - mu) / sigma)
         u = u + (torch.rand_like(u) - 0.5) / (1 << bits)
         noisy = mu + sigma * torch.special.ndtri(u.clamp(_EPS, 1 - _EPS))
