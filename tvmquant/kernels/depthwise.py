@@ -190,4 +190,5 @@ def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
 
 
 # One default schedule; MetaSchedule's CPU space is not needed for a KH*KW reduction: not tunable.
-FAMILY = Family("depthwise", tunable=False, check=supports, build=compute, schedules={"cpu": schedule})
+FAMILY = Family("depthwise", tunable=False, check=supports, build=compute, schedules={"cpu": schedule},
+                grouped=True)

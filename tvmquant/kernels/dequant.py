@@ -152,4 +152,5 @@ def reference(
     return core.astype(np.float32) * scale[None, :, None, None]
 
 
-FAMILY = Family("dequant", tunable=False, check=supports, build=compute, schedules={"cpu": schedule})
+FAMILY = Family("dequant", tunable=False, check=supports, build=compute, schedules={"cpu": schedule},
+                grouped=True)

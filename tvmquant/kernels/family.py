@@ -115,7 +115,8 @@ class KernelFamily(Protocol):
 @dataclass(frozen=True)
 class Family:
     """The standard KernelFamily: a kernel module's functions plus one schedule function per target key.
-    `targeted`: `build` takes the target as a third argument (its arithmetic depends on the ISA)."""
+    `targeted`: `build` takes the target as a third argument (its arithmetic depends on the ISA).
+    `grouped`: its compute has a grouped-conv form; a family without one refuses grouped layers here."""
 
     name: str
     tunable: bool
@@ -124,8 +125,11 @@ class Family:
     schedules: Mapping[str, ScheduleFn] = field(default_factory=dict)
     io: TensorIO = FLOAT_NCHW
     targeted: bool = False
+    grouped: bool = False
 
     def supports(self, layer: LayerScheme, target: Target) -> str | None:
+        if layer.groups != 1 and not self.grouped:
+            return f"grouped convolution (groups={layer.groups})"
         return self.check(layer)
 
     def compute(self, layer: LayerScheme, geometry: ConvGeometry, target: Target | None = None) -> KernelCall:

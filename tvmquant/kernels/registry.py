@@ -28,7 +28,6 @@ FAMILIES: dict[str, KernelFamily] = {
                         depthwise.FAMILY, dequant.FAMILY)
 }
 FALLBACK = dequant.FAMILY
-GROUPED = (depthwise.FAMILY.name, dequant.FAMILY.name)  # the families with a grouped-conv form
 CHOICES = ("auto", *FAMILIES)
 PREFERRED = {
     WeightKind.UNIFORM: "bitserial",
@@ -86,8 +85,6 @@ def choose(
     wanted = _wanted(layer, target, requested)
     family = FAMILIES.get(wanted)
     reason = f"no {wanted} kernel" if family is None else family.supports(layer, target)
-    if reason is None and layer.groups != 1 and wanted not in GROUPED:
-        reason = f"grouped convolution (groups={layer.groups})"
     if reason is None and wanted not in rules:
         reason = f"no schedule rule for target keys {list(target.keys)}"
     if reason is None:
