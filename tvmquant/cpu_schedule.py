@@ -17,17 +17,14 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
+from .kernels.bitserial import vector_lanes
+
 MAX_VECTOR = 64  # lanes of one vectorised loop before it is split (LLVM splits the rest into registers)
 
 
 def _lanes(extent: int) -> int:
     """The whole loop up to MAX_VECTOR lanes, else the widest power of two up to 16 that divides it (1: none)."""
-    if extent <= MAX_VECTOR:
-        return extent
-    lanes = 16
-    while extent % lanes:
-        lanes //= 2
-    return lanes
+    return extent if extent <= MAX_VECTOR else vector_lanes(extent)
 
 
 def _vectorize(sch: s_tir.Schedule, loop) -> None:
