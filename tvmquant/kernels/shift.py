@@ -32,6 +32,7 @@ from tvm.target import Target
 
 from .. import actquant
 from ..scheme import POW2_MAX_SPAN, LayerScheme, WeightKind, integer_core, pow2_fields
+from . import shift_gather
 from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
 
@@ -39,6 +40,7 @@ LANES = 16  # output channels per vector: one zmm of int32 (AVX-512), four q reg
 SHIFT_MASK, ZERO_BIT, SIGN_BIT = 31, 32, -128  # fields of one int8 weight code
 TILE = 4  # output pixels (conv) or rows (dense) sharing one decoded weight vector: 4 x 16 int32 lanes
 # = 16 NEON q registers of accumulators (8 would spill on NEON; on AVX-512 4 and 8 measured alike)
+LAYOUT_ATTR, BUCKETS = "tvmquant.shift_layout", "buckets"  # marks the conv (exponent-bucket) kernel
 
 
 @dataclass(frozen=True)
@@ -207,14 +209,27 @@ def supports(layer: LayerScheme) -> str | None:
 
 
 def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
-    """POW2 layers: int8 shift/sign/zero codes of the integer core T and its float32 output scale."""
+    """POW2 layers: convs over an image get the exponent-bucket kernel (shift_gather: tap lists of the integer
+    core T); dense layers (a 1x1 image: no pixel row to put in lanes) the channel-lane kernel above (int8
+    shift/sign/zero codes). Both with T's float32 output scale."""
     core = integer_core(layer)
     if core.matrices is None:
         raise ValueError(f"layer {layer.name}: {supports(layer)}")
     matrix = core.matrices[0]
     max_shift = int(np.abs(matrix).max(initial=1)).bit_length() - 1
+    if geometry.out_hw != (1, 1):
+        cfg = shift_gather.GatherConv2dConfig(**vars(geometry), abits=layer.act.bits, max_shift=max_shift,
+                                              length=shift_gather.list_length(matrix))
+        prim = shift_gather.build_primfunc(cfg).with_attr(LAYOUT_ATTR, BUCKETS)
+        return kernel_call(prim, layer, [shift_gather.encode_weights(matrix, cfg), core.scale])
     cfg = ShiftConv2dConfig(**vars(geometry), abits=layer.act.bits, max_shift=max_shift)
     return kernel_call(build_primfunc(cfg), layer, [encode_weights(matrix, cfg), core.scale])
 
 
-FAMILY = Family("shift", tunable=True, check=supports, build=compute, schedules={"cpu": schedule})
+def schedule_any(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
+    """The default schedule of either shift kernel (the layout attribute says which)."""
+    buckets = func.attrs is not None and func.attrs.get(LAYOUT_ATTR) == BUCKETS
+    return shift_gather.schedule(func, target) if buckets else schedule(func, target)
+
+
+FAMILY = Family("shift", tunable=True, check=supports, build=compute, schedules={"cpu": schedule_any})
