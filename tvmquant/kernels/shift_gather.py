@@ -29,6 +29,8 @@ from tvm.target import Target
 from .. import actquant
 from .geometry import ConvGeometry
 
+CHANNELS_PER_TASK = 32  # output channels one thread runs over the same rows tile (it stays in L2 between them)
+PIXEL_LANES = 32  # output columns per vector at most: one zmm of int16
 REGISTER_BYTES = {True: 1024, False: 512}  # accumulator budget: 16 of AVX-512's 32 zmm, else 32 NEON q / 16 ymm
 
 
@@ -55,26 +57,46 @@ class GatherConv2dConfig(ConvGeometry):
         return next(t for t, top in (("int16", 2**15), ("int32", 2**31), ("int64", 2**63)) if worst < top)
 
     @property
+    def padded_width(self) -> int:
+        """Output columns computed per row: OW rounded up to whole vectors (power-of-two lanes, at most
+        PIXEL_LANES), so no vector is an odd width LLVM would split into pieces; the extra columns read zeros."""
+        ow = self.out_hw[1]
+        lanes = min(PIXEL_LANES, 1 << (ow - 1).bit_length())
+        return -(-ow // lanes) * lanes
+
+    @property
+    def row_width(self) -> int:
+        """Columns of the pre-shifted rows: the padded input, widened to what the padded output columns read."""
+        read = max(self.width + 2 * self.padding[1], (self.padded_width - 1) * self.stride[1] + self.kernel[1])
+        return -(-read // PIXEL_LANES) * PIXEL_LANES  # whole vectors, so the copies vectorise without a tail
+
+    @property
     def table_dtype(self) -> str:
         return "int16" if self.rows * self.kernel[0] * self.kernel[1] < 2**15 else "int32"
 
 
 def shifted_rows(x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, cfg: GatherConv2dConfig) -> te.Tensor:
-    """(N, rows, H + 2ph, W + 2pw): row (sign, e, c) holds +-(centred code << e), spatial padding 0 (real zero)."""
+    """(N, rows, H + 2ph, row_width): row (sign, e, c) holds +-(centred code << e), spatial padding 0 (real
+    zero). The codes are quantized once ("centred"), then copied shifted and signed (adds and shifts only)."""
     acc, (ph, pw) = cfg.acc_dtype, cfg.padding
     q = actquant.te_codes(x, inv_scale, zero_point, cfg.abits)
+    hp = cfg.height + 2 * ph
+
+    def code(n, c, h, w):
+        inside = tirx.all(h >= ph, h < cfg.height + ph, w >= pw, w < cfg.width + pw)
+        return tirx.if_then_else(inside, q[n, c, h - ph, w - pw] - zero_point[0], 0).astype(acc)
+
+    centred = te.compute((cfg.batch, cfg.in_channels, hp, cfg.row_width), code, name="centred")
     per_sign = cfg.exponents * cfg.in_channels
 
     def value(n, row, h, w):
         c = row % cfg.in_channels
         e = (row // cfg.in_channels) % cfg.exponents
-        inside = tirx.all(row < 2 * per_sign, h >= ph, h < cfg.height + ph, w >= pw, w < cfg.width + pw)
-        centred = tirx.if_then_else(inside, q[n, c, h - ph, w - pw] - zero_point[0], 0).astype(acc)
-        shifted = centred << e.astype(acc)
-        return tirx.Select(row < per_sign, shifted, tirx.const(0, acc) - shifted)
+        shifted = centred[n, c, h, w] << e.astype(acc)
+        signed = tirx.Select(row < per_sign, shifted, tirx.const(0, acc) - shifted)
+        return tirx.Select(row < 2 * per_sign, signed, tirx.const(0, acc))
 
-    shape = (cfg.batch, cfg.rows, cfg.height + 2 * ph, cfg.width + 2 * pw)
-    return te.compute(shape, value, name="shifted_rows")
+    return te.compute((cfg.batch, cfg.rows, hp, cfg.row_width), value, name="shifted_rows")
 
 
 def gather_conv2d(
@@ -91,8 +113,10 @@ def gather_conv2d(
         return rows[n, v // (kh * kw), y * sh + v // kw % kh, z * sw + v % kw]
 
     oh, ow = cfg.out_hw
-    core = te.compute((cfg.batch, cfg.out_channels, oh, ow), lambda *i: te.sum(tap(*i), axis=t), name="bucket_sum")
-    return te.compute(core.shape, lambda n, o, y, z: core[n, o, y, z].astype("float32") * scale[o], name="rescale")
+    shape = (cfg.batch, cfg.out_channels, oh, cfg.padded_width)
+    core = te.compute(shape, lambda *i: te.sum(tap(*i), axis=t), name="bucket_sum")
+    out_shape = (cfg.batch, cfg.out_channels, oh, ow)
+    return te.compute(out_shape, lambda n, o, y, z: core[n, o, y, z].astype("float32") * scale[o], name="rescale")
 
 
 def build_primfunc(cfg: GatherConv2dConfig) -> tirx.PrimFunc:
@@ -136,26 +160,30 @@ def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     stay put while the tap list runs outside them, the pixel row innermost and vectorised."""
     sch = Schedule(func)
     sch.compute_inline(sch.get_sblock("quantize"))
-    rows = sch.get_sblock("shifted_rows")
-    n, r, h, w = sch.get_loops(rows)
-    sch.parallel(sch.fuse(n, r))
-    sch.vectorize(w)
+    for name in ("centred", "shifted_rows"):
+        block = sch.get_sblock(name)
+        n, r, h, w = sch.get_loops(block)
+        sch.parallel(sch.fuse(n, r))
+        sch.vectorize(sch.split(w, [None, 16])[1])  # 16 lanes: the float quantize runs in 32-bit lanes
 
     core = sch.get_sblock("bucket_sum")
     out = sch.get_consumers(core)[0]
     n, o, y, z, t = sch.get_loops(core)
     acc_bytes = {"int16": 2, "int32": 4, "int64": 8}[str(sch.get(core).writes[0].source.dtype)]
     budget = REGISTER_BYTES[bool(codegen.target_has_features("avx512f", target))] // acc_bytes
-    ow = int(sch.get(z).extent)
-    zi_extent = _divisor_tile(ow, budget)
-    zo, zi = sch.split(z, [None, zi_extent])
-    yo, yi = sch.split(y, [None, _divisor_tile(int(sch.get(y).extent), budget // zi_extent)])
-    sch.reorder(n, o, yo, zo, t, yi, zi)
-    sch.parallel(sch.fuse(n, o, yo))
+    width = int(sch.get(z).extent)  # a multiple of `lanes` (GatherConv2dConfig.padded_width)
+    lanes = min(width, PIXEL_LANES)
+    columns = _divisor_tile(width // lanes, max(1, budget // lanes)) * lanes
+    zo, zc, zi = sch.split(z, [None, columns // lanes, lanes])
+    yo, yi = sch.split(y, [None, _divisor_tile(int(sch.get(y).extent), max(1, budget // columns))])
+    oo, oi = sch.split(o, [None, _divisor_tile(int(sch.get(o).extent), CHANNELS_PER_TASK)])
+    sch.reorder(n, yo, zo, oo, oi, t, yi, zc, zi)
+    sch.parallel(sch.fuse(n, yo, zo, oo))
     sch.unroll(yi)
+    sch.unroll(zc)
     sch.vectorize(zi)
-    sch.reverse_compute_at(out, zo)
-    sch.vectorize(sch.get_loops(out)[-1])
+    sch.set_scope(core, 0, "local")  # the tile's accumulators: LLVM keeps them in registers
+    sch.reverse_compute_at(out, oi)
     sch.decompose_reduction(core, t)
     return sch.mod["main"]
 
