@@ -1,5 +1,6 @@
 """Which kernel family runs which layer: the scheme kind and a stated cost rule decide (`auto`), or the
-user's `--kernel`.
+user's `--kernel`; where `tune` measured several exact families for a layer (`candidates`), `auto` takes the
+fastest instead (passes/family_choice.py, family_times.py), and the summary says which reason held.
 
 DESIGN.md's table: UNIFORM -> bit-serial popcount, POW2 -> shift-add, CODEBOOK -> lookup table, MULTIPOINT ->
 sum of bit-serial GEMMs; refined by `auto_family` for UNIFORM and POW2 layers, which the int8 dot-product family
