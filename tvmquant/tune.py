@@ -138,6 +138,8 @@ def measure_modules(
     mods: list[tvm.IRModule], target: TargetSpec, builder: ms.builder.Builder, runner: ms.runner.Runner
 ) -> list[float | None]:
     """Latency (ms) of each scheduled one-function module (None where it failed to build or run)."""
+    if not mods:
+        return []
     built = builder.build([ms.builder.BuilderInput(mod, target.tvm_target) for mod in mods])
     device = for_target(target).runner_device
     inputs, where = [], []
@@ -146,7 +148,7 @@ def measure_modules(
             args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
             inputs.append(ms.runner.RunnerInput(result.artifact_path, device, args))
             where.append(i)
-    latencies: list[float | None] = [None] * len(tasks)
+    latencies: list[float | None] = [None] * len(mods)
     for i, future in zip(where, runner.run(inputs)):
         result = future.result()
         if result.error_msg is None:
