@@ -31,7 +31,7 @@ from .geometry import ConvGeometry
 
 CHANNELS_PER_TASK = 32  # output channels one thread runs over the same rows tile (it stays in L2 between them)
 PIXEL_LANES = 32  # output columns per vector at most: one zmm of int16
-REGISTER_BYTES = {True: 1024, False: 512}  # accumulator budget: 16 of AVX-512's 32 zmm, else 32 NEON q / 16 ymm
+REGISTER_BYTES = {True: 1024, False: 256}  # accumulators: 16 of AVX-512's 32 zmm, else 16 of NEON's 32 q (8 ymm)
 
 
 @dataclass(frozen=True)
