@@ -9,10 +9,10 @@ and every product is a left shift of the centred activation code, added or subtr
 multiplications. Activations are quantized inside the kernel from float32 NCHW input (the shared
 `bitserial.quantize_activations`), centred on z_a, with spatial padding stored as 0 (= real zero).
 
-Two forms. On CPUs a conv runs the exponent-bucket kernel (kernels/shift_gather.py): activations pre-shifted
-and pre-signed once per image, then one vector add per nonzero weight over a row of output pixels in int16
-lanes; measured 2-4x faster than the form below at 3x3 64->64 @56x56 (docs/BENCHMARKS.md). Dense layers (no
-pixel row for the lanes) and CUDA (whose rule in cuda/rules/ schedules it) keep the channel-lane form:
+Two forms. On CPUs a conv with one exponent per channel (2-bit POW2: ternary T) runs the exponent-bucket
+kernel (kernels/shift_gather.py): activations pre-signed once per image, then one vector add per nonzero
+weight over a row of output pixels in int16 lanes (docs/BENCHMARKS.md has it against the form below). Dense
+layers, wider exponent spans and CUDA (whose rule in cuda/rules/ schedules it) keep the channel-lane form:
 
 Weight storage: one int8 per weight, `shift | ZERO_BIT (zero weight) | SIGN_BIT (negative)`, laid out
 (O/16, KH, KW, C, 16) so that 16 output channels sit in one vector's lanes next to each other in memory. One
@@ -214,16 +214,19 @@ def supports(layer: LayerScheme) -> str | None:
 
 
 def compute(layer: LayerScheme, geometry: ConvGeometry, target: Target | None = None) -> KernelCall:
-    """POW2 layers: on CPUs, convs over an image get the exponent-bucket kernel (shift_gather: tap lists of the
-    integer core T); dense layers (a 1x1 image: no pixel row to put in lanes) and other targets (CUDA's shift
-    rule schedules the channel-lane form) the channel-lane kernel above (int8 shift/sign/zero codes). Both with
-    T's float32 output scale."""
+    """POW2 layers: on CPUs, convs over an image whose weights use one exponent per channel (ternary T: every
+    2-bit POW2 layer) get the exponent-bucket kernel (shift_gather: tap lists of the integer core T); other
+    layers the channel-lane kernel above (int8 shift/sign/zero codes): dense layers (a 1x1 image: no pixel
+    row to put in lanes), wider spans (one pre-shifted copy of the input per exponent outgrows the caches:
+    measured slower, docs/BENCHMARKS.md) and other targets (CUDA's shift rule schedules the channel-lane
+    form). Both with T's float32 output scale."""
     core = integer_core(layer)
     if core.matrices is None:
         raise ValueError(f"layer {layer.name}: {supports(layer)}")
     matrix = core.matrices[0]
     max_shift = int(np.abs(matrix).max(initial=1)).bit_length() - 1
-    if geometry.out_hw != (1, 1) and target is not None and target.kind.name == "llvm":
+    buckets = max_shift + 1 <= shift_gather.MAX_EXPONENTS and geometry.out_hw != (1, 1)
+    if buckets and target is not None and target.kind.name == "llvm":
         cfg = shift_gather.GatherConv2dConfig(**vars(geometry), abits=layer.act.bits, max_shift=max_shift,
                                               length=shift_gather.list_length(matrix))
         prim = shift_gather.build_primfunc(cfg).with_attr(LAYOUT_ATTR, BUCKETS)

@@ -30,6 +30,8 @@ from .. import actquant
 from .geometry import ConvGeometry
 
 CHANNELS_PER_TASK = 32  # output channels one thread runs over the same rows tile (it stays in L2 between them)
+MAX_EXPONENTS = 1  # shift.compute's limit: at 3x3 64->64 @56x56 one exponent measured 1.4x the channel-lane
+# form, 3 and 7 exponents 0.7x and 0.55x (each exponent is one more copy of the input to stream through L2)
 PIXEL_LANES = 32  # output columns per vector at most: one zmm of int16
 REGISTER_BYTES = {True: 1024, False: 256}  # accumulators: 16 of AVX-512's 32 zmm, else 16 of NEON's 32 q (8 ymm)
 
