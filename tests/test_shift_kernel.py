@@ -163,3 +163,14 @@ def test_exact_on_aarch64(arm_device, index, tmp_path):  # noqa: F811
     layer = _layer(shape, wbits, abits, top, seed=index)
     x = _input(shape, index)
     _check(layer, x, _compile_and_run(layer, x, load_target("arm_cpu"), connect(arm_device), tmp_path))
+
+
+@pytest.mark.arm
+@pytest.mark.parametrize("shape", [SHAPES[2], WIDE[0]], ids=_case_id)
+def test_bucket_kernel_exact_on_aarch64(arm_device, shape, tmp_path):  # noqa: F811
+    layer = _layer(shape, 2, 8, 1, seed=5)
+    x = _input(shape, 5)
+    target = load_target("arm_cpu")
+    call = shift.FAMILY.compute(layer, layer_geometry(layer, x.shape), target.tvm_target)
+    assert call.prim.attrs[shift.LAYOUT_ATTR] == shift.BUCKETS
+    _check(layer, x, _compile_and_run(layer, x, target, connect(arm_device), tmp_path))
