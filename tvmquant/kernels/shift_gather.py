@@ -5,7 +5,8 @@ With the integer core T[o, k] = sign * 2^e (scheme.integer_core) and centred act
     I[o, p] = sum_k T[o, k] * a_k[p] = sum_{k: T[o,k] != 0} (sign * (a_k << e))[p]
 
 so once every activation is held pre-shifted and pre-signed, one row per (sign, e, c) -- 2 * (max_shift + 1)
-copies of the input, made once per image (adds and shifts only) -- an output pixel is a plain sum of rows
+copies of the input, made once per image (adds and shifts only; shift.compute uses this form for one exponent,
+MAX_EXPONENTS, where it is 2 copies) -- an output pixel is a plain sum of rows
 picked by the weights: per nonzero weight, one vector load and one add over a row of output pixels, and zero
 weights cost nothing. The weights become, per output channel, the list of its nonzero taps
 (row, r, s) packed in one integer, padded to the longest channel's list with a row that is all zeros.
@@ -158,8 +159,10 @@ def _divisor_tile(extent: int, widest: int) -> int:
 
 
 def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
-    """Threads over (image, channel, row tile); per tile, OH_tile x OW accumulators (a register budget's worth)
-    stay put while the tap list runs outside them, the pixel row innermost and vectorised."""
+    """Threads over (image, row tile, block of CHANNELS_PER_TASK channels): the rows a tile reads stay in L2
+    while its channels run one after another (channels outermost measured 4x slower: every channel streamed
+    all rows again). Per channel, OH_tile x OW accumulators (a register budget's worth) stay put while the tap
+    list runs outside them, the pixel row innermost and vectorised."""
     sch = Schedule(func)
     sch.compute_inline(sch.get_sblock("quantize"))
     for name in ("centred", "shifted_rows"):
