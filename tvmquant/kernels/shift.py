@@ -9,9 +9,9 @@ and every product is a left shift of the centred activation code, added or subtr
 multiplications. Activations are quantized inside the kernel from float32 NCHW input (the shared
 `bitserial.quantize_activations`), centred on z_a, with spatial padding stored as 0 (= real zero).
 
-Two forms. On CPUs a conv with one exponent per channel (2-bit POW2: ternary T) runs the exponent-bucket
-kernel (kernels/shift_gather.py): activations pre-signed once per image, then one vector add per nonzero
-weight over a row of output pixels in int16 lanes (docs/BENCHMARKS.md has it against the form below). Dense
+Two forms. On CPUs a conv with few exponents per channel (2- and 3-bit POW2) runs the exponent-bucket kernel
+(kernels/shift_gather.py): activations pre-shifted and pre-signed once per image, then one vector add per
+nonzero weight over a row of output pixels in int16 lanes (docs/BENCHMARKS.md has it against the form below). Dense
 layers, wider exponent spans and CUDA (whose rule in cuda/rules/ schedules it) keep the channel-lane form:
 
 Weight storage: one int8 per weight, `shift | ZERO_BIT (zero weight) | SIGN_BIT (negative)`, laid out
@@ -214,8 +214,8 @@ def supports(layer: LayerScheme) -> str | None:
 
 
 def compute(layer: LayerScheme, geometry: ConvGeometry, target: Target | None = None) -> KernelCall:
-    """POW2 layers: on CPUs, convs over an image whose weights use one exponent per channel (ternary T: every
-    2-bit POW2 layer) get the exponent-bucket kernel (shift_gather: tap lists of the integer core T); other
+    """POW2 layers: on CPUs, convs over an image whose weights use at most shift_gather.MAX_EXPONENTS exponents
+    per channel (every 2- and 3-bit POW2 layer) get the exponent-bucket kernel (shift_gather: tap lists of the integer core T); other
     layers the channel-lane kernel above (int8 shift/sign/zero codes): dense layers (a 1x1 image: no pixel
     row to put in lanes), wider spans (one pre-shifted copy of the input per exponent outgrows the caches:
     measured slower, docs/BENCHMARKS.md) and other targets (CUDA's shift rule schedules the channel-lane

@@ -6,7 +6,7 @@ With the integer core T[o, k] = sign * 2^e (scheme.integer_core) and centred act
 
 so once every activation is held pre-shifted and pre-signed, one row per (sign, e, c) -- 2 * (max_shift + 1)
 copies of the input, made once per image (adds and shifts only; shift.compute uses this form for one exponent,
-MAX_EXPONENTS, where it is 2 copies) -- an output pixel is a plain sum of rows
+up to MAX_EXPONENTS) -- an output pixel is a plain sum of rows
 picked by the weights: per nonzero weight, one vector load and one add over a row of output pixels, and zero
 weights cost nothing. The weights become, per output channel, the list of its nonzero taps
 (row, r, s) packed in one integer, padded to the longest channel's list with a row that is all zeros.
@@ -31,8 +31,8 @@ from .. import actquant
 from .geometry import ConvGeometry
 
 CHANNELS_PER_TASK = 32  # output channels one thread runs over the same rows tile (it stays in L2 between them)
-MAX_EXPONENTS = 1  # shift.compute's limit: at 3x3 64->64 @56x56 one exponent measured 1.4x the channel-lane
-# form, 3 and 7 exponents 0.7x and 0.55x (each exponent is one more copy of the input to stream through L2)
+MAX_EXPONENTS = 3  # shift.compute's limit: at 3x3 64->64 @56x56 (1 thread, CPU time) 1 and 3 exponents measured
+# 2.8x and 1.6x the channel-lane form, 7 exponents 0.4x (each exponent is two more copies of the input to stream)
 PIXEL_LANES = 32  # output columns per vector at most: one zmm of int16
 REGISTER_BYTES = {True: 1024, False: 256}  # accumulators: 16 of AVX-512's 32 zmm, else 16 of NEON's 32 q (8 ymm)
 
