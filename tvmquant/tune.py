@@ -70,12 +70,15 @@ class TuneOptions:
     workers: int = 1
     progress: bool = True
     kernel: str = "auto"
+    codes: bool = True  # codes between layers, as compile's BuildOptions.codes (the kernels' workloads differ)
 
 
-def extract_tasks(source: ModelSource, request: QuantRequest, target: TargetSpec, kernel: str = "auto") -> list[ms.ExtractedTask]:
+def extract_tasks(
+    source: ModelSource, request: QuantRequest, target: TargetSpec, kernel: str = "auto", codes: bool = True,
+) -> list[ms.ExtractedTask]:
     """The model's tunable functions, as `compile` with tuning records will look them up. Kernels of families
     that are not tunable (int8, dequant) are left out: compile always gives them their default schedule."""
-    mod = pipeline.tuning_module(source, pipeline.quantize(source, request), target, kernel)
+    mod = pipeline.tuning_module(source, pipeline.quantize(source, request), target, kernel, codes)
     tasks = ms.relax_integration.extract_tasks(mod, target.tvm_target)
     tasks = [task for task in tasks if _tunable(task.dispatched[0]["main"])]
     return sorted(tasks, key=lambda task: task.task_name)
@@ -158,7 +161,7 @@ def tune(
 ) -> list[TaskResult]:
     """Tune every task of the model up to `options.trials` records each; returns the per-task summary."""
     trials, progress = options.trials, options.progress
-    tasks = extract_tasks(source, request, target, options.kernel)
+    tasks = extract_tasks(source, request, target, options.kernel, options.codes)
     builder = for_target(target).builder(target, options.timeout)
     runner = make_runner(options.tracker, options.timeout, options.workers)
     tempdirs.clean_stale()

@@ -30,6 +30,8 @@ from ..scheme import QuantScheme
 from .layer_match import rewrite_functions
 from .lower_quantized import ACT_INPUTS, OPAQUE, _static_shape
 
+ENCODES_ATTR = "tvmquant.encodes"  # on an encoder PrimFunc: the layer whose input it encodes
+
 
 @tvm.transform.module_pass(opt_level=0, name="CodesBetweenLayers")
 class CodesBetweenLayers:
@@ -71,7 +73,10 @@ class _Rewriter(relax.PyExprMutator):
         layer = self.scheme.layers[str(attrs[LAYER_ATTR])]
         family = FAMILIES[str(attrs[FAMILY_ATTR])]
         encoded = family.compute_encoded(layer, layer_geometry(layer, tuple(_static_shape(x))), self.target)
-        encoder = self.builder_.add_func(encoded.encoder.without_attr("global_symbol"), f"encode_{gv.name_hint}")
+        # the layer attribute keeps equal encoders of different layers apart (BlockBuilder.add_func merges equal
+        # functions), so a profile's encoder row is one layer's
+        prim = encoded.encoder.with_attr(ENCODES_ATTR, layer.name).without_attr("global_symbol")
+        encoder = self.builder_.add_func(prim, f"encode_{gv.name_hint}")
         codes_ty = relax.TensorType(encoded.codes_shape, encoded.io.dtype)
         codes = self.builder_.emit(relax.call_tir(encoder, [x, *consts[:ACT_INPUTS]], codes_ty))
         kernel = encoded.kernel.prim.with_attr(LAYER_ATTR, layer.name).with_attr("op_pattern", OPAQUE)
