@@ -135,3 +135,12 @@ def test_encoder_then_kernel_on_codes_equals_the_reference(family, shape, host_t
     want = quantized_layer(torch.from_numpy(x), layer, None).numpy()
     assert want.std() > 0
     np.testing.assert_array_equal(out.numpy(), want)
+
+
+@pytest.mark.parametrize("command", ["compile", "tune"])
+def test_the_switch_is_on_by_default_and_off_by_flag(command):
+    from tvmquant.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([command]).codes is True
+    assert parser.parse_args([command, "--no-codes-between-layers"]).codes is False
