@@ -204,16 +204,19 @@ def vector_lanes(extent: int, widest: int = 16) -> int:
 
 def _schedule_packing(sch: Schedule, _target: Target | None = None) -> None:
     """Quantize into the padded codes; pack with pixels in vector lanes, 64 channel bits per word unrolled
-    (in the kernel, or in the encoder of codes between layers)."""
+    and every bit-plane of a code vector from one load (in the kernel, or in the encoder of codes between
+    layers; with the planes outside the channel bits it measured 1.07-1.17x slower at 56x56x64, A2, one
+    thread, side by side on a loaded machine)."""
     sch.compute_inline(sch.get_sblock("quantize"))
     pad = sch.get_sblock("pad_codes")
     n, c, *_ = sch.get_loops(pad)
     sch.parallel(sch.fuse(n, c))
     pack = sch.get_sblock("pack_act")
     n, y, b, cw, x, t = sch.get_loops(pack)
-    sch.reorder(t, x)
+    sch.reorder(cw, t, b, x)
     sch.parallel(sch.fuse(n, y))
     sch.vectorize(x)
+    sch.unroll(b)
     sch.unroll(t)
     sch.decompose_reduction(pack, t)
 
