@@ -37,7 +37,8 @@ def _depthwise_source():
     return load_source(WithDepthwise().eval(), (1, 4, 6, 6), calib=data, eval_x=data[:3])
 
 
-SOURCES = {"awkward": lambda: awkward_source(0), "residual": _residual_source, "depthwise": _depthwise_source}
+SOURCES = {"awkward": lambda: awkward_source(0), "residual": _residual_source, "depthwise": _depthwise_source,
+           "builtin": lambda: load_source(None)}  # builtin: the digits CNN on its 360 held-out digits
 
 
 def _run(built, x):
@@ -94,7 +95,7 @@ def test_no_encoder_where_the_target_has_no_schedule_for_it():
     assert bitserial.FAMILY.encoder_rule_for(Target("llvm")) is not None
 
 
-@pytest.mark.parametrize("name", ["residual", "depthwise"])
+@pytest.mark.parametrize("name", ["residual", "depthwise", "builtin"])
 def test_whole_models_with_codes_equal_the_reference_bit_for_bit(name, tmp_path, host_target):
     source = SOURCES[name]()
     result = compile_model(source, QuantConfig(2, 2, 8), host_target, tmp_path / "m.so")
