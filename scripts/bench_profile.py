@@ -62,6 +62,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="model runs per round and side")
     parser.add_argument("--kernel", default="auto")
     parser.add_argument("--bits", type=int, default=2)
+    parser.add_argument("--no-codes-between-layers", dest="codes", action="store_false",
+                        help="every kernel encodes its float input itself (compare with the default)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=2, help="for every library (1 on an oversubscribed machine)")
     args = parser.parse_args()
@@ -79,7 +81,7 @@ def main() -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantized = pipeline.quantize(src, QuantRequest(QuantConfig(args.bits, args.bits, 8)))
-    built = pipeline.build(src, quantized, target, BuildOptions(kernel=args.kernel))
+    built = pipeline.build(src, quantized, target, BuildOptions(kernel=args.kernel, codes=args.codes))
     ours = DeviceModule.local(built.executable)
     ort_int8(ctx)  # writes the calibrated static QDQ model
     options = ort.SessionOptions()
@@ -99,20 +101,25 @@ def main() -> int:
             theirs[(name, op)].append(ms)
     med = lambda v: float(np.median(v))  # noqa: E731
 
+    codes = "codes between layers" if args.codes else "--no-codes-between-layers"
     lines = [f"Per-layer times inside ResNet-18 224² (W{args.bits}A{args.bits}, first/last W8A8, --kernel "
-             f"{args.kernel}) vs ORT int8 static QDQ; medians of {args.rounds} interleaved rounds of {args.runs} "
-             f"runs, {args.threads} thread(s) each; load average at end " + " ".join(f"{v:.1f}" for v in os.getloadavg()) + ".", "",
-             "| layer | scheme | our kernel | our ms | ORT node | ORT ms | ORT / ours |", "|---|---|---|---|---|---|---|"]
+             f"{args.kernel}, {codes}) vs ORT int8 static QDQ; medians of {args.rounds} interleaved rounds of "
+             f"{args.runs} runs, {args.threads} thread(s) each; load average at end "
+             + " ".join(f"{v:.1f}" for v in os.getloadavg()) + ". `+ encoder`: the kernel and the function that "
+             "encodes its input (fused with the bias add / ReLU / residual add before it, where FuseOps could).", "",
+             "| layer | scheme | our kernel | our ms | + encoder | ORT node | ORT ms | ORT / ours |",
+             "|---|---|---|---|---|---|---|---|"]
     for layer, family in built.lowered.kernels.items():
         key = f"{family}_{_ident(layer)}"
+        encoder = sum(med(v) for k, v in mine.items() if k.endswith(f"encode_{key}"))
         path = tuple(layer.split("."))
         matches = [(n, op) for (n, op) in theirs if module_path(n) == path and op != "DequantizeLinear"
                    and op != "QuantizeLinear"]
         ort_ms = sum(med(theirs[m]) for m in matches)
         ops = "+".join(sorted({op for _, op in matches})) or "?"
         ratio = f"{ort_ms / med(mine[key]):.2f}x" if matches and mine.get(key) else "–"
-        lines.append(f"| {layer} | {quantized.scheme.layers[layer].describe()} | {family} | {med(mine[key]):.3f} | {ops} | "
-                     f"{ort_ms:.3f} | {ratio} |")
+        lines.append(f"| {layer} | {quantized.scheme.layers[layer].describe()} | {family} | {med(mine[key]):.3f} | "
+                     f"{med(mine[key]) + encoder:.3f} | {ops} | {ort_ms:.3f} | {ratio} |")
     our_total = sum(med(v) for v in mine.values())
     ort_total = sum(med(v) for v in theirs.values())
     lines += ["", f"Sum of all profiled functions: ours {our_total:.3f} ms, ORT {ort_total:.3f} ms (all nodes).", "",

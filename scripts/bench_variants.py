@@ -411,15 +411,17 @@ class Ours:
     wbits: int
     abits: int
     kernel: str = "auto"  # --kernel: auto (the registry's cost rule) or one family wherever it runs
+    codes: bool = True  # codes between layers (off: --no-codes-between-layers)
 
     @property
     def key(self) -> str:
-        suffix = "" if self.kernel == "auto" else f"_{self.kernel}"
+        suffix = ("" if self.kernel == "auto" else f"_{self.kernel}") + ("" if self.codes else "_nocodes")
         return f"ours_{self.method}_w{self.wbits}a{self.abits}{suffix}"
 
     @property
     def label(self) -> str:
-        suffix = "" if self.kernel == "auto" else f" --kernel {self.kernel}"
+        suffix = ("" if self.kernel == "auto" else f" --kernel {self.kernel}") + (
+            "" if self.codes else " --no-codes-between-layers")
         return f"{self.method} W{self.wbits}A{self.abits}{suffix}"
 
     def config(self, case: Case) -> QuantConfig:
@@ -434,10 +436,11 @@ class Ours:
             warnings.simplefilter("ignore")
             quantized = pipeline.quantize(src, QuantRequest(config))
         scheme = quantized.scheme
-        lowered = pipeline.relax_module(src, quantized, ctx.target, self.kernel)
+        # codes off: the kernels then read float NCHW, whose shape kernel_work reads (constants are the same)
+        lowered = pipeline.relax_module(src, quantized, ctx.target, self.kernel, codes=False)
         nbytes = constant_bytes(lowered)
         records = TuningRecords.read(ctx.tuning_log) if ctx.tuning_log is not None else None
-        built = pipeline.build(src, quantized, ctx.target, BuildOptions(self.kernel, records))
+        built = pipeline.build(src, quantized, ctx.target, BuildOptions(self.kernel, records, self.codes))
         reference = ReferenceModel(src.gm, src.layers, scheme)(ctx.x)
         families = sorted(set(built.lowered.kernels.values())) or ["float32 (nothing quantized)"]
         family = "+".join(families) if ctx.case.kind == "model" else families[0]
@@ -467,7 +470,8 @@ def our_variants(case: Case, quick: bool) -> list[Variant]:
     if quick:
         configs = [Ours("uniform", 2, 2), Ours("uniq", 2, 2)]
     elif case.kind == "model":  # auto (int8 for the 8-bit edges and few-channel layers) vs bit-serial only
-        configs = [Ours("uniform", 2, 2), Ours("uniform", 1, 1), Ours("uniform", 2, 2, "bitserial")]
+        configs = [Ours("uniform", 2, 2), Ours("uniform", 2, 2, codes=False), Ours("uniform", 1, 1),
+                   Ours("uniform", 2, 2, "bitserial")]
     else:
         configs = [Ours("uniform", 1, 1), Ours("uniform", 2, 2), Ours("uniform", 4, 4), Ours("uniform", 8, 8),
                    Ours("uniform", 2, 2, "int8"), Ours("inq", 2, 2), Ours("inq", 2, 2, "shift"), Ours("uniq", 2, 2)]

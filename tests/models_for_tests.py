@@ -115,3 +115,24 @@ def run_compiled(result, x, batch: int):
     from tvmquant.device_run import DeviceAddress, run_on_device
 
     return run_on_device(result.target, result.artifact, x, batch, DeviceAddress()).outputs
+
+
+class Residual(torch.nn.Module):
+    """ResNet-shaped: stem + BN + max pool, an identity-residual basic block, a stride-2 block with a 1x1
+    projection, global average pool, linear. 64-96 channels, so `auto` runs the inner convs bit-serially at
+    W2A2 (the 8-bit stem and fc on int8): residual adds, ReLUs and pooling between quantized layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.BatchNorm2d(64)
+        self.b1c1, self.b1c2 = torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, padding=1)
+        self.b2c1 = torch.nn.Conv2d(64, 96, 3, stride=2, padding=1)
+        self.b2c2 = torch.nn.Conv2d(96, 96, 3, padding=1)
+        self.down = torch.nn.Conv2d(64, 96, 1, stride=2)
+        self.fc = torch.nn.Linear(96, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn(self.stem(x))), 2)
+        x = F.relu(self.b1c2(F.relu(self.b1c1(x))) + x)
+        x = F.relu(self.b2c2(F.relu(self.b2c1(x))) + self.down(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))

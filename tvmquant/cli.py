@@ -180,6 +180,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                         "instruction, else shift; codebook -> lut, multipoint -> multipoint; grouped convs -> "
                         "depthwise); a family runs every layer it can, the others keep auto's choice and the summary "
                         "says why (default: auto)")
+    parser.add_argument("--no-codes-between-layers", dest="codes", action="store_false",
+                        help="every kernel reads float32 NCHW and quantizes, pads and packs it itself (default: the "
+                        "bitserial and int8 kernels read codes from an encoder fused with the ops before them)")
     parser.add_argument("--act-scale", default="mse", choices=("mse", "pow2"),
                         help="activation scales: least squared error, or powers of two with signed codes (default: "
                         "mse; --target vta always uses pow2)")
@@ -254,7 +257,7 @@ def _compile(args: argparse.Namespace) -> int:
         return own(args, source, request)
     if planned:
         request = replace(request, plan=plan_cli.make_plan(args, source, request.config, target))
-    options = BuildOptions(args.kernel, TuningRecords.read(logs) if logs else None)
+    options = BuildOptions(args.kernel, TuningRecords.read(logs) if logs else None, args.codes)
     result = compile_model(source, request, target, output, options)
     evaluation = evaluate(result, args.rpc or target.default_rpc)
     print_compile_summary(result, evaluation, args.rpc or target.default_rpc)
@@ -344,7 +347,7 @@ def _tune(args: argparse.Namespace) -> int:
                         "or give --rpc-tracker HOST:PORT and --rpc-key KEY of its RPC servers")
     source = load_source(args.model, args.input_shape, _calib(args), trust_model=args.trust_model)
     log_dir = args.log_dir or user_tuning_dir(target.name)
-    options = TuneOptions(args.trials, tracker, args.timeout, workers, kernel=args.kernel)
+    options = TuneOptions(args.trials, tracker, args.timeout, workers, kernel=args.kernel, codes=args.codes)
     results = tune(source, _request(args, source), target, log_dir, options)
     print_tune_summary(results, target.name, log_dir)
     if args.json:

@@ -34,6 +34,7 @@ from .kernels.family import rule_table
 from .kernels.registry import FAMILIES
 from .passes.default_schedule import ApplyDefaultSchedule
 from .errors import UserError
+from .passes.codes_between_layers import CodesBetweenLayers
 from .passes.lower_quantized import Lowered, LowerQuantizedLayers
 from .plan import Plan
 from .quantize import QuantConfig, quantize_model, quantize_with_training
@@ -77,10 +78,13 @@ class TuningRecords:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """`kernel`: "auto" or a family to use wherever it applies; `records`: tuning records to apply."""
+    """`kernel`: "auto" or a family to use wherever it applies; `records`: tuning records to apply; `codes`:
+    activations travel as codes between layers (passes/codes_between_layers.py; off: every kernel reads
+    float32 NCHW and encodes it itself)."""
 
     kernel: str = "auto"
     records: TuningRecords | None = None
+    codes: bool = True
 
 
 @dataclass
@@ -127,18 +131,21 @@ Prepare = Callable[[tvm.IRModule, dict[str, str]], tvm.IRModule]
 
 def relax_module(
     source: ModelSource, quantized: Quantized, spec: TargetSpec, kernel: str = "auto", prepare: Prepare | None = None,
-    measured: dict[str, float] | None = None,
+    measured: dict[str, float] | None = None, codes: bool = True,
 ) -> tvm.IRModule:
     """The Relax module with quantized layers as kernel calls and every remaining weight bound as a constant.
     `prepare(mod, param_fqn)`: a rewrite of the imported module before the quantized layers are lowered (the
     VTA adapter offloads its layers there); it gets the parameter -> ExportedProgram name map. `measured`:
-    TuningRecords.family_ms, by which `auto` picks each layer's family."""
+    TuningRecords.family_ms, by which `auto` picks each layer's family. `codes`: the kernels of families with
+    an encoder read codes (CodesBetweenLayers)."""
     mod, params, param_fqn = frontend.to_relax(quantized.gm, source.input_shape)
     if prepare is not None:
         mod = prepare(mod, param_fqn)
     layer_of_weight = {info.weight: info.name for info in source.layers if info.name in quantized.scheme.layers}
     param_to_layer = {p: layer_of_weight[fqn] for p, fqn in param_fqn.items() if fqn in layer_of_weight}
     mod = LowerQuantizedLayers(quantized.scheme, param_to_layer, spec.tvm_target, kernel, rules(spec), measured)(mod)
+    if codes:
+        mod = CodesBetweenLayers(quantized.scheme, spec.tvm_target)(mod)
     mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(v) for k, v in params.items()})(mod)
     return relax.transform.DeadCodeElimination()(mod)
 
@@ -179,7 +186,8 @@ def apply_records(mod: tvm.IRModule, records: TuningRecords, spec: TargetSpec) -
 def default_schedules(mod: tvm.IRModule, spec: TargetSpec) -> tvm.IRModule:
     """Every kernel no record scheduled gets its family's rule for the target; other functions the adapter's."""
     target = spec.tvm_target
-    return ApplyDefaultSchedule(target, [*rules(spec).values(), *for_target(spec).generic_rules(target)])(mod)
+    encoders = [rule for f in FAMILIES.values() if (rule := f.encoder_rule_for(target)) is not None]
+    return ApplyDefaultSchedule(target, [*rules(spec).values(), *encoders, *for_target(spec).generic_rules(target)])(mod)
 
 
 def finalize(mod: tvm.IRModule, spec: TargetSpec) -> relax.VMExecutable:
@@ -193,9 +201,11 @@ def export(executable: relax.VMExecutable, spec: TargetSpec, path: Path) -> str:
     return for_target(spec).export(spec, executable, path)
 
 
-def tuning_module(source: ModelSource, quantized: Quantized, spec: TargetSpec, kernel: str = "auto") -> tvm.IRModule:
+def tuning_module(
+    source: ModelSource, quantized: Quantized, spec: TargetSpec, kernel: str = "auto", codes: bool = True,
+) -> tvm.IRModule:
     """The module `tune` extracts tasks from: exactly what `build` looks records up in."""
-    return legalize(relax_module(source, quantized, spec, kernel), spec)
+    return legalize(relax_module(source, quantized, spec, kernel, codes=codes), spec)
 
 
 def build(
@@ -204,7 +214,7 @@ def build(
 ) -> BuildResult:
     """relax_module -> legalize -> apply_records -> default_schedules -> finalize (`prepare`: see relax_module)."""
     measured = options.records.family_ms if options.records is not None else None
-    mod = relax_module(source, quantized, spec, options.kernel, prepare, measured)
+    mod = relax_module(source, quantized, spec, options.kernel, prepare, measured=measured, codes=options.codes)
     lowered = Lowered.from_module(mod)
     mod = legalize(mod, spec)
     tuned, slower = [], []

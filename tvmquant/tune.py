@@ -71,18 +71,19 @@ class TuneOptions:
     workers: int = 1
     progress: bool = True
     kernel: str = "auto"
+    codes: bool = True  # codes between layers, as compile's BuildOptions.codes (the kernels' workloads differ)
 
 
 def extract_tasks(source: ModelSource, request: QuantRequest, target: TargetSpec, kernel: str = "auto",
-                  quantized: pipeline.Quantized | None = None) -> list[ms.ExtractedTask]:
+                  quantized: pipeline.Quantized | None = None, codes: bool = True) -> list[ms.ExtractedTask]:
     """The model's tunable functions, as `compile` with tuning records will look them up. Kernels of families
     that are not tunable (int8, dequant) are left out: compile always gives them their default schedule.
     Under auto, also the kernels of every other exact family a layer could run on (tune_families), so
     compile's choice by measurement compares tuned kernels."""
     quantized = quantized if quantized is not None else pipeline.quantize(source, request)
-    mods = [pipeline.tuning_module(source, quantized, target, kernel)]
+    mods = [pipeline.tuning_module(source, quantized, target, kernel, codes)]
     if kernel == "auto":
-        mods += tune_families.extra_kernel_modules(source, quantized, target)
+        mods += tune_families.extra_kernel_modules(source, quantized, target, codes)
     tasks, seen = [], set()
     for mod in mods:
         for task in ms.relax_integration.extract_tasks(mod, target.tvm_target):
@@ -179,7 +180,7 @@ def tune(
     """Tune every task of the model up to `options.trials` records each; returns the per-task summary."""
     trials, progress = options.trials, options.progress
     quantized = pipeline.quantize(source, request)
-    tasks = extract_tasks(source, request, target, options.kernel, quantized)
+    tasks = extract_tasks(source, request, target, options.kernel, quantized, options.codes)
     builder = for_target(target).builder(target, options.timeout)
     runner = make_runner(options.tracker, options.timeout, options.workers)
     tempdirs.clean_stale()

@@ -34,11 +34,13 @@ def measured_families(quantized: Quantized, spec: TargetSpec) -> dict[str, list[
 
 
 def candidate_kernels(source: ModelSource, quantized: Quantized, spec: TargetSpec) -> list[Kernel]:
-    """Every (layer, family) kernel to time, built by the lowering with that family requested."""
+    """Every (layer, family) kernel to time, built by the lowering with that family requested. Codes between
+    layers off: the choice (passes/family_choice.py) keys on the kernel as LowerQuantizedLayers makes it, float
+    NCHW in, so each family's time includes encoding its input."""
     wanted = measured_families(quantized, spec)
     kernels = []
     for family in sorted({f for names in wanted.values() for f in names}):
-        mod = pipeline.relax_module(source, quantized, spec, family)
+        mod = pipeline.relax_module(source, quantized, spec, family, codes=False)
         for _, func in mod.functions_items():
             if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and LAYER_ATTR in func.attrs:
                 layer = str(func.attrs[LAYER_ATTR])
@@ -47,10 +49,13 @@ def candidate_kernels(source: ModelSource, quantized: Quantized, spec: TargetSpe
     return kernels
 
 
-def extra_kernel_modules(source: ModelSource, quantized: Quantized, spec: TargetSpec) -> list[tvm.IRModule]:
-    """The legalized modules whose tasks `tune` adds under auto: one per family some layer could also run on."""
+def extra_kernel_modules(
+    source: ModelSource, quantized: Quantized, spec: TargetSpec, codes: bool = True,
+) -> list[tvm.IRModule]:
+    """The legalized modules whose tasks `tune` adds under auto: one per family some layer could also run on
+    (`codes`: as compile will build them, see BuildOptions.codes)."""
     families = sorted({f for names in measured_families(quantized, spec).values() for f in names})
-    return [pipeline.tuning_module(source, quantized, spec, family) for family in families]
+    return [pipeline.tuning_module(source, quantized, spec, family, codes) for family in families]
 
 
 def time_families(

@@ -16,16 +16,16 @@ no schedule for); `ApplyDefaultSchedule` (passes/default_schedule.py) applies th
 
 Every kernel's signature is (x, act_inv_scale, act_zero_point, *weights, out): the activation quantizer is a
 runtime input (`actquant`), so re-calibration or QAT leaves the workload unchanged. `io` states the layout and
-dtype of x and out; today every family takes and gives float32 NCHW (`FLOAT_NCHW`), a family that consumes or
-produces activation codes between layers declares another `TensorIO` and the pass will only chain it to a
-neighbour with the matching one.
+dtype of x and out of `compute`'s kernel: float32 NCHW (`FLOAT_NCHW`) for every family. A family with an
+`encoder` (kernels/encoder.py: bitserial, int8) can also give the layer as (encoder, kernel whose x is codes):
+`compute_encoded`, whose `Encoded.io` names the codes' layout; passes/codes_between_layers.py uses it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from tvm import tirx
@@ -36,6 +36,9 @@ from tvm.target import Target
 from .. import actquant
 from ..scheme import LayerScheme
 from .geometry import ConvGeometry
+
+if TYPE_CHECKING:
+    from .encoder import Encoded, EncoderRule, EncoderSpec
 
 FAMILY_ATTR = "tvmquant.family"  # PrimFunc attributes set by the pass: which family, which layer
 LAYER_ATTR = "tvmquant.layer"
@@ -108,6 +111,12 @@ class KernelFamily(Protocol):
 
     def rule_for(self, target: Target) -> FamilyRule | None: ...
 
+    def compute_encoded(self, layer: LayerScheme, geometry: ConvGeometry, target: Target | None = None) -> Encoded | None:
+        """The layer as (encoder, kernel on codes), or None: this family reads float NCHW only."""
+
+    def encoder_rule_for(self, target: Target) -> EncoderRule | None:
+        """The encoder's default schedule on `target` (None: no encoder, or none for this target)."""
+
     @property
     def rules(self) -> list[FamilyRule]: ...
 
@@ -116,7 +125,8 @@ class KernelFamily(Protocol):
 class Family:
     """The standard KernelFamily: a kernel module's functions plus one schedule function per target key.
     `targeted`: `build` takes the target as a third argument (its arithmetic depends on the ISA).
-    `grouped`: its compute has a grouped-conv form; a family without one refuses grouped layers here."""
+    `grouped`: its compute has a grouped-conv form; a family without one refuses grouped layers here.
+    `encoder`: its activation encoder as a PrimFunc of its own (kernels/encoder.py; codes between layers)."""
 
     name: str
     tunable: bool
@@ -126,6 +136,7 @@ class Family:
     io: TensorIO = FLOAT_NCHW
     targeted: bool = False
     grouped: bool = False
+    encoder: EncoderSpec | None = None
 
     def supports(self, layer: LayerScheme, target: Target) -> str | None:
         if layer.groups != 1 and not self.grouped:
@@ -142,6 +153,16 @@ class Family:
 
     def rule_for(self, target: Target) -> FamilyRule | None:
         return next((rule for rule in self.rules if rule.key in target.keys), None)
+
+    def compute_encoded(self, layer: LayerScheme, geometry: ConvGeometry, target: Target | None = None) -> Encoded | None:
+        if self.encoder is None:
+            return None
+        enc = self.encoder.build(layer, geometry, target) if self.targeted else self.encoder.build(layer, geometry)
+        kernel = KernelCall(enc.kernel.prim.with_attr(FAMILY_ATTR, self.name), enc.kernel.act, enc.kernel.weights)
+        return replace(enc, kernel=kernel)
+
+    def encoder_rule_for(self, target: Target) -> EncoderRule | None:
+        return None if self.encoder is None else self.encoder.rule_for(self.name, target)
 
 
 def rule_table(families: Iterable[KernelFamily], target: Target,

@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 from tvm import te, tirx
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
@@ -36,7 +35,8 @@ from tvm.target import Target, codegen
 from .. import actquant
 from ..scheme import LayerScheme, WeightKind, half_integers, integer_core
 from .bitserial import vector_lanes
-from .family import Family, KernelCall, kernel_call
+from .encoder import Encoded, EncoderSpec, encoder_func, float_input, has_block
+from .family import Family, KernelCall, TensorIO, kernel_call
 from .geometry import ConvGeometry
 
 LANES = 16  # output channels per block: one zmm of int32 (four NEON q registers)
@@ -221,9 +221,10 @@ def int8_conv2d(
     x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, wpack: te.Tensor, e: te.Tensor, d: te.Tensor | None,
     scale: te.Tensor, cfg: Int8Conv2dConfig, multiplier: int,
 ) -> te.Tensor:
-    """float32 output (N, O, OH, OW) = float32(m * dot + d * asum + e) * scale[o]; bias is left to the graph."""
+    """float32 output (N, O, OH, OW) = float32(m * dot + d * asum + e) * scale[o]; bias is left to the graph.
+    x: float NCHW, or its `act_codes` (codes between layers)."""
     acc, (sh, sw), (kh, kw) = cfg.acc_dtype, cfg.stride, cfg.kernel
-    codes = act_codes(x, cfg, inv_scale, zero_point)
+    codes = act_codes(x, cfg, inv_scale, zero_point) if x.dtype == "float32" else x  # else encoded already
     oh, ow = cfg.out_hw
     r, s = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s")
     c = te.reduce_axis((0, cfg.channels4), name="c")
@@ -279,11 +280,9 @@ def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     (x86 VNNI) or four `sdot` (aarch64 +dotprod), else vectorised widening multiplies."""
     isa = dot_isa(target)
     sch = Schedule(func)
-    sch.compute_inline(sch.get_sblock("quantize"))
-    codes = sch.get_sblock("act_codes")
-    n, hp, *_ = sch.get_loops(codes)
-    sch.parallel(sch.fuse(n, hp))
-    with_asum = _has_block(sch, "asum")
+    if has_block(sch, "act_codes"):  # else a kernel on codes (codes between layers): the encoder has them
+        _schedule_codes(sch)
+    with_asum = has_block(sch, "asum")
     if with_asum:
         _schedule_streaming(sch, "channel_sum", 1)
 
@@ -319,6 +318,13 @@ def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
+def _schedule_codes(sch: Schedule, _target: Target | None = None) -> None:
+    """Quantize inline into the padded channel-last codes, threads over (batch, padded rows)."""
+    sch.compute_inline(sch.get_sblock("quantize"))
+    n, hp, *_ = sch.get_loops(sch.get_sblock("act_codes"))
+    sch.parallel(sch.fuse(n, hp))
+
+
 def _schedule_streaming(sch: Schedule, name: str, outer: int) -> None:
     """Threads over the first `outer` + 1 loops of a block, pixels (the rest of its spatial loops) in lanes."""
     block = sch.get_sblock(name)
@@ -330,14 +336,6 @@ def _schedule_streaming(sch: Schedule, name: str, outer: int) -> None:
         lanes = vector_lanes(int(sch.get(pixels).extent))
         if lanes > 1:
             sch.vectorize(sch.split(pixels, [None, lanes])[1])
-
-
-def _has_block(sch: Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except tvm.s_tir.ScheduleError:
-        return False
-    return True
 
 
 def _vectorize_epilogue(sch: Schedule, rescale, dense: bool) -> None:
@@ -385,9 +383,17 @@ def supports(layer: LayerScheme) -> str | None:
     return None if dot <= INT32_MAX else "the int8 dot could overflow int32"
 
 
-def build_primfunc(cfg: Int8Conv2dConfig, multiplier: int) -> tirx.PrimFunc:
-    """The unscheduled kernel (x, act_inv_scale, act_zero_point, wpack, e, [d,] scale) -> float32 output."""
-    x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
+def codes_shape(cfg: Int8Conv2dConfig) -> tuple[int, ...]:
+    (ph, pw) = cfg.padding
+    return (cfg.batch, cfg.height + 2 * ph, cfg.width + 2 * pw, cfg.channels4)
+
+
+def build_primfunc(cfg: Int8Conv2dConfig, multiplier: int, codes_in: bool = False) -> tirx.PrimFunc:
+    """The unscheduled kernel (x, act_inv_scale, act_zero_point, wpack, e, [d,] scale) -> float32 output;
+    `codes_in`: x is `act_codes` (codes_shape; u8, or s8 under sdot) and the quantizer inputs go unread."""
+    dtype = "int8" if cfg.signed_act else "uint8"
+    shape = (cfg.batch, cfg.in_channels, cfg.height, cfg.width)
+    x = te.placeholder(codes_shape(cfg), dtype, name="x") if codes_in else te.placeholder(shape, "float32", name="x")
     inv, zp = actquant.te_placeholders()
     wpack = te.placeholder((cfg.blocks, *cfg.kernel, cfg.channels4 // GROUP, LANES, GROUP), "int8", name="wpack")
     e = te.placeholder((cfg.out_channels,), cfg.acc_dtype, name="e")
@@ -397,15 +403,29 @@ def build_primfunc(cfg: Int8Conv2dConfig, multiplier: int) -> tirx.PrimFunc:
     return te.create_prim_func([x, inv, zp, wpack, e, *([d] if d is not None else []), scale, out])
 
 
-def compute(layer: LayerScheme, geometry: ConvGeometry, target: Target | None) -> KernelCall:
-    """UNIFORM / small-span POW2 layers: packed int8 weights, the folded corrections and the output scale; the
-    activation encoding (u8, or s8 for sdot) follows the target's dot instruction."""
+def _decomposed(layer: LayerScheme, geometry: ConvGeometry, target: Target | None) -> tuple[Int8Weights, Int8Conv2dConfig]:
     parts = decompose(layer)
     if isinstance(parts, str):
         raise ValueError(f"layer {layer.name}: {parts}")
-    cfg = _config(layer, geometry, parts, target)
-    return kernel_call(build_primfunc(cfg, parts.multiplier), layer, constants(layer, parts, cfg))
+    return parts, _config(layer, geometry, parts, target)
+
+
+def compute(layer: LayerScheme, geometry: ConvGeometry, target: Target | None, codes_in: bool = False) -> KernelCall:
+    """UNIFORM / small-span POW2 layers: packed int8 weights, the folded corrections and the output scale; the
+    activation encoding (u8, or s8 for sdot) follows the target's dot instruction."""
+    parts, cfg = _decomposed(layer, geometry, target)
+    return kernel_call(build_primfunc(cfg, parts.multiplier, codes_in), layer, constants(layer, parts, cfg))
+
+
+def compute_encoded(layer: LayerScheme, geometry: ConvGeometry, target: Target | None) -> Encoded:
+    """The layer as (encoder -> padded NHWC codes, kernel on codes): codes between layers."""
+    _, cfg = _decomposed(layer, geometry, target)
+    x, (inv, zp) = float_input((cfg.batch, cfg.in_channels, cfg.height, cfg.width)), actquant.te_placeholders()
+    encoder = encoder_func("int8", x, inv, zp, act_codes(x, cfg, inv, zp))
+    io = TensorIO("N,H+2ph,W+2pw,C4", "int8" if cfg.signed_act else "uint8")
+    return Encoded(encoder, compute(layer, geometry, target, codes_in=True), io)
 
 
 # The dot instructions come from tensorization, which MetaSchedule's CPU space does not do: not tunable.
-FAMILY = Family("int8", tunable=False, check=supports, build=compute, schedules={"cpu": schedule}, targeted=True)
+FAMILY = Family("int8", tunable=False, check=supports, build=compute, schedules={"cpu": schedule}, targeted=True,
+                encoder=EncoderSpec(compute_encoded, "act_codes", {"cpu": _schedule_codes}))
