@@ -42,11 +42,23 @@ MODEL_SHAPES = [(1, 1, 8, 8, 16, (3, 3), (1, 1), (1, 1)), (16, 16, 8, 8, 32, (3,
                 (1, 32, 4, 4, 32, (3, 3), (1, 1), (1, 1)), (16, 512, 1, 1, 64, (1, 1), (1, 1), (0, 0)),
                 (1, 64, 1, 1, 10, (1, 1), (1, 1), (0, 0))]
 SHAPES = MODEL_SHAPES + KERNEL_SHAPES
+# the depthwise family's layers (groups last): MobileNetV2's and EfficientNet-Lite0's depthwise convs at full
+# size, then batch 2 with stride 2 and odd sizes, channel multiplier 2 without padding, 3 channels per group,
+# a width that leaves a tail of threads, and 32 channels per group (staged in chunks, the tile shrunk to fit)
+DEPTHWISE_SHAPES = [(1, 32, 112, 112, 32, (3, 3), (1, 1), (1, 1), 32), (1, 96, 112, 112, 96, (3, 3), (2, 2), (1, 1), 96),
+                    (1, 144, 56, 56, 144, (3, 3), (1, 1), (1, 1), 144), (1, 960, 7, 7, 960, (3, 3), (1, 1), (1, 1), 960),
+                    (1, 240, 28, 28, 240, (5, 5), (2, 2), (2, 2), 240), (2, 6, 11, 7, 6, (3, 3), (2, 2), (1, 1), 6),
+                    (1, 4, 6, 17, 8, (3, 3), (1, 1), (0, 0), 4), (2, 12, 7, 5, 8, (3, 3), (1, 1), (1, 1), 4),
+                    (1, 64, 37, 37, 64, (3, 3), (1, 1), (1, 1), 64), (1, 256, 14, 14, 8, (3, 3), (1, 1), (1, 1), 8)]
 INSTRUCTIONS = {  # (in the CUDA source, in the PTX)
     "bitserial": ("__popcll", "popc.b64"), "multipoint": ("__popcll", "popc.b64"),
     "shift": ("<<", "shl.b32"), "lut": ("short table_shared", "ld.shared.s16"), "dequant": ("double", "fma.rn.f64"),
-    "int8": ("__dp4a", "dp4a.u32.u32"),
+    "int8": ("__dp4a", "dp4a.u32.u32"), "depthwise": ("short centred_shared", "ld.shared.s16"),
 }
+
+
+def shapes_of(family: str) -> list[tuple]:
+    return DEPTHWISE_SHAPES if family == "depthwise" else SHAPES
 
 
 def kernel_names(source: str) -> set[str]:
@@ -67,7 +79,7 @@ def family_source(family: str, bits: tuple[int, int] | None = None) -> str:
     """One CUDA translation unit with the family's kernel for every test shape (compiled once per session)."""
     target = cuda_target()
     with target:  # as in a CUDA build (int8 picks its activation codes' signedness from the target)
-        prims = [unscheduled(family, shape, bits=bits)[1].prim for shape in SHAPES]
+        prims = [unscheduled(family, shape, bits=bits)[1].prim for shape in shapes_of(family)]
     funcs = {f"k{i}": schedule(prim, target).with_attr("global_symbol", f"k{i}") for i, prim in enumerate(prims)}
     lib = tvm.compile(tvm.IRModule(funcs), target)
     (module,) = artifact.cuda_modules(lib.mod)
@@ -81,7 +93,7 @@ def family_ptx(family: str, arch: str) -> bytes:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rules_claim_their_family_only(family):
-    _, call = unscheduled(family, SHAPES[0])
+    _, call = unscheduled(family, shapes_of(family)[0])
     assert family_of(call.prim) == family
     claimed = [rule.family for rule in RULES if rule.apply(call.prim, cuda_target(), False) is not None]
     assert claimed == [family]
@@ -94,7 +106,7 @@ def test_source_has_the_intended_instructions(family):
     in_source, in_ptx = INSTRUCTIONS[family]
     assert in_source in source and in_ptx in ptx
     assert "__shared__" in source  # the activation operand is staged in shared memory
-    assert {f"k{i}_kernel" for i in range(len(SHAPES))} <= kernel_names(source)  # every shape got its kernels
+    assert {f"k{i}_kernel" for i in range(len(shapes_of(family)))} <= kernel_names(source)  # every shape's kernels
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
@@ -347,8 +359,8 @@ def cuda_device():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family,shape", [(f, s) for f in FAMILIES for s in shapes_of(f)],
+                         ids=lambda v: v if isinstance(v, str) else "x".join(map(str, v[:5])))
 def test_every_family_is_exact_on_the_gpu(family, shape, cuda_device):
     _exact_on_the_gpu(family, shape, cuda_device)
 
