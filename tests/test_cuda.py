@@ -31,6 +31,7 @@ from tvmquant.reference import quantized_layer
 from tvmquant.target import load_target
 
 from cuda_cases import FAMILY_BITS, unscheduled
+from cuda_emulator import EmulatedKernels, launch_extents
 from models_for_tests import KERNEL_SHAPES
 
 pytestmark = pytest.mark.skipif(toolkit.toolkit_root() is None, reason=f"no pip CUDA toolkit: {toolkit.INSTALL_HINT}")
@@ -373,15 +374,37 @@ def _exact_on_the_gpu(family: str, shape: tuple, cuda_device, bits: tuple[int, i
 
 def _check_on_the_gpu(layer, call, shape: tuple, cuda_device) -> None:
     """The kernel, scheduled by its CUDA rule, run on the GPU: bit for bit the PyTorch reference of the layer."""
-    x = (2 * np.random.default_rng(3).standard_normal(shape[:4])).astype(np.float32)
+    x, want = _input_and_reference(layer, shape)
     toolkit.configure()
     lib = tvm.compile(tvm.IRModule({"main": schedule(call.prim, cuda_target())}), cuda_target())
-    geometry = layer_geometry(layer, shape[:4])
-    out = tvm.runtime.tensor(np.zeros((shape[0], geometry.out_channels, *geometry.out_hw), np.float32), cuda_device)
+    out = tvm.runtime.tensor(np.zeros_like(want), cuda_device)
     lib(*[tvm.runtime.tensor(np.ascontiguousarray(a), cuda_device) for a in (x, *call.consts)], out)
-    xt = torch.from_numpy(x if layer.op == "conv2d" else x.reshape(len(x), -1))
-    want = quantized_layer(xt, layer, None).numpy().reshape(out.shape)
     np.testing.assert_array_equal(out.numpy(), want)
+
+
+def _input_and_reference(layer, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """A random input of `shape` and the PyTorch reference of the layer on it, (N, O, OH, OW) float32."""
+    x = (2 * np.random.default_rng(3).standard_normal(shape[:4])).astype(np.float32)
+    geometry = layer_geometry(layer, shape[:4])
+    xt = torch.from_numpy(x if layer.op == "conv2d" else x.reshape(len(x), -1))
+    want = quantized_layer(xt, layer, None).numpy()
+    return x, want.reshape(shape[0], geometry.out_channels, *geometry.out_hw)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to emulate CUDA's threads")
+def test_depthwise_cuda_source_run_with_emulated_threads_is_exact(tmp_path):
+    """No GPU here: the depthwise rule's CUDA source itself (the translation unit the cubin tests build), its
+    threads, shared memory and barriers emulated on the CPU (cuda_emulator.py), bit for bit the reference."""
+    kernels = EmulatedKernels(family_source("depthwise"), tmp_path)
+    for i, shape in enumerate(DEPTHWISE_SHAPES):
+        layer, call = unscheduled("depthwise", shape)  # the instance family_source compiled
+        prim = schedule(call.prim, cuda_target())
+        x, want = _input_and_reference(layer, shape)
+        out = np.zeros_like(want)
+        names = [p.name for p in prim.params]
+        kernels.run(f"k{i}_kernel", launch_extents(prim), dict(zip(names, [x, *call.consts, out])))
+        assert np.abs(want).max() > 0
+        np.testing.assert_array_equal(out, want, err_msg=str(shape))
 
 
 @pytest.mark.gpu
