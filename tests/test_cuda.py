@@ -54,7 +54,7 @@ DEPTHWISE_SHAPES = [(1, 32, 112, 112, 32, (3, 3), (1, 1), (1, 1), 32), (1, 96, 1
 INSTRUCTIONS = {  # (in the CUDA source, in the PTX)
     "bitserial": ("__popcll", "popc.b64"), "multipoint": ("__popcll", "popc.b64"),
     "shift": ("<<", "shl.b32"), "lut": ("short table_shared", "ld.shared.s16"), "dequant": ("double", "fma.rn.f64"),
-    "int8": ("__dp4a", "dp4a.u32.u32"), "depthwise": ("short centred_shared", "ld.shared.s16"),
+    "int8": ("__dp4a", "dp4a.u32.u32"), "depthwise": ("short centred_shared", "ld.shared."),
 }
 
 
@@ -350,6 +350,41 @@ def test_every_method_compiles_for_cuda(method_artifact):
     assert len(artifact.embedded_cubins(method_artifact.artifact)) == 1
 
 
+@pytest.fixture(scope="module")
+def depthwise_model_artifact(tmp_path_factory):
+    """MobileNetV2 (scripts/depthwise_models.py, width 0.25, 32 x 32 inputs) W4A4 for cuda, and the CUDA source
+    its cubin was compiled from."""
+    from tvmquant.compile import compile_model, load_source
+    from tvmquant.quantize import QuantConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from depthwise_models import mobilenet_v2
+
+    calib = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    source = load_source(mobilenet_v2(width=0.25, classes=10), (1, 3, 32, 32), calib=calib, eval_x=calib[:2])
+    sources, compile_source = [], toolkit.compile_source
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(toolkit, "compile_source", lambda src, *a: sources.append(src) or compile_source(src, *a))
+        result = compile_model(source, QuantConfig(4, 4), load_target("cuda"),
+                               tmp_path_factory.mktemp("cuda-dw") / "mobilenet.so")
+    (cuda_source,) = sources
+    return result, cuda_source
+
+
+def test_depthwise_model_compiles_with_the_depthwise_rule(depthwise_model_artifact):
+    """Every depthwise layer of MobileNetV2 is the depthwise family's, scheduled by its CUDA rule: one kernel
+    per layer that stages centred codes in shared memory (no generic dlight schedule, no codes kernel)."""
+    result, source = depthwise_model_artifact
+    grouped = [name for name, layer in result.scheme.layers.items() if layer.groups != 1]
+    assert len(grouped) == 17 and {result.kernels[name] for name in grouped} == {"depthwise"}
+    bodies = {name: body for name, body in re.findall(
+        r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\([^)]*\) \{(.*?)\n\}\n", source, re.S)}
+    kernels = {name: body for name, body in bodies.items() if name.startswith("depthwise_")}
+    assert set(kernels) == {f"depthwise_{name.replace('.', '_')}_kernel" for name in grouped}
+    assert all("short centred_shared" in body and "weight_local" in body for body in kernels.values())
+    assert len(artifact.embedded_cubins(result.artifact)) == 1
+
+
 # ---- on a GPU --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -447,6 +482,15 @@ def test_tune_tasks_for_cuda_schedule_by_default_and_have_a_gpu_search_space():
             context = ms.TuneContext(mod=task.dispatched[0], target=spec.tvm_target,
                                      space_generator=for_target(spec).tuning_space(), task_name=task.task_name)
             assert context.generate_design_space(), task.task_name
+
+
+@pytest.mark.gpu
+def test_depthwise_model_runs_on_the_gpu_like_the_reference(depthwise_model_artifact, cuda_device):
+    from tvmquant.compile import evaluate
+
+    evaluation = evaluate(depthwise_model_artifact[0], None)
+    assert evaluation.compiled is not None, evaluation.where
+    np.testing.assert_allclose(evaluation.compiled, evaluation.reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.gpu
