@@ -11,6 +11,8 @@ output columns (consecutive shared-memory reads); each thread keeps the tile's r
 before their one store (the epilogue is fused). With the taps and rows unrolled, output rows y and y+1
 (stride 1) read KH-1 input rows at the same shared addresses, which the compiler loads once.
 
+Grouped convs with several groups in a tile stage one interval of channels per chunk, the channels between
+the groups' chunks included (an interval is what TVM stages); SHARED_BYTES bounds it by shrinking the tile.
 A thread's outputs are one column: were it to stride over several (z = k * lanes + lane), its register
 accumulators would be the interval between them to TVM's region analysis, and the fused epilogue would
 compute and store that whole interval, other threads' outputs included.
