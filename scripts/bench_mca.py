@@ -7,7 +7,9 @@ iteration for a core model. The products per iteration are counted from the inst
 
     bitserial, multipoint  cnt vD.16b             = 128 bit products; / (wbits * abits) MACs
     int8                   sdot/udot vD.4s        = 16 MACs; smlal/umlal/smull/umull/mla/mul vD.T = lanes of T
-    shift                  ushl/sshl vD.T         = one product per lane (the shifted activation)
+    shift                  add/sub vD.T           = one product per lane (conv: a pre-shifted activation row
+                                                    added per nonzero weight, zero weights skipped; dense:
+                                                    the shifted activation added or subtracted)
     lut                    ldrsh/ldrh (gather)    = one lookup; tbl vD.16b = 8 int16 lookups;
                            one lookup covers G=4 weights of one code: MACs = lookups * 4 / (2^wbits - 1)
     dequant                fmla vD.T = lanes, fmadd = 1
@@ -53,6 +55,7 @@ CASES = [
     Case("int8", "uniform", 8),
     Case("int8", "uniform", 4),
     Case("shift", "inq", 4),
+    Case("shift", "inq", 2),
     Case("lut", "uniq", 2),
     Case("multipoint", "multipoint", 2),
     Case("dequant", "uniform", 4),
@@ -110,7 +113,7 @@ def macs(family: str, op: str, args: str, bits: int) -> float:
             return _lanes(args)
         return 1 if op in ("madd", "smaddl") else 0
     if family == "shift":
-        return _lanes(args) if op in ("ushl", "sshl") and vector else 0
+        return _lanes(args) if op in ("add", "sub") and vector else 0
     if family == "lut":
         lookups = {"ldrsh": 1, "ldrh": 1}.get(op, _lanes(args) / 2 if op == "tbl" else 0)
         return lookups * 4 / (2 ** bits - 1)

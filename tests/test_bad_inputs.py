@@ -138,7 +138,7 @@ NAMES = [
     "eval empty", "labels short", "labels out of range", "labels negative", "labels float", "labels 2-D",
     "train x NaN", "train y out of range", "train y short", "train no y", "train random bytes", "-o is the model",
     "-o is the calib", "-o is the eval data", "-o is the labels", "-o sidecar is the train data",
-    "-o hard link of calib", "-o inside the tuning log", "-o is a folder", "-o under a file", "-o unwritable folder",
+    "-o hard link of calib", "-o inside the tuning log", "-o is a folder", "-o under a file", "-o unwritable folder", "-o without .so",
     "tune calib NaN", "tune log dir is a file",
 ]
 

@@ -33,7 +33,8 @@ def test_innermost_loop_is_the_nested_one():
     ("int8", "mul", "x0, x1, x2", 8, 0),  # scalar index arithmetic is not a product
     ("bitserial", "cnt", "v3.16b, v4.16b", 2, 32),
     ("bitserial", "cnt", "v3.8b, v4.8b", 1, 64),
-    ("shift", "ushl", "v0.4s, v1.4s, v2.4s", 4, 4),
+    ("shift", "add", "v0.8h, v0.8h, v2.8h", 2, 8),  # int16 lanes: one pre-shifted row added per weight
+    ("shift", "add", "x0, x1, x2", 2, 0),  # scalar address arithmetic is not a product
     ("lut", "ldrsh", "w0, [x1, x2, lsl #1]", 2, 4 / 3),
     ("dequant", "fmla", "v0.4s, v1.4s, v2.4s", 4, 4),
     ("dequant", "fmadd", "s0, s1, s2, s0", 4, 1),

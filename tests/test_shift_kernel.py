@@ -1,6 +1,6 @@
-"""The shift-add kernel (POW2 weights): float32 output exactly equal to the PyTorch reference of the same
-quantized layer and to the module's numpy reference, on x86 and on the emulated aarch64 device; whole models
-through compile_model pick it for POW2 layers."""
+"""The shift-add kernels (POW2 weights; convs: exponent buckets, shift_gather; dense: channel lanes): float32
+output exactly equal to the PyTorch reference of the same quantized layer and to the module's numpy reference,
+on x86 and on the emulated aarch64 device; whole models through compile_model pick it for POW2 layers."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ from tvm.target import Target
 
 from tvmquant.pipeline import BuildOptions
 from tvmquant.compile import compile_model
-from tvmquant.kernels import registry, shift
+from tvmquant.kernels import registry, shift, shift_gather
 from tvmquant.kernels.family import layer_geometry, scheduled
 from tvmquant.quantize import QuantConfig
 from tvmquant.reference import quantized_layer
@@ -84,6 +84,37 @@ def test_exact_against_reference(shape, bits, host_target):
     assert cfg.acc_dtype == ("int64" if top == 25 else "int32")
 
 
+WIDE = [(1, 40, 5, 40, 9, (3, 3), (1, 1), (1, 1)), (2, 5, 9, 70, 4, (1, 3), (2, 1), (0, 2))]  # rows of 2-3 vectors
+
+
+@pytest.mark.parametrize("shape", WIDE, ids=_case_id)
+@pytest.mark.parametrize("bits", [(2, 2, 1), (2, 8, 1)], ids=lambda b: "w%da%d-%d" % b)
+def test_bucket_kernel_exact_on_wide_rows(shape, bits, host_target):
+    """Output rows wider than one vector (padded to whole vectors), int16 and int32 accumulators."""
+    layer = _layer(shape, *bits, seed=7)
+    x = _input(shape, 7)
+    call = shift.FAMILY.compute(layer, layer_geometry(layer, x.shape), host_target.tvm_target)
+    assert call.prim.attrs[shift.LAYOUT_ATTR] == shift.BUCKETS
+    if shape == WIDE[0]:  # K = 360: a list of >= 129 weights overflows int16 at 8 activation bits
+        length = shift_gather.list_length(integer_core(layer).matrices[0])
+        cfg = shift_gather.GatherConv2dConfig(**vars(layer_geometry(layer, x.shape)), abits=bits[1], max_shift=0,
+                                              length=length)
+        assert cfg.acc_dtype == ("int32" if bits[1] == 8 else "int16"), length
+    _check(layer, x, _compile_and_run(layer, x, host_target))
+
+
+def test_bucket_lists_skip_zero_weights_and_pick_the_narrowest_accumulator():
+    matrix = np.array([[1, 0, -2, 0], [0, 0, 0, 4]])  # (O=2, K = C 4 x 1 x 1)
+    cfg = shift_gather.GatherConv2dConfig(1, 4, 8, 8, 2, (1, 1), (1, 1), (0, 0), abits=2, max_shift=2,
+                                          length=shift_gather.list_length(matrix))
+    table = shift_gather.encode_weights(matrix, cfg)
+    zero_row = cfg.rows - 1
+    # rows: (sign, exponent, channel) -> +1 at c0 is row 0, -2 at c2 is row (1*3 + 1)*4 + 2, +4 at c3 is row 2*4 + 3
+    assert table.tolist() == [[0, 18], [11, zero_row]] and cfg.acc_dtype == "int16"
+    assert shift_gather.GatherConv2dConfig(1, 512, 8, 8, 2, (3, 3), (1, 1), (1, 1), abits=8, max_shift=7,
+                                           length=4608).acc_dtype == "int32"
+
+
 def test_accumulator_widens_only_when_int32_could_overflow():
     geometry = (1, 64, 3, 3, 8, (3, 3), (1, 1), (1, 1))
     assert shift.ShiftConv2dConfig(*geometry, abits=8, max_shift=7).acc_dtype == "int32"
@@ -132,3 +163,14 @@ def test_exact_on_aarch64(arm_device, index, tmp_path):  # noqa: F811
     layer = _layer(shape, wbits, abits, top, seed=index)
     x = _input(shape, index)
     _check(layer, x, _compile_and_run(layer, x, load_target("arm_cpu"), connect(arm_device), tmp_path))
+
+
+@pytest.mark.arm
+@pytest.mark.parametrize("shape", [SHAPES[2], WIDE[0]], ids=_case_id)
+def test_bucket_kernel_exact_on_aarch64(arm_device, shape, tmp_path):  # noqa: F811
+    layer = _layer(shape, 2, 8, 1, seed=5)
+    x = _input(shape, 5)
+    target = load_target("arm_cpu")
+    call = shift.FAMILY.compute(layer, layer_geometry(layer, x.shape), target.tvm_target)
+    assert call.prim.attrs[shift.LAYOUT_ATTR] == shift.BUCKETS
+    _check(layer, x, _compile_and_run(layer, x, target, connect(arm_device), tmp_path))

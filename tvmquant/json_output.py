@@ -70,7 +70,7 @@ def layer_rows(result: CompileResult) -> list[dict[str, Any]]:
             method = result.plan.layers[info.name].method if result.plan else result.config.method
             row |= {"method": method, "kind": layer.weight.kind.value, "wbits": layer.weight.bits,
                     "abits": layer.act.bits, "kernel": result.kernels.get(info.name), "bytes": sizes[info.name][1],
-                    "note": result.lowered.notes.get(info.name)}
+                    "note": result.lowered.notes.get(info.name), "why": result.lowered.choices.get(info.name)}
         rows.append(row)
     return rows
 

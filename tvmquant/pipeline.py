@@ -27,7 +27,7 @@ from torch import fx
 from tvm import relax
 from tvm.s_tir.dlight import ScheduleRule
 
-from . import frontend
+from . import family_times, frontend
 from .adapters import for_target
 from .database import load_task_state, read_databases, task_key
 from .kernels.family import rule_table
@@ -58,11 +58,13 @@ class QuantRequest:
 @dataclass(frozen=True)
 class TuningRecords:
     """`tune` log folders as compile applies them: one database (with several, each query answers with the best
-    record among them) and the untuned latencies `tune` measured."""
+    record among them), the untuned latencies `tune` measured, and its per-family kernel times (family_times:
+    workload key -> ms) by which `auto` picks each layer's family."""
 
     log_dirs: list[Path]
     database: object = field(repr=False)
     untuned_ms: dict[str, float] = field(repr=False)
+    family_ms: dict[str, float] = field(default_factory=dict, repr=False)
 
     @classmethod
     def read(cls, log_dirs: Path | list[Path]) -> TuningRecords:
@@ -70,7 +72,7 @@ class TuningRecords:
         untuned: dict[str, float] = {}
         for log in dirs:
             untuned.update({k: v["untuned_ms"] for k, v in load_task_state(log).items() if "untuned_ms" in v})
-        return cls(dirs, read_databases(dirs), untuned)
+        return cls(dirs, read_databases(dirs), untuned, family_times.merged(dirs))
 
 
 @dataclass(frozen=True)
@@ -125,16 +127,18 @@ Prepare = Callable[[tvm.IRModule, dict[str, str]], tvm.IRModule]
 
 def relax_module(
     source: ModelSource, quantized: Quantized, spec: TargetSpec, kernel: str = "auto", prepare: Prepare | None = None,
+    measured: dict[str, float] | None = None,
 ) -> tvm.IRModule:
     """The Relax module with quantized layers as kernel calls and every remaining weight bound as a constant.
     `prepare(mod, param_fqn)`: a rewrite of the imported module before the quantized layers are lowered (the
-    VTA adapter offloads its layers there); it gets the parameter -> ExportedProgram name map."""
+    VTA adapter offloads its layers there); it gets the parameter -> ExportedProgram name map. `measured`:
+    TuningRecords.family_ms, by which `auto` picks each layer's family."""
     mod, params, param_fqn = frontend.to_relax(quantized.gm, source.input_shape)
     if prepare is not None:
         mod = prepare(mod, param_fqn)
     layer_of_weight = {info.weight: info.name for info in source.layers if info.name in quantized.scheme.layers}
     param_to_layer = {p: layer_of_weight[fqn] for p, fqn in param_fqn.items() if fqn in layer_of_weight}
-    mod = LowerQuantizedLayers(quantized.scheme, param_to_layer, spec.tvm_target, kernel, rules(spec))(mod)
+    mod = LowerQuantizedLayers(quantized.scheme, param_to_layer, spec.tvm_target, kernel, rules(spec), measured)(mod)
     mod = relax.transform.BindParams("main", {k: tvm.runtime.tensor(v) for k, v in params.items()})(mod)
     return relax.transform.DeadCodeElimination()(mod)
 
@@ -199,7 +203,8 @@ def build(
     prepare: Prepare | None = None,
 ) -> BuildResult:
     """relax_module -> legalize -> apply_records -> default_schedules -> finalize (`prepare`: see relax_module)."""
-    mod = relax_module(source, quantized, spec, options.kernel, prepare)
+    measured = options.records.family_ms if options.records is not None else None
+    mod = relax_module(source, quantized, spec, options.kernel, prepare, measured)
     lowered = Lowered.from_module(mod)
     mod = legalize(mod, spec)
     tuned, slower = [], []

@@ -100,6 +100,8 @@ def print_compile_summary(result: CompileResult, ev: Evaluation, rpc_address: st
 
     for name, note in result.lowered.notes.items():
         print(f"  note: {name} runs on {result.kernels[name]} ({note})")
+    for name, why in result.lowered.choices.items():
+        print(f"  kernel: {name} runs on {result.kernels[name]} ({why})")
 
     labels = src.eval_y
     if result.tuning_logs:

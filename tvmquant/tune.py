@@ -5,7 +5,8 @@ kernels, unscheduled, plus the fused fp32 ops. The model is quantized with the s
 (method options, QAT); since activation scales are kernel inputs, records also survive re-calibration. Records go to TVM's JSON database in the log folder, which is
 locked for the run (`database.locked`). A task with `trials` successful records already, or whose search space ran out
 before that, is not tuned again, so a second run resumes; untuned latencies and exhausted spaces are kept
-beside the database (`tasks.json`) for the same reason.
+beside the database (`tasks.json`) for the same reason. Under `--kernel auto`, every exact family a layer
+could run on is timed too (tune_families -> `families.json`), so that compile picks each layer's fastest.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-from . import _ms_workers, pipeline, tempdirs
+from . import _ms_workers, pipeline, tempdirs, tune_families
 from .adapters import for_target
 from .console import metaschedule_log, quiet_metaschedule_console
 from .console import progress as progress_bar
 from .database import load_task_state, locked, open_database, save_task_state, task_key
-from .kernels.family import FAMILY_ATTR
+from .kernels.family import FAMILY_ATTR, LAYER_ATTR
 from .kernels.registry import FAMILIES
 from .pipeline import QuantRequest
 from .source import ModelSource
@@ -72,12 +73,23 @@ class TuneOptions:
     kernel: str = "auto"
 
 
-def extract_tasks(source: ModelSource, request: QuantRequest, target: TargetSpec, kernel: str = "auto") -> list[ms.ExtractedTask]:
+def extract_tasks(source: ModelSource, request: QuantRequest, target: TargetSpec, kernel: str = "auto",
+                  quantized: pipeline.Quantized | None = None) -> list[ms.ExtractedTask]:
     """The model's tunable functions, as `compile` with tuning records will look them up. Kernels of families
-    that are not tunable (int8, dequant) are left out: compile always gives them their default schedule."""
-    mod = pipeline.tuning_module(source, pipeline.quantize(source, request), target, kernel)
-    tasks = ms.relax_integration.extract_tasks(mod, target.tvm_target)
-    tasks = [task for task in tasks if _tunable(task.dispatched[0]["main"])]
+    that are not tunable (int8, dequant) are left out: compile always gives them their default schedule.
+    Under auto, also the kernels of every other exact family a layer could run on (tune_families), so
+    compile's choice by measurement compares tuned kernels."""
+    quantized = quantized if quantized is not None else pipeline.quantize(source, request)
+    mods = [pipeline.tuning_module(source, quantized, target, kernel)]
+    if kernel == "auto":
+        mods += tune_families.extra_kernel_modules(source, quantized, target)
+    tasks, seen = [], set()
+    for mod in mods:
+        for task in ms.relax_integration.extract_tasks(mod, target.tvm_target):
+            key = task_key(task.task_name, task.dispatched[0])
+            if _tunable(task.dispatched[0]["main"]) and key not in seen:
+                seen.add(key)
+                tasks.append(task)
     return sorted(tasks, key=lambda task: task.task_name)
 
 
@@ -119,7 +131,15 @@ def measure_untuned(
 ) -> list[float | None]:
     """Latency (ms) of each task as `compile` builds it without records: our default kernel schedule, or
     TVM's plain lowering for fp32 ops. Measured with the same builder and runner as the trials."""
-    mods = [_default_schedule(task, target) for task in tasks]
+    return measure_modules([_default_schedule(task, target) for task in tasks], target, builder, runner)
+
+
+def measure_modules(
+    mods: list[tvm.IRModule], target: TargetSpec, builder: ms.builder.Builder, runner: ms.runner.Runner
+) -> list[float | None]:
+    """Latency (ms) of each scheduled one-function module (None where it failed to build or run)."""
+    if not mods:
+        return []
     built = builder.build([ms.builder.BuilderInput(mod, target.tvm_target) for mod in mods])
     device = for_target(target).runner_device
     inputs, where = [], []
@@ -128,7 +148,7 @@ def measure_untuned(
             args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
             inputs.append(ms.runner.RunnerInput(result.artifact_path, device, args))
             where.append(i)
-    latencies: list[float | None] = [None] * len(tasks)
+    latencies: list[float | None] = [None] * len(mods)
     for i, future in zip(where, runner.run(inputs)):
         result = future.result()
         if result.error_msg is None:
@@ -158,7 +178,8 @@ def tune(
 ) -> list[TaskResult]:
     """Tune every task of the model up to `options.trials` records each; returns the per-task summary."""
     trials, progress = options.trials, options.progress
-    tasks = extract_tasks(source, request, target, options.kernel)
+    quantized = pipeline.quantize(source, request)
+    tasks = extract_tasks(source, request, target, options.kernel, quantized)
     builder = for_target(target).builder(target, options.timeout)
     runner = make_runner(options.tracker, options.timeout, options.workers)
     tempdirs.clean_stale()
@@ -198,7 +219,17 @@ def tune(
             untuned = state.get(keys[i], {}).get("untuned_ms")
             best = 1e3 * min(times) if times else None
             results.append(TaskResult(task.task_name, untuned, best, len(records), measured, failed))
+        if options.kernel == "auto":
+            tuned = {_kernel_of(task): r.best_ms for task, r in zip(tasks, results) if r.best_ms is not None}
+            tune_families.time_families(tune_families.candidate_kernels(source, quantized, target), target, log_dir,
+                                        tuned, lambda mods: measure_modules(mods, target, builder, runner))
     return results
+
+
+def _kernel_of(task: ms.ExtractedTask) -> tuple[str, str]:
+    """(layer, family) of a kernel task; ("", "") for other functions."""
+    attrs = task.dispatched[0]["main"].attrs
+    return str(attrs.get(LAYER_ATTR, "")), str(attrs.get(FAMILY_ATTR, ""))
 
 
 @contextmanager

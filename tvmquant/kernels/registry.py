@@ -1,5 +1,6 @@
 """Which kernel family runs which layer: the scheme kind and a stated cost rule decide (`auto`), or the
-user's `--kernel`.
+user's `--kernel`; where `tune` measured several exact families for a layer (`candidates`), `auto` takes the
+fastest instead (passes/family_choice.py, family_times.py), and the summary says which reason held.
 
 DESIGN.md's table: UNIFORM -> bit-serial popcount, POW2 -> shift-add, CODEBOOK -> lookup table, MULTIPOINT ->
 sum of bit-serial GEMMs; refined by `auto_family` for UNIFORM and POW2 layers, which the int8 dot-product family
@@ -62,6 +63,28 @@ def auto_family(layer: LayerScheme, isa: str) -> str:
     channels = w.codes.shape[1]
     serial = w.bits * layer.act.bits * 64 * -(-channels // 64)
     return "int8" if serial > INT8_COST[isa] * 4 * -(-channels // 4) else "bitserial"
+
+
+def rule_why(layer: LayerScheme, isa: str) -> str:
+    """The cost rule's reason for `auto_family`'s answer, in the compile summary's words."""
+    w = layer.weight
+    if w.kind is WeightKind.POW2:
+        return ("cost rule: POW2 on int8, the target has a dot instruction" if isa != "widen"
+                else "cost rule: POW2 on shift-add, no dot instruction")
+    channels = w.codes.shape[1]
+    serial = w.bits * layer.act.bits * 64 * -(-channels // 64)
+    dot = INT8_COST[isa] * 4 * -(-channels // 4)
+    return f"cost rule: bit-serial {serial} bit-ops {'>' if serial > dot else '<='} {INT8_COST[isa]} x int8 {dot // INT8_COST[isa]} per tap"
+
+
+def candidates(layer: LayerScheme, target: Target, rules: Mapping[str, ScheduleRule] | None = None) -> list[str]:
+    """The exact families `auto` may pick between for `layer` by measurement: the kind's own and int8 (UNIFORM,
+    POW2), where each supports the layer and has a rule on `target`; one name (or none) for every other layer."""
+    rules = rule_table(FAMILIES.values(), target) if rules is None else rules
+    if layer.groups != 1 or layer.weight.kind not in (WeightKind.UNIFORM, WeightKind.POW2):
+        return []
+    names = (PREFERRED[layer.weight.kind], int8.FAMILY.name)
+    return [n for n in names if n in rules and FAMILIES[n].supports(layer, target) is None]
 
 
 def _wanted(layer: LayerScheme, target: Target, requested: str) -> str:

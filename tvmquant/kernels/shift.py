@@ -9,6 +9,11 @@ and every product is a left shift of the centred activation code, added or subtr
 multiplications. Activations are quantized inside the kernel from float32 NCHW input (the shared
 `bitserial.quantize_activations`), centred on z_a, with spatial padding stored as 0 (= real zero).
 
+Two forms. On CPUs a conv with few exponents per channel (2- and 3-bit POW2) runs the exponent-bucket kernel
+(kernels/shift_gather.py): activations pre-shifted and pre-signed once per image, then one vector add per
+nonzero weight over a row of output pixels in int16 lanes (docs/BENCHMARKS.md has it against the form below). Dense
+layers, wider exponent spans and CUDA (whose rule in cuda/rules/ schedules it) keep the channel-lane form:
+
 Weight storage: one int8 per weight, `shift | ZERO_BIT (zero weight) | SIGN_BIT (negative)`, laid out
 (O/16, KH, KW, C, 16) so that 16 output channels sit in one vector's lanes next to each other in memory. One
 byte keeps the weights 4x smaller than fp32 and decodes with a byte load, an `and` and two mask tests (sign, zero),
@@ -32,6 +37,7 @@ from tvm.target import Target
 
 from .. import actquant
 from ..scheme import POW2_MAX_SPAN, LayerScheme, WeightKind, integer_core, pow2_fields
+from . import shift_gather
 from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
 
@@ -39,6 +45,7 @@ LANES = 16  # output channels per vector: one zmm of int32 (AVX-512), four q reg
 SHIFT_MASK, ZERO_BIT, SIGN_BIT = 31, 32, -128  # fields of one int8 weight code
 TILE = 4  # output pixels (conv) or rows (dense) sharing one decoded weight vector: 4 x 16 int32 lanes
 # = 16 NEON q registers of accumulators (8 would spill on NEON; on AVX-512 4 and 8 measured alike)
+LAYOUT_ATTR, BUCKETS = "tvmquant.shift_layout", "buckets"  # marks the conv (exponent-bucket) kernel
 
 
 @dataclass(frozen=True)
@@ -206,15 +213,32 @@ def supports(layer: LayerScheme) -> str | None:
     return None
 
 
-def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
-    """POW2 layers: int8 shift/sign/zero codes of the integer core T and its float32 output scale."""
+def compute(layer: LayerScheme, geometry: ConvGeometry, target: Target | None = None) -> KernelCall:
+    """POW2 layers: on CPUs, convs over an image whose weights use at most shift_gather.MAX_EXPONENTS exponents
+    per channel (every 2- and 3-bit POW2 layer) get the exponent-bucket kernel (shift_gather: tap lists of the integer core T); other
+    layers the channel-lane kernel above (int8 shift/sign/zero codes): dense layers (a 1x1 image: no pixel
+    row to put in lanes), wider spans (one pre-shifted copy of the input per exponent outgrows the caches:
+    measured slower, docs/BENCHMARKS.md) and other targets (CUDA's shift rule schedules the channel-lane
+    form). Both with T's float32 output scale."""
     core = integer_core(layer)
     if core.matrices is None:
         raise ValueError(f"layer {layer.name}: {supports(layer)}")
     matrix = core.matrices[0]
     max_shift = int(np.abs(matrix).max(initial=1)).bit_length() - 1
+    buckets = max_shift + 1 <= shift_gather.MAX_EXPONENTS and geometry.out_hw != (1, 1)
+    if buckets and target is not None and target.kind.name == "llvm":
+        cfg = shift_gather.GatherConv2dConfig(**vars(geometry), abits=layer.act.bits, max_shift=max_shift,
+                                              length=shift_gather.list_length(matrix))
+        prim = shift_gather.build_primfunc(cfg).with_attr(LAYOUT_ATTR, BUCKETS)
+        return kernel_call(prim, layer, [shift_gather.encode_weights(matrix, cfg), core.scale])
     cfg = ShiftConv2dConfig(**vars(geometry), abits=layer.act.bits, max_shift=max_shift)
     return kernel_call(build_primfunc(cfg), layer, [encode_weights(matrix, cfg), core.scale])
 
 
-FAMILY = Family("shift", tunable=True, check=supports, build=compute, schedules={"cpu": schedule})
+def schedule_any(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
+    """The default schedule of either shift kernel (the layout attribute says which)."""
+    buckets = func.attrs is not None and func.attrs.get(LAYOUT_ATTR) == BUCKETS
+    return shift_gather.schedule(func, target) if buckets else schedule(func, target)
+
+
+FAMILY = Family("shift", tunable=True, check=supports, build=compute, schedules={"cpu": schedule_any}, targeted=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -27,10 +27,12 @@ from tvm.target import Target
 from ..kernels import registry
 from ..kernels.family import FAMILY_ATTR, LAYER_ATTR, layer_geometry
 from ..scheme import LayerScheme, QuantScheme
+from . import family_choice
 from .layer_match import layer_weight, rewrite_functions
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: FuseOps never fuses such a call with its neighbours
 NOTES_ATTR = "tvmquant.notes"
+CHOICES_ATTR = "tvmquant.choices"
 ACT_INPUTS = 2  # kernel parameters after x that carry the activation quantizer (kernels/family.py)
 
 
@@ -41,6 +43,7 @@ class Lowered:
     kernels: dict[str, str]  # layer -> kernel family
     const_bytes: dict[str, int]  # layer -> bytes of the kernel's weight constants (what the artifact stores)
     notes: dict[str, str]  # layer -> why the preferred or requested family was not taken
+    choices: dict[str, str] = field(default_factory=dict)  # layer -> why `auto` took its family (rule / measured)
 
     @classmethod
     def from_module(cls, mod: tvm.IRModule) -> Lowered:
@@ -51,7 +54,9 @@ class Lowered:
                 kernels[layer] = str(func.attrs[FAMILY_ATTR])
                 const_bytes[layer] = _weight_bytes(func)
         notes = mod.attrs.get(NOTES_ATTR) if mod.attrs is not None else None
-        return cls(kernels, const_bytes, {str(k): str(v) for k, v in (notes or {}).items()})
+        choices = mod.attrs.get(CHOICES_ATTR) if mod.attrs is not None else None
+        return cls(kernels, const_bytes, {str(k): str(v) for k, v in (notes or {}).items()},
+                   {str(k): str(v) for k, v in (choices or {}).items()})
 
 
 def _weight_bytes(func: tvm.tirx.PrimFunc) -> int:
@@ -66,13 +71,15 @@ def _weight_bytes(func: tvm.tirx.PrimFunc) -> int:
 class LowerQuantizedLayers:
     """Swap quantized layers for kernel calls. `kernel` is "auto" (the scheme kind decides) or a family name to
     use wherever it applies on `target`; `rules` is the target's rule table (family.rule_table: which families
-    have a schedule there; default: the families' own rules). Kernels are PrimFuncs named `<family>_<layer>`
-    (for people: nothing decodes the name)."""
+    have a schedule there; default: the families' own rules); `measured`: kernel times from `tune`
+    (family_times), by which `auto` picks among a layer's exact families (passes/family_choice). Kernels are
+    PrimFuncs named `<family>_<layer>` (for people: nothing decodes the name)."""
 
     def __init__(
         self, scheme: QuantScheme, param_to_layer: dict[str, str], target: Target, kernel: str = "auto",
-        rules: Mapping[str, ScheduleRule] | None = None,
+        rules: Mapping[str, ScheduleRule] | None = None, measured: Mapping[str, float] | None = None,
     ):
+        self.measured = measured or {}  # kernel workload key -> ms, from `tune` (family_times)
         self.scheme = scheme
         self.param_to_layer = param_to_layer
         self.target = target
@@ -82,7 +89,8 @@ class LowerQuantizedLayers:
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod, self)
         out = rewrite_functions(mod, rewriter)
-        return out.with_attr(NOTES_ATTR, rewriter.notes) if rewriter.notes else out
+        out = out.with_attr(NOTES_ATTR, rewriter.notes) if rewriter.notes else out
+        return out.with_attr(CHOICES_ATTR, rewriter.choices) if rewriter.choices else out
 
 
 def _static_shape(expr: relax.Expr) -> list[int]:
@@ -95,6 +103,7 @@ class _Rewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.owner = owner
         self.notes: dict[str, str] = {}
+        self.choices: dict[str, str] = {}
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = self.visit_expr_post_order(call)
@@ -120,6 +129,11 @@ class _Rewriter(relax.PyExprMutator):
         family, note = registry.choose(layer, self.owner.target, self.owner.kernel, self.owner.rules)
         geometry = layer_geometry(layer, shape)
         call = family.compute(layer, geometry, self.owner.target)
+        if self.owner.kernel == "auto" and note is None:
+            family, call, why = family_choice.pick(layer, geometry, self.owner.target, self.owner.rules, family, call,
+                                                   self.owner.measured)
+            if why:
+                self.choices[layer.name] = why
         prim = call.prim.with_attr(LAYER_ATTR, layer.name).with_attr("op_pattern", OPAQUE)
         gv = self.builder_.add_func(prim.without_attr("global_symbol"), f"{family.name}_{_ident(layer.name)}")
         if note:
