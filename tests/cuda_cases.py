@@ -10,12 +10,13 @@ from tvmquant.kernels.family import KernelCall, layer_geometry
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import load_target
 
-FAMILY_BITS = {"bitserial": (2, 2), "int8": (8, 8), "multipoint": (3, 2), "shift": (3, 4), "lut": (2, 3), "dequant": (6, 4)}
+FAMILY_BITS = {"bitserial": (2, 2), "int8": (8, 8), "multipoint": (3, 2), "shift": (3, 4), "lut": (2, 3), "dequant": (6, 4),
+               "depthwise": (4, 4)}
 
 
 def _weight(family: str, wbits: int, full: tuple[int, ...], rng: np.random.Generator) -> WeightQuant:
     o = full[0]
-    if family in ("bitserial", "int8"):  # int8: UNIFORM codes, taken by the int8 family when asked
+    if family in ("bitserial", "int8", "depthwise"):  # int8: UNIFORM codes, taken by the int8 family when asked
         return WeightQuant(WeightKind.UNIFORM, wbits, rng.integers(0, 1 << wbits, full),
                            scale=rng.uniform(0.01, 1, o), zero_point=rng.integers(0, 2 * (1 << wbits) - 1, o) / 2)
     if family == "shift":
@@ -37,14 +38,16 @@ def _weight(family: str, wbits: int, full: tuple[int, ...], rng: np.random.Gener
 
 
 def layer_for(family: str, shape: tuple, seed: int = 0, bits: tuple[int, int] | None = None) -> LayerScheme:
-    """A random layer of `shape` (KERNEL_SHAPES form) that `family` runs, nonzero activation zero point;
-    `bits` (weights, activations) defaults to FAMILY_BITS."""
+    """A random layer of `shape` (KERNEL_SHAPES form, optionally with conv groups as a 9th entry) that `family`
+    runs, nonzero activation zero point; `bits` (weights, activations) defaults to FAMILY_BITS."""
     rng = np.random.default_rng(seed)
     wbits, abits = bits or FAMILY_BITS[family]
-    n, c, h, w, o, kernel, stride, padding = shape
+    n, c, h, w, o, kernel, stride, padding, *grouped = shape
+    groups = grouped[0] if grouped else 1
     act = ActQuant(abits, float(rng.uniform(0.1, 0.6)) * 4 / (1 << abits), int(rng.integers(1, 1 << abits)))
     op = "linear" if (h, w, kernel) == (1, 1, (1, 1)) else "conv2d"
-    layer = LayerScheme("layer", op, _weight(family, wbits, (o, c, *kernel), rng), act, stride, padding)
+    weight = _weight(family, wbits, (o, c // groups, *kernel), rng)
+    layer = LayerScheme("layer", op, weight, act, stride, padding, groups)
     cuda = load_target("cuda")
     chosen, _ = registry.choose(layer, cuda.tvm_target, family, pipeline.rules(cuda))
     assert chosen.name == family, f"{family} does not run this test layer"

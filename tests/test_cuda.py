@@ -31,6 +31,7 @@ from tvmquant.reference import quantized_layer
 from tvmquant.target import load_target
 
 from cuda_cases import FAMILY_BITS, unscheduled
+from cuda_emulator import EmulatedKernels, launch_extents
 from models_for_tests import KERNEL_SHAPES
 
 pytestmark = pytest.mark.skipif(toolkit.toolkit_root() is None, reason=f"no pip CUDA toolkit: {toolkit.INSTALL_HINT}")
@@ -42,11 +43,23 @@ MODEL_SHAPES = [(1, 1, 8, 8, 16, (3, 3), (1, 1), (1, 1)), (16, 16, 8, 8, 32, (3,
                 (1, 32, 4, 4, 32, (3, 3), (1, 1), (1, 1)), (16, 512, 1, 1, 64, (1, 1), (1, 1), (0, 0)),
                 (1, 64, 1, 1, 10, (1, 1), (1, 1), (0, 0))]
 SHAPES = MODEL_SHAPES + KERNEL_SHAPES
+# the depthwise family's layers (groups last): MobileNetV2's and EfficientNet-Lite0's depthwise convs at full
+# size, then batch 2 with stride 2 and odd sizes, channel multiplier 2 without padding, 3 channels per group,
+# a width that leaves a tail of threads, and 32 channels per group (staged in chunks, the tile shrunk to fit)
+DEPTHWISE_SHAPES = [(1, 32, 112, 112, 32, (3, 3), (1, 1), (1, 1), 32), (1, 96, 112, 112, 96, (3, 3), (2, 2), (1, 1), 96),
+                    (1, 144, 56, 56, 144, (3, 3), (1, 1), (1, 1), 144), (1, 960, 7, 7, 960, (3, 3), (1, 1), (1, 1), 960),
+                    (1, 240, 28, 28, 240, (5, 5), (2, 2), (2, 2), 240), (2, 6, 11, 7, 6, (3, 3), (2, 2), (1, 1), 6),
+                    (1, 4, 6, 17, 8, (3, 3), (1, 1), (0, 0), 4), (2, 12, 7, 5, 8, (3, 3), (1, 1), (1, 1), 4),
+                    (1, 64, 37, 37, 64, (3, 3), (1, 1), (1, 1), 64), (1, 256, 14, 14, 8, (3, 3), (1, 1), (1, 1), 8)]
 INSTRUCTIONS = {  # (in the CUDA source, in the PTX)
     "bitserial": ("__popcll", "popc.b64"), "multipoint": ("__popcll", "popc.b64"),
     "shift": ("<<", "shl.b32"), "lut": ("short table_shared", "ld.shared.s16"), "dequant": ("double", "fma.rn.f64"),
-    "int8": ("__dp4a", "dp4a.u32.u32"),
+    "int8": ("__dp4a", "dp4a.u32.u32"), "depthwise": ("short centred_shared", "ld.shared."),
 }
+
+
+def shapes_of(family: str) -> list[tuple]:
+    return DEPTHWISE_SHAPES if family == "depthwise" else SHAPES
 
 
 def kernel_names(source: str) -> set[str]:
@@ -67,7 +80,7 @@ def family_source(family: str, bits: tuple[int, int] | None = None) -> str:
     """One CUDA translation unit with the family's kernel for every test shape (compiled once per session)."""
     target = cuda_target()
     with target:  # as in a CUDA build (int8 picks its activation codes' signedness from the target)
-        prims = [unscheduled(family, shape, bits=bits)[1].prim for shape in SHAPES]
+        prims = [unscheduled(family, shape, bits=bits)[1].prim for shape in shapes_of(family)]
     funcs = {f"k{i}": schedule(prim, target).with_attr("global_symbol", f"k{i}") for i, prim in enumerate(prims)}
     lib = tvm.compile(tvm.IRModule(funcs), target)
     (module,) = artifact.cuda_modules(lib.mod)
@@ -81,7 +94,7 @@ def family_ptx(family: str, arch: str) -> bytes:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rules_claim_their_family_only(family):
-    _, call = unscheduled(family, SHAPES[0])
+    _, call = unscheduled(family, shapes_of(family)[0])
     assert family_of(call.prim) == family
     claimed = [rule.family for rule in RULES if rule.apply(call.prim, cuda_target(), False) is not None]
     assert claimed == [family]
@@ -94,7 +107,7 @@ def test_source_has_the_intended_instructions(family):
     in_source, in_ptx = INSTRUCTIONS[family]
     assert in_source in source and in_ptx in ptx
     assert "__shared__" in source  # the activation operand is staged in shared memory
-    assert {f"k{i}_kernel" for i in range(len(SHAPES))} <= kernel_names(source)  # every shape got its kernels
+    assert {f"k{i}_kernel" for i in range(len(shapes_of(family)))} <= kernel_names(source)  # every shape's kernels
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
@@ -337,6 +350,41 @@ def test_every_method_compiles_for_cuda(method_artifact):
     assert len(artifact.embedded_cubins(method_artifact.artifact)) == 1
 
 
+@pytest.fixture(scope="module")
+def depthwise_model_artifact(tmp_path_factory):
+    """MobileNetV2 (scripts/depthwise_models.py, width 0.25, 32 x 32 inputs) W4A4 for cuda, and the CUDA source
+    its cubin was compiled from."""
+    from tvmquant.compile import compile_model, load_source
+    from tvmquant.quantize import QuantConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from depthwise_models import mobilenet_v2
+
+    calib = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    source = load_source(mobilenet_v2(width=0.25, classes=10), (1, 3, 32, 32), calib=calib, eval_x=calib[:2])
+    sources, compile_source = [], toolkit.compile_source
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(toolkit, "compile_source", lambda src, *a: sources.append(src) or compile_source(src, *a))
+        result = compile_model(source, QuantConfig(4, 4), load_target("cuda"),
+                               tmp_path_factory.mktemp("cuda-dw") / "mobilenet.so")
+    (cuda_source,) = sources
+    return result, cuda_source
+
+
+def test_depthwise_model_compiles_with_the_depthwise_rule(depthwise_model_artifact):
+    """Every depthwise layer of MobileNetV2 is the depthwise family's, scheduled by its CUDA rule: one kernel
+    per layer that stages centred codes in shared memory (no generic dlight schedule, no codes kernel)."""
+    result, source = depthwise_model_artifact
+    grouped = [name for name, layer in result.scheme.layers.items() if layer.groups != 1]
+    assert len(grouped) == 17 and {result.kernels[name] for name in grouped} == {"depthwise"}
+    bodies = {name: body for name, body in re.findall(
+        r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\([^)]*\) \{(.*?)\n\}\n", source, re.S)}
+    kernels = {name: body for name, body in bodies.items() if name.startswith("depthwise_")}
+    assert set(kernels) == {f"depthwise_{name.replace('.', '_')}_kernel" for name in grouped}
+    assert all("short centred_shared" in body and "weight_local" in body for body in kernels.values())
+    assert len(artifact.embedded_cubins(result.artifact)) == 1
+
+
 # ---- on a GPU --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -347,8 +395,8 @@ def cuda_device():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family,shape", [(f, s) for f in FAMILIES for s in shapes_of(f)],
+                         ids=lambda v: v if isinstance(v, str) else "x".join(map(str, v[:5])))
 def test_every_family_is_exact_on_the_gpu(family, shape, cuda_device):
     _exact_on_the_gpu(family, shape, cuda_device)
 
@@ -361,15 +409,37 @@ def _exact_on_the_gpu(family: str, shape: tuple, cuda_device, bits: tuple[int, i
 
 def _check_on_the_gpu(layer, call, shape: tuple, cuda_device) -> None:
     """The kernel, scheduled by its CUDA rule, run on the GPU: bit for bit the PyTorch reference of the layer."""
-    x = (2 * np.random.default_rng(3).standard_normal(shape[:4])).astype(np.float32)
+    x, want = _input_and_reference(layer, shape)
     toolkit.configure()
     lib = tvm.compile(tvm.IRModule({"main": schedule(call.prim, cuda_target())}), cuda_target())
-    geometry = layer_geometry(layer, shape[:4])
-    out = tvm.runtime.tensor(np.zeros((shape[0], geometry.out_channels, *geometry.out_hw), np.float32), cuda_device)
+    out = tvm.runtime.tensor(np.zeros_like(want), cuda_device)
     lib(*[tvm.runtime.tensor(np.ascontiguousarray(a), cuda_device) for a in (x, *call.consts)], out)
-    xt = torch.from_numpy(x if layer.op == "conv2d" else x.reshape(len(x), -1))
-    want = quantized_layer(xt, layer, None).numpy().reshape(out.shape)
     np.testing.assert_array_equal(out.numpy(), want)
+
+
+def _input_and_reference(layer, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """A random input of `shape` and the PyTorch reference of the layer on it, (N, O, OH, OW) float32."""
+    x = (2 * np.random.default_rng(3).standard_normal(shape[:4])).astype(np.float32)
+    geometry = layer_geometry(layer, shape[:4])
+    xt = torch.from_numpy(x if layer.op == "conv2d" else x.reshape(len(x), -1))
+    want = quantized_layer(xt, layer, None).numpy()
+    return x, want.reshape(shape[0], geometry.out_channels, *geometry.out_hw)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to emulate CUDA's threads")
+def test_depthwise_cuda_source_run_with_emulated_threads_is_exact(tmp_path):
+    """No GPU here: the depthwise rule's CUDA source itself (the translation unit the cubin tests build), its
+    threads, shared memory and barriers emulated on the CPU (cuda_emulator.py), bit for bit the reference."""
+    kernels = EmulatedKernels(family_source("depthwise"), tmp_path)
+    for i, shape in enumerate(DEPTHWISE_SHAPES):
+        layer, call = unscheduled("depthwise", shape)  # the instance family_source compiled
+        prim = schedule(call.prim, cuda_target())
+        x, want = _input_and_reference(layer, shape)
+        out = np.zeros_like(want)
+        names = [p.name for p in prim.params]
+        kernels.run(f"k{i}_kernel", launch_extents(prim), dict(zip(names, [x, *call.consts, out])))
+        assert np.abs(want).max() > 0
+        np.testing.assert_array_equal(out, want, err_msg=str(shape))
 
 
 @pytest.mark.gpu
@@ -412,6 +482,15 @@ def test_tune_tasks_for_cuda_schedule_by_default_and_have_a_gpu_search_space():
             context = ms.TuneContext(mod=task.dispatched[0], target=spec.tvm_target,
                                      space_generator=for_target(spec).tuning_space(), task_name=task.task_name)
             assert context.generate_design_space(), task.task_name
+
+
+@pytest.mark.gpu
+def test_depthwise_model_runs_on_the_gpu_like_the_reference(depthwise_model_artifact, cuda_device):
+    from tvmquant.compile import evaluate
+
+    evaluation = evaluate(depthwise_model_artifact[0], None)
+    assert evaluation.compiled is not None, evaluation.where
+    np.testing.assert_allclose(evaluation.compiled, evaluation.reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.gpu

@@ -20,7 +20,7 @@ FAMILY_ATTR = "tvmquant.family"  # set by the architecture's pass; older modules
 # the block that only this family's kernel has (multipoint before bitserial: it contains bitserial's blocks)
 SIGNATURES = (("multipoint", {"popcount_dot", "combine"}), ("bitserial", {"popcount_dot"}),
               ("shift", {"shift_add"}), ("lut", {"lookup"}), ("dequant", {"dense_acc"}),
-              ("int8", {"act_codes", "dot"}))
+              ("int8", {"act_codes", "dot"}), ("depthwise", {"centred", "dot"}))
 THREADS = 256
 
 
@@ -133,16 +133,24 @@ def stage_shared(sch: Schedule, block, buffer: str, at, threads: tuple[int, int]
     `threads` (y, x) together, consecutive threads on consecutive elements."""
     index = next(i for i, region in enumerate(sch.get(block).reads) if region.source.name == buffer)
     cache = sch.cache_read(block, index, "shared", consumer_blocks=[block])
-    sch.compute_at(cache, at)
-    loops = sch.get_loops(cache)
+    load_cooperatively(sch, cache, at, threads)
+
+
+def load_cooperatively(sch: Schedule, stage, at, threads: tuple[int, int]) -> int:
+    """Compute block `stage` (a shared-memory buffer) under loop `at`, its elements spread over the block's
+    `threads` (y, x), consecutive threads on consecutive elements. Returns how many elements it holds."""
+    sch.compute_at(stage, at)
+    loops = sch.get_loops(stage)
     depth = next(k for k, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(at))) + 1
     own = loops[depth:]
     if not own:  # one element per step (compute_at dropped its unit loops): every thread loads it
-        return
+        return 1
     fused = sch.fuse(*own) if len(own) > 1 else own[0]
+    elements = int(sch.get(fused).extent)
     _, ty, tx = sch.split(fused, [None, *threads])
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
+    return elements
 
 
 def split_reduction(sch: Schedule, loop, chunk: int):

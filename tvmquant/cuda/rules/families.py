@@ -15,6 +15,8 @@ memory; what differs is the reduction and what is staged:
   with the weights' index nibbles (a gather from shared memory).
 - dequant: the float64 fallback; centred codes staged 8 channels at a time. Its products (`weighted`) are
   still stored before the combination sums them, so no fused multiply-add changes their rounding.
+- int8 (dp4a.py) and depthwise (depthwise.py) have modules of their own: `__dp4a` tensorization; depthwise
+  convolutions are no GEMM (a KH*KW reduction) and tile channels x output rows instead.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from . import dp4a
+from . import depthwise, dp4a
 from .common import (bind_remaining, family_of, inline, is_cuda, reduce_across_threads, split_k_gemm,
                      split_reduction, stage_shared, tile_gemm, wants_split_k)
 
@@ -110,4 +112,4 @@ class CudaFamilyRule(ScheduleRule):
 
 RULES = [CudaFamilyRule(name, fn) for name, fn in
          (("bitserial", bitserial), ("multipoint", bitserial), ("shift", shift), ("lut", lut), ("dequant", dequant),
-          ("int8", dp4a.schedule))]
+          ("int8", dp4a.schedule), ("depthwise", depthwise.schedule))]
