@@ -63,10 +63,10 @@ def codes_and_grid(flat: np.ndarray, bits: int, approx: str = "exact", offset: b
     flat = flat.astype(np.float64)
     codes = np.searchsorted(balanced_edges(flat, bits, approx), flat, side="right").astype(np.float64)
     candidates = [((1 << bits) - 1) / 2]
-    if offset and bits >= OFFSET_BITS and codes.var() > 0:
+    if offset and codes.var() > 0:
         slope, intercept = np.polyfit(codes, flat, 1)
         if slope > 0:
-            candidates.append(np.round(-2 * intercept / slope) / 2)
+            candidates.append(np.round(-2 * intercept / slope) / 2 if bits >= OFFSET_BITS else -intercept / slope)
     best = (np.inf, 1e-12, candidates[0])
     for zero_point in candidates:
         unit = codes - zero_point
