@@ -133,6 +133,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("balanced", (WeightKind.UNIFORM,), _per_layer(balanced.quantize_weight), trains=True,
            options=(Option("approx", "exact", "edges from medians (exact) or means", choices=balanced.APPROX),
                     _PER_CHANNEL, Option("offset", True, "the offset term of the balanced grid", _flag),
+                    Option("zero_points", "auto", "offsets exact at 2 bits (auto; the dequant kernel runs them) "
+                           "or multiples of 1/2 at every width (half; the bit-serial and int8 kernels)",
+                           choices=balanced.ZERO_POINTS),
                     _UNIFORM_BITS)),
     Method("multipoint", (WeightKind.MULTIPOINT,), _multipoint,
            options=(Option("budget", 0.1, "extra weight rows as a fraction of all output channels", float,
