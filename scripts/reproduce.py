@@ -361,8 +361,8 @@ quantized weights in place; BatchNorm is folded before quantization; QAT is Adam
   with the thresholds by Lloyd iterations (thresholds at midpoints of alpha·Y), so the unit-step form is a usable
   post-training quantizer (the paper's alpha = 1/beta was 3.4-4.3x too large); k-means on the mirrored weights
   (symmetric thresholds); the temperature rises linearly with the run's progress from 10 to 500 instead of
-  (epoch+1)·10, so even a short run ends on a step function; alpha and beta have their own Adam group at 10x the
-  lr; the sigmoid's backward is T·sigma(z)(1 - sigma(z)) (sigma at temperature 1 scaled by T, as in the released
+  (epoch+1)·10, so even a short run ends on a step function; alpha and beta have their own Adam group (at the network's
+  lr: `quant_lr=1`; 10x drifted on 120-step runs); the sigmoid's backward is T·sigma(z)(1 - sigma(z)) (sigma at temperature 1 scaled by T, as in the released
   code) with no clamp on T·z; 8-bit layers use the uniform quantizer (the paper keeps them float).
 """
 

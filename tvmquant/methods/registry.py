@@ -147,7 +147,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                     Option("init", "lloyd", "level initialisation", choices=qnet.INITS), _UNIFORM_BITS),
            qat_options=(Option("t_start", qnet.T_START, "first temperature", float, check=_non_negative),
                         Option("t_end", qnet.T_END, "last temperature", float, check=_non_negative),
-                        Option("quant_lr", 10.0, "quantizer lr as a multiple of the network's", float,
+                        Option("quant_lr", 1.0, "quantizer lr as a multiple of the network's", float,
                                check=_non_negative),
                         Option("grad", "released", "sigmoid gradient form", choices=qnet.GRADS),
                         Option("init", "lloyd", "level initialisation", choices=qnet.INITS))),
