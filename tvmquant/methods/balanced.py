@@ -24,8 +24,9 @@ Deviations (measured on the reproduce.py model, docs/RESULTS.md):
   collapse: its conv2 channels' means reach 0.3 of their std; restoring only conv2's channel means took W2A8 PTQ
   from 10 % to 98.6 %. Measured: digits CNN W2A8 PTQ 18.06 % -> 99.17 % (= fp32), W2A2 12.22 % -> 97.78 %, W2A2
   QAT (36 steps) 92.50 % -> 98.89 %; reproduce.py model (fold 0) W2A8 97.20 % -> 98.80 %, W2A2 92.96 % ->
-  98.36 %. Cost: such a zero point is no multiple of 1/2, so these layers run on the exact dequant kernel (8
-  bytes per weight and term) until a bit-serial kernel takes a fractional zero point; `zero_points="half"`
+  98.36 %. Cost: such a zero point is no multiple of 1/2, so these layers run on the exact dequant kernel
+  (digits CNN W2A2 deployed 95.4 KB against 24.6 KB on the integer kernels, and far slower) until a bit-serial
+  kernel takes a fractional zero point; `zero_points="half"`
   keeps every grid on the integer kernels (2-bit grids then symmetric, as before). Tried and rejected (digits
   CNN W2A8 PTQ): a first split at zero instead of the median (55.6 %); scale and half-step zero point fitted to
   the layer's output error on the calibration inputs (95.8 %, but reproduce.py model 87.4 %);
