@@ -281,7 +281,7 @@ def plot(result: dict, path: Path) -> None:
         ax.plot(*zip(*points), marker="o", label=method, ls="--" if method == "uniform-layer-max" else "-")
     ax.axhline(result["fp32"], color="k", ls=":", lw=1, label=f"fp32 {result['fp32']:.2f} %")
     ax.set_xlabel("weight bits (activations 8 bits, first/last layer W8A8)")
-    ax.set_ylabel("top-1 accuracy on 5,000 MNIST digits (%)")
+    ax.set_ylabel(f"top-1 accuracy on {result['samples']:,} MNIST digits (%)")
     ax.set_title("Post-training quantization, pretrained MNIST CNN")
     ax.set_ylim(max(0, min(ax.get_ylim()[0], 95)), 100)
     ax.legend(fontsize=7)
