@@ -377,7 +377,7 @@ def write_report(results, compiled, train, seconds, args, commands: list[str] | 
         f"Written by {', '.join(f'`{c}`' for c in commands or ['scripts/reproduce.py ' + ' '.join(sys.argv[1:])])} (run time {seconds / 60:.0f} min on a "
         "shared, heavily loaded 2-core machine). Numbers below come from that run; nothing is typed in by hand. Scores are of the "
         "quantized model evaluated in float32 (fake-quantized inputs, dequantized weights), which agrees with the "
-        "integer reference to 1e-4 relative; the compiled TVM module equals the integer reference (section "Compiled modules"). "
+        "integer reference to 1e-4 relative; the compiled TVM module equals the integer reference (section 'Compiled modules'). "
         "First and last layers are W8A8 in every row.",
         "",
         "**QAT budget:** every QAT row of a model and its uniform baseline train for the same steps (stated per "
