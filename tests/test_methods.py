@@ -119,10 +119,9 @@ def test_balanced_bins_hold_equal_counts_and_full_entropy(bits, approx):
         assert entropy == pytest.approx(bits, abs=1e-6)
     else:  # means = medians only for symmetric sub-populations; half-normal halves are skewed
         assert entropy == pytest.approx(bits, abs=0.05)
-    for channel in q.dequantize().reshape(len(w), -1):  # a uniform grid per channel, symmetric at 2 bits
+    for channel in q.dequantize().reshape(len(w), -1):  # a uniform grid per channel
         levels = np.unique(channel)
         assert np.allclose(np.diff(levels), np.diff(levels)[0])
-        assert bits > 2 or np.isclose(levels[0], -levels[-1])
 
 
 def test_balanced_skewed_tensor_mean_split_is_biased():
@@ -239,13 +238,14 @@ def test_qnet_and_balanced_use_the_uniform_quantizer_at_8_bits():
     assert np.linalg.norm(qnet.quantize_weight(w, 8).dequantize() - w) < 0.03 * np.linalg.norm(w)
 
 
-def test_uniq_auto_fit_takes_empirical_quantiles_only_at_8_bits_and_only_when_better():
+def test_uniq_auto_fit_takes_the_fit_with_the_smaller_weight_error():
     gauss, heavy = _weights((64, 32, 3, 3)), _weights((64, 32, 3, 3)) ** 3
     err = {fit: uniq.fit_error(heavy, 8, fit) for fit in ("gaussian", "empirical")}
     assert err["empirical"] < 0.5 * err["gaussian"]  # the Gaussian fit clips the heavy tail at 2.89 sigma
     assert uniq.fit_error(heavy, 8, "auto") == err["empirical"]
     assert uniq.fit_error(gauss, 8, "auto") == min(uniq.fit_error(gauss, 8, f) for f in ("gaussian", "empirical"))
-    assert uniq.fit_error(heavy, 4, "auto") == uniq.fit_error(heavy, 4, "gaussian")  # the paper's fit below 8 bits
+    for bits in (2, 4):
+        assert uniq.fit_error(heavy, bits, "auto") == min(uniq.fit_error(heavy, bits, f) for f in ("gaussian", "empirical"))
 
 
 @pytest.mark.parametrize("bits", [2, 3])
@@ -305,3 +305,20 @@ def test_balanced_per_channel_grids_keep_small_channels_and_their_mean():
     assert np.all(rel[2] <= rel[1] + 1e-12)
     q = balanced.quantize_weight(w, 4)
     assert np.allclose(2 * q.zero_point, np.round(2 * q.zero_point))  # the integer kernels still apply
+
+
+def test_balanced_2bit_grids_keep_each_channel_mean_exactly():
+    """At 2 bits the offset is the exact least-squares one (a half step is too coarse): every channel keeps its
+    mean, codes stay equal-count, and the weight error is below the symmetric grid's; zero_points="half" keeps
+    the old symmetric 2-bit grids that the integer kernels run."""
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((6, 144)) * 0.2 + np.linspace(-0.06, 0.06, 6)[:, None]
+    q, half = balanced.quantize_weight(w, 2), balanced.quantize_weight(w, 2, zero_points="half")
+    np.testing.assert_allclose(q.dequantize().mean(axis=1), w.mean(axis=1), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(q.codes, half.codes)
+    assert all(np.bincount(row, minlength=4).tolist() == [36] * 4 for row in q.codes)
+    np.testing.assert_array_equal(half.zero_point, 1.5)
+    assert not np.allclose(2 * q.zero_point, np.round(2 * q.zero_point))
+    assert np.all(np.linalg.norm(q.dequantize() - w, axis=1) < np.linalg.norm(half.dequantize() - w, axis=1))
+    with pytest.raises(ValueError, match="zero points"):
+        balanced.quantize_weight(w, 2, zero_points="exact")

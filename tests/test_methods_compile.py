@@ -106,3 +106,17 @@ def test_compile_with_training_matches_reference(source, tmp_path, host_target):
                            tmp_path / "t.so")
     compiled = run_compiled(result, source.eval_x, 1)
     np.testing.assert_allclose(compiled, result.reference_outputs, rtol=1e-5, atol=1e-5)
+
+
+def test_balanced_2bit_exact_offsets_run_on_dequant_and_half_offsets_on_bitserial(source, tmp_path, host_target):
+    """2-bit Balanced grids keep each channel's mean with an exact (fractional) zero point, which only the dequant
+    kernel runs; `zero_points=half` keeps the symmetric grids of the integer kernels (bit-serial, or int8 where
+    auto's cost rule says so). Both equal the reference."""
+    for opts, families in (((), {"dequant"}), ((("zero_points", "half"),), {"bitserial", "int8"})):
+        result = compile_model(source, QuantConfig(2, 2, 8, method="balanced", options=opts), host_target,
+                               tmp_path / f"{min(families)}.so")
+        middle = [name for name, layer in result.scheme.layers.items() if layer.weight.bits == 2]
+        assert middle and {result.kernels[name] for name in middle} <= families
+        compiled = run_compiled(result, source.eval_x, 1)
+        np.testing.assert_allclose(compiled, result.reference_outputs, rtol=1e-5,
+                                   atol=1e-5 * np.abs(result.reference_outputs).max())

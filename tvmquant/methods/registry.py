@@ -133,6 +133,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("balanced", (WeightKind.UNIFORM,), _per_layer(balanced.quantize_weight), trains=True,
            options=(Option("approx", "exact", "edges from medians (exact) or means", choices=balanced.APPROX),
                     _PER_CHANNEL, Option("offset", True, "the offset term of the balanced grid", _flag),
+                    Option("zero_points", "auto", "offsets exact at 2 bits (auto; the dequant kernel runs them) "
+                           "or multiples of 1/2 at every width (half; the bit-serial and int8 kernels)",
+                           choices=balanced.ZERO_POINTS),
                     _UNIFORM_BITS)),
     Method("multipoint", (WeightKind.MULTIPOINT,), _multipoint,
            options=(Option("budget", 0.1, "extra weight rows as a fraction of all output channels", float,
@@ -144,7 +147,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                     Option("init", "lloyd", "level initialisation", choices=qnet.INITS), _UNIFORM_BITS),
            qat_options=(Option("t_start", qnet.T_START, "first temperature", float, check=_non_negative),
                         Option("t_end", qnet.T_END, "last temperature", float, check=_non_negative),
-                        Option("quant_lr", 10.0, "quantizer lr as a multiple of the network's", float,
+                        Option("quant_lr", 1.0, "quantizer lr as a multiple of the network's", float,
                                check=_non_negative),
                         Option("grad", "released", "sigmoid gradient form", choices=qnet.GRADS),
                         Option("init", "lloyd", "level initialisation", choices=qnet.INITS))),
