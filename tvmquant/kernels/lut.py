@@ -87,52 +87,46 @@ class LutConv2dConfig(ConvGeometry):
         return "int32" if worst < 2**31 else "int64"
 
 
-def entry_index(byte: tirx.PrimExpr, half: tirx.PrimExpr, j: tirx.PrimExpr) -> tirx.PrimExpr:
-    """The table entry an index byte selects in block `half`: its nibble `half`, offset by table j's 16 entries.
-    One expression for the compute and the instructions' descriptions, so that tensorize matches them."""
-    return ((byte.astype("int32") >> (half * GROUP)) & (ENTRIES - 1)) + j * ENTRIES
+def entry_index(byte: tirx.PrimExpr, half: tirx.PrimExpr) -> tirx.PrimExpr:
+    """The table entry (0..15) that nibble `half` of an index byte selects."""
+    return (byte.astype("int32") >> (half * GROUP)) & (ENTRIES - 1)
 
 
 # --- the compute (TE) -----------------------------------------------------------------------------------
 
-def padded_codes(x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, cfg: LutConv2dConfig):
-    """a(n, c, hp, wp): the activation code of channel c at padded pixel (hp, wp); z_a (real zero) in the
-    spatial padding, 0 for channels past C (their weights match no code)."""
+def padded_codes(x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, cfg: LutConv2dConfig) -> te.Tensor:
+    """(N, Hp, Wp, 32 * pairs) int32 channel-last codes: z_a (real zero) in the spatial padding, 0 for the
+    channels past C (their weights match no code)."""
     q = actquant.te_codes(x, inv_scale, zero_point, cfg.abits)
     ph, pw = cfg.padding
 
-    def code(n, c, hp, wp):
+    def code(n, hp, wp, c):
         inside = tirx.all(hp >= ph, hp < cfg.height + ph, wp >= pw, wp < cfg.width + pw)
         value = tirx.if_then_else(inside, q[n, tirx.min(c, cfg.in_channels - 1), hp - ph, wp - pw], zero_point[0])
         return tirx.if_then_else(c < cfg.in_channels, value, tirx.const(0, "int32"))
 
-    return code
+    shape = (cfg.batch, cfg.height + 2 * ph, cfg.width + 2 * pw, cfg.pairs * PAIR_CHANNELS)
+    return te.compute(shape, code, name="codes")
 
 
-def activation_tables(code, cfg: LutConv2dConfig) -> te.Tensor:
-    """(N, Hp, Wp, planes, pairs, 2, 64) uint8: entry j*16+m of block (t, h) = byte plane p of the sum of the
+def activation_tables(codes: te.Tensor, cfg: LutConv2dConfig) -> te.Tensor:
+    """(N, Hp, Wp, planes, pairs, 2, 4, 16) uint8: entry m of table (t, h, j) = byte plane p of the sum of the
     codes of channels 32t + 16h + 4j + i over the bits i set in m (sums of raw u8 codes: no sign, so they
     split into exact byte planes)."""
-    ph, pw = cfg.padding
 
-    def entry(n, hp, wp, p, t, h, e):
-        base = t * PAIR_CHANNELS + h * (TABLES * GROUP) + (e // ENTRIES) * GROUP
-        total = tirx.const(0, "int32")
-        for i in range(GROUP):
-            bit = (e >> i) & 1
-            total = total + tirx.if_then_else(bit == 1, code(n, base + i, hp, wp), tirx.const(0, "int32"))
+    def entry(n, hp, wp, p, t, h, j, m):
+        base = t * PAIR_CHANNELS + h * (TABLES * GROUP) + j * GROUP
+        total = sum(((m >> i) & 1) * codes[n, hp, wp, base + i] for i in range(GROUP))
         return ((total >> (p * 8)) & 255).astype("uint8")
 
-    shape = (cfg.batch, cfg.height + 2 * ph, cfg.width + 2 * pw, cfg.planes, cfg.pairs, HALVES, BLOCK)
+    shape = (*codes.shape[:3], cfg.planes, cfg.pairs, HALVES, TABLES, ENTRIES)
     return te.compute(shape, entry, name="table")
 
 
-def window_sum(code, cfg: LutConv2dConfig) -> te.Tensor:
+def window_sum(codes: te.Tensor, cfg: LutConv2dConfig) -> te.Tensor:
     """(N, OH, OW): the sum of the raw codes in each output's window (code 0's bucket is derived from it)."""
-    ph, pw = cfg.padding
     c = te.reduce_axis((0, cfg.in_channels), name="c")
-    csum = te.compute((cfg.batch, cfg.height + 2 * ph, cfg.width + 2 * pw),
-                      lambda n, hp, wp: te.sum(code(n, c, hp, wp), axis=c), name="channel_sum")
+    csum = te.compute(codes.shape[:3], lambda n, hp, wp: te.sum(codes[n, hp, wp, c], axis=c), name="channel_sum")
     (kh, kw), (sh, sw) = cfg.kernel, cfg.stride
     r, s = te.reduce_axis((0, kh), name="r2"), te.reduce_axis((0, kw), name="s2")
     return te.compute((cfg.batch, *cfg.out_hw),
@@ -146,12 +140,12 @@ def lut_conv2d_buckets(
 ) -> tuple[te.Tensor, te.Tensor]:
     """(S (N, OH, OW, codes-1, O) for codes 1.., sum of (a - z_a) over the window (N, OH, OW)).
 
-    index: (KH, KW, pairs, codes-1, padded O, 4) uint8, nibble h of byte [.., o, j] has bit i set where the
-    weight of channel 32t + 16h + 4j + i is that code; counts: (codes-1, O) how many weights have each code
-    (S_l = sum of raw codes over the bucket - z_a * count)."""
+    index: (O/16, KH, KW, pairs, codes-1, 16, 4) uint8, nibble h of byte [o/16, r, s, t, l, o%16, j] has bit i
+    set where the weight of channel 32t + 16h + 4j + i is code l (each row of 16 outputs is one contiguous
+    stream); counts: (codes-1, O) how many weights have each code (S_l = its raw code sum - z_a * count)."""
     acc = cfg.acc_dtype
-    code = padded_codes(x, inv_scale, zero_point, cfg)
-    table = activation_tables(code, cfg)
+    codes = padded_codes(x, inv_scale, zero_point, cfg)
+    table = activation_tables(codes, cfg)
     (kh, kw), (sh, sw) = cfg.kernel, cfg.stride
     r, s = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="s")
     t = te.reduce_axis((0, cfg.pairs), name="t")
@@ -163,8 +157,8 @@ def lut_conv2d_buckets(
     lookup = te.compute(
         (cfg.batch, oh, ow, cfg.lookups * planes, cfg.padded_out),
         lambda n, y, z, lp, o: te.sum(
-            table[n, y * sh + r, z * sw + s, lp % planes, t, h,
-                  entry_index(index[r, s, t, lp // planes, o, j], h, j)].astype("int32"),
+            table[n, y * sh + r, z * sw + s, lp % planes, t, h, j,
+                  entry_index(index[o // LANES, r, s, t, lp // planes, o % LANES, j], h)].astype("int32"),
             axis=[r, s, t, h, j],
         ),
         name="lookup",
@@ -178,7 +172,7 @@ def lut_conv2d_buckets(
         return raw - zp * counts[l, o]
 
     buckets = te.compute((cfg.batch, oh, ow, cfg.lookups, cfg.out_channels), bucket, name="bucket")
-    total = window_sum(code, cfg)
+    total = window_sum(codes, cfg)
     centred = te.compute(total.shape, lambda n, y, z: total[n, y, z] - zp * cfg.reduction, name="centred_sum")
     return buckets, centred
 
@@ -245,7 +239,7 @@ def _vpermb_step(tab: tirx.Buffer, idx: tirx.Buffer, acc: tirx.Buffer) -> tirx.P
     ones = _vector(1, "int8", BLOCK)
     for half, index in enumerate(_nibble_indices(idx, LANES)):
         looked = tirx.call_llvm_pure_intrin("int8x64", "llvm.x86.avx512.permvar.qi.512",
-                                            _bytes(tab, [half, 0], BLOCK), index)
+                                            _bytes(tab, [half, 0, 0], BLOCK), index)
         total = tirx.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", total, looked, ones)
     return total
 
@@ -257,7 +251,7 @@ def _tbl_step(dot: bool):
     def step(tab: tirx.Buffer, idx: tirx.Buffer, acc: tirx.Buffer) -> tirx.PrimExpr:
         total = acc.vload([0], "int32x4")
         for half, index in enumerate(_nibble_indices(idx, 4)):
-            regs = [_bytes(tab, [half, ENTRIES * k], ENTRIES) for k in range(TABLES)]
+            regs = [_bytes(tab, [half, k, 0], ENTRIES) for k in range(TABLES)]
             looked = tirx.call_llvm_pure_intrin("int8x16", "llvm.aarch64.neon.tbl4.v16i8", *regs, index)
             if dot:
                 total = tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.udot.v4i32.v16i8", total, looked,
@@ -322,11 +316,21 @@ def lookup_isa(target: Target | None) -> str:
 
 # --- the default schedule -------------------------------------------------------------------------------
 
+PARALLEL_MIN = 1 << 16  # loop iterations (incl. reductions) below which a stage runs on the calling thread
 REGISTER_TILES = {"vpermb": 24, "tbl_udot": 4, "tbl": 4, "gather": 8}  # accumulator rows of 16 int32 per tile
 
 
 def _largest_divisor(extent: int, limit: int) -> int:
     return max(d for d in range(1, min(extent, limit) + 1) if extent % d == 0)
+
+
+def _parallel_if_large(sch: Schedule, name: str) -> None:
+    """Threads over a stage's first two loops, unless the whole stage is too small to pay for a parallel launch
+    (a GEMV's quantize, table and epilogue are a few thousand elements)."""
+    block = sch.get_sblock(name)
+    loops = sch.get_loops(block)
+    if int(np.prod([int(sch.get(lp).extent) for lp in loops])) >= PARALLEL_MIN:
+        sch.parallel(sch.fuse(*loops[:2]))
 
 
 def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
@@ -338,13 +342,13 @@ def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     isa = lookup_isa(target)
     sch = Schedule(func)
     sch.compute_inline(sch.get_sblock("centred_sum"))
-    for name in ("quantize", "channel_sum", "window_sum", "looked_up", "weighted", "combine", "rescale"):
-        loops = sch.get_loops(sch.get_sblock(name))
-        sch.parallel(sch.fuse(*loops[:2]))
-    table = sch.get_sblock("table")
-    n, hp, *_, e = sch.get_loops(table)
-    sch.parallel(sch.fuse(n, hp))
-    sch.vectorize(sch.split(e, [None, ENTRIES])[1])
+    combine = sch.get_sblock("combine")
+    n, o, y, z, l = sch.get_loops(combine)
+    sch.reorder(n, y, o, z, l)  # one output row's products (all channels and codes) stay in L2
+    for name in ("quantize", "codes", "channel_sum", "table", "window_sum", "looked_up", "weighted", "combine",
+                 "rescale"):
+        _parallel_if_large(sch, name)
+    sch.vectorize(sch.get_loops(sch.get_sblock("table"))[-1])
 
     lookup = sch.get_sblock("lookup")
     n, y, z, lp, o, r, s, t, h, j = sch.get_loops(lookup)
@@ -387,7 +391,8 @@ def build_primfunc(cfg: LutConv2dConfig) -> tirx.PrimFunc:
     """The unscheduled kernel (x, act_inv_scale, act_zero_point, index, counts, levels, scale) -> float32."""
     x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
     inv, zp = actquant.te_placeholders()
-    index = te.placeholder((*cfg.kernel, cfg.pairs, cfg.lookups, cfg.padded_out, TABLES), "uint8", name="index")
+    index = te.placeholder((cfg.padded_out // LANES, *cfg.kernel, cfg.pairs, cfg.lookups, LANES, TABLES), "uint8",
+                           name="index")
     counts = te.placeholder((cfg.lookups, cfg.out_channels), cfg.acc_dtype, name="counts")
     levels = te.placeholder((cfg.lookups + 1, cfg.out_channels), "float64", name="levels")
     scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
@@ -398,8 +403,8 @@ def build_primfunc(cfg: LutConv2dConfig) -> tirx.PrimFunc:
 # --- the weights (numpy) --------------------------------------------------------------------------------
 
 def pack_index(codes: np.ndarray, cfg: LutConv2dConfig) -> np.ndarray:
-    """(O, K) codes, K in (C, KH, KW) order -> (KH, KW, pairs, codes-1, padded O, 4) uint8: nibble h of byte
-    [r, s, t, l, o, j] has bit i set where channel 32t + 16h + 4j + i of output o at tap (r, s) has code l."""
+    """(O, K) codes, K in (C, KH, KW) order -> (O/16, KH, KW, pairs, codes-1, 16, 4) uint8 (see
+    lut_conv2d_buckets)."""
     (kh, kw), oc, ic = cfg.kernel, cfg.out_channels, cfg.in_channels
     per_tap = codes.reshape(oc, ic, kh, kw).transpose(2, 3, 1, 0)  # (KH, KW, C, O)
     padded = np.full((kh, kw, cfg.pairs * PAIR_CHANNELS, cfg.padded_out), -1, np.int16)  # -1 matches no code
@@ -409,7 +414,8 @@ def pack_index(codes: np.ndarray, cfg: LutConv2dConfig) -> np.ndarray:
     bits = (grouped == wanted).astype(np.uint8) << np.arange(GROUP, dtype=np.uint8).reshape(-1, 1, 1)
     nibbles = bits.sum(axis=5, dtype=np.uint8)  # (KH, KW, pairs, 2, 4, codes-1, O)
     packed = nibbles[:, :, :, 0] | (nibbles[:, :, :, 1] << GROUP)  # (KH, KW, pairs, 4, codes-1, O)
-    return np.ascontiguousarray(packed.transpose(0, 1, 2, 4, 5, 3))
+    rows = packed.reshape(*packed.shape[:-1], cfg.padded_out // LANES, LANES)
+    return np.ascontiguousarray(rows.transpose(5, 0, 1, 2, 4, 6, 3))
 
 
 def code_counts(codes: np.ndarray, cfg: LutConv2dConfig) -> np.ndarray:
