@@ -35,6 +35,7 @@ def test_innermost_loop_is_the_nested_one():
     ("bitserial", "cnt", "v3.8b, v4.8b", 1, 64),
     ("shift", "ushl", "v0.4s, v1.4s, v2.4s", 4, 4),
     ("lut", "ldrsh", "w0, [x1, x2, lsl #1]", 2, 4 / 3),
+    ("lut", "tbl", "v0.16b, { v1.16b, v2.16b, v3.16b, v4.16b }, v5.16b", 2, 16 * 4 / 3),
     ("dequant", "fmla", "v0.4s, v1.4s, v2.4s", 4, 4),
     ("dequant", "fmadd", "s0, s1, s2, s0", 4, 1),
 ])

@@ -333,6 +333,21 @@ def _parallel_if_large(sch: Schedule, name: str) -> None:
         sch.parallel(sch.fuse(*loops[:2]))
 
 
+def _schedule_combination(sch: Schedule) -> None:
+    """The float64 combination one output row at a time (a parallel task each): the row's bucket sums, products
+    and their sum stay in L2, each a loop nest of its own (products stored, then summed: LLVM contracts a
+    multiply feeding an add into an FMA, which would round differently from the reference)."""
+    combine = sch.get_sblock("combine")
+    n, o, y, z, l = sch.get_loops(combine)
+    sch.reorder(n, y, o, z, l)
+    row = sch.fuse(n, y)
+    if int(np.prod([int(sch.get(lp).extent) for lp in sch.get_loops(combine)])) >= PARALLEL_MIN:
+        sch.parallel(row)
+    sch.compute_at(sch.get_sblock("weighted"), row)
+    sch.compute_at(sch.get_sblock("looked_up"), row)
+    sch.reverse_compute_at(sch.get_sblock("rescale"), row)
+
+
 def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     """Threads over (pixel tiles, output-channel tiles); per tile the accumulators (pixels x codes x planes x
     16-channel rows) stay in registers while the whole reduction runs inside: each 128-byte table pair is
@@ -342,12 +357,9 @@ def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     isa = lookup_isa(target)
     sch = Schedule(func)
     sch.compute_inline(sch.get_sblock("centred_sum"))
-    combine = sch.get_sblock("combine")
-    n, o, y, z, l = sch.get_loops(combine)
-    sch.reorder(n, y, o, z, l)  # one output row's products (all channels and codes) stay in L2
-    for name in ("quantize", "codes", "channel_sum", "table", "window_sum", "looked_up", "weighted", "combine",
-                 "rescale"):
+    for name in ("quantize", "codes", "channel_sum", "table", "window_sum"):
         _parallel_if_large(sch, name)
+    _schedule_combination(sch)
     sch.vectorize(sch.get_loops(sch.get_sblock("table"))[-1])
 
     lookup = sch.get_sblock("lookup")
