@@ -44,7 +44,7 @@ MODEL_SHAPES = [(1, 1, 8, 8, 16, (3, 3), (1, 1), (1, 1)), (16, 16, 8, 8, 32, (3,
 SHAPES = MODEL_SHAPES + KERNEL_SHAPES
 INSTRUCTIONS = {  # (in the CUDA source, in the PTX)
     "bitserial": ("__popcll", "popc.b64"), "multipoint": ("__popcll", "popc.b64"),
-    "shift": ("<<", "shl.b32"), "lut": ("short table_shared", "ld.shared.s16"), "dequant": ("double", "fma.rn.f64"),
+    "shift": ("<<", "shl.b32"), "lut": ("table_shared", "ld.shared.u8"), "dequant": ("double", "fma.rn.f64"),
     "int8": ("__dp4a", "dp4a.u32.u32"),
 }
 

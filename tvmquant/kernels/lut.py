@@ -1,4 +1,4 @@
-"""Lookup-table conv2d (dense = 1x1 conv on a 1x1 image) for CODEBOOK weights, T-MAC style.
+"""Lookup-table conv2d (dense = 1x1 conv on a 1x1 image) for CODEBOOK weights, T-MAC style, exact.
 
 A CODEBOOK weight is value = levels[o, code] with arbitrary float levels, so the layer's integer core
 (`scheme.integer_core`) is one bucket sum per code l,
@@ -6,24 +6,35 @@ A CODEBOOK weight is value = levels[o, code] with arbitrary float levels, so the
     S_l[o] = sum_{k: code[o, k] = l} (a_k - z_a)                       (exact integers)
     out[o] = float32(sum_l levels[o, l] * S_l[o]) * s_a                 (float64, l ascending from 0)
 
-The bucket sums are table lookups (T-MAC, Wei et al. 2024): the reduction is cut into groups of G = 4
+The bucket sums are table lookups (T-MAC, Wei et al. 2024). The reduction is cut into groups of G = 4
 consecutive input channels of one pixel; once per input pixel, shared by every output channel and kernel tap,
-a table of the 2^G partial sums sum_{j in mask} (a_j - z_a) is built (int16: |entry| <= 4 * 255). The G
-one-hot bits [code == l] of a weight group form the index into that table, so each lookup adds G weights'
-worth of one bucket. Codes 1..2^b-1 are looked up; S_0 = sum(a - z_a) - sum_{l>=1} S_l (the sum is table
-entry 15) saves a lookup per group. Weights are prepacked as those index nibbles, (KH, KW, groups, code, O)
-with output channels innermost, so a vector of output channels reads one contiguous row of indices.
+a table of the 16 partial sums sum_{i in m} a_i of the group's *raw* u8 codes is built. The G one-hot bits
+[code == l] of a weight group (a nibble) index that table, so one lookup adds G weights' worth of bucket l.
+Raw codes keep every entry non-negative, so an entry splits exactly into byte planes (one plane while
+4 (2^abits - 1) <= 255, i.e. up to 6-bit activations; two planes above, recombined as lo + 256 hi), and
+S_l = (looked-up sum) - z_a * count_l[o] with the per-channel code counts as a constant. Codes 1..2^b-1 are
+looked up; S_0 = sum(a - z_a) over the window - sum_{l>=1} S_l saves a lookup per group.
 
-Spatial padding is the code z_a (real zero): the table is built over the padded image, whose padding rows
-are zero, so the lookup needs no bounds test. Channels past C in the last group contribute 0 to every entry.
+Layout, chosen for the byte shuffles: four tables (16 channels) form one 64-byte block, two blocks (32
+channels) share one index byte (low nibble: block 0, high nibble: block 1), so the index is
+(O/16, KH, KW, channel pairs, codes-1, 16, 4) uint8 — 16 output channels x 4 tables per 64-byte row, each row
+of 16 outputs one contiguous stream. One step looks up one index row in a (2, 4, 16) table pair:
 
-Activations in this project are always uniform integer codes (scheme.ActQuant), so the "product table" of
-T-MAC for codebook activations x codebook weights does not arise and is not built.
+    x86 (AVX-512 VBMI + VNNI)   2 x (`vpermb` over the 64-byte block: 16 outputs x 4 tables,
+                                `vpdpbusd` against ones: each output's 4 bytes into its int32 lane)
+    aarch64 NEON                per 4 outputs 2 x (`tbl` over the block in four q registers, then `udot`
+                                against ones with +dotprod, else `uaddlp` + `uadalp`)
+    any other target            the same compute, lanes = output channels, each gathering its entry
 
-The default schedule gathers the 16-entry table with a vector of indices (scalar loads inserted into vectors
-on x86 and aarch64). A byte/word shuffle (`vpermw`, NEON `tbl`) would look up 16 entries per instruction; a
-tensorized prototype worked on x86 but did not measure faster, so it is not in this kernel (schedules now get
-the target, so a per-target rule could tensorize). Measured: 0.6-0.8x PyTorch fp32 (docs/BENCHMARKS.md), not the goal.
+(nibble j * 16 + m: one and/shift + add per nibble; u8 x 1 dot products cannot saturate). The step is
+emitted by hand on the regions of a blockized block (`_emit_step`): TVM's tensorize cannot match a
+description whose buffer index is itself a load. Accumulators (pixels x codes x planes x 16 outputs) stay in
+registers for the whole reduction; each table block is loaded once per pixel and tap for all codes and rows.
+
+Spatial padding is the code z_a (real zero) in the padded channel-last codes the tables are built from;
+channels past C are 0 and their weights match no code. Activations in this project are always uniform
+integer codes (scheme.ActQuant), so T-MAC's "product table" for codebook activations does not arise.
+Measured results: docs/BENCHMARKS.md (the LUT section), static aarch64 estimates: docs/ARM_MCA.md.
 """
 
 from __future__ import annotations
@@ -485,4 +496,5 @@ def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
     return kernel_call(build_primfunc(cfg), layer, weights)
 
 
-FAMILY = Family("lut", tunable=True, check=supports, build=compute, schedules={"cpu": schedule})
+# The shuffles are emitted by the default schedule, which MetaSchedule's CPU space cannot reach: not tunable.
+FAMILY = Family("lut", tunable=False, check=supports, build=compute, schedules={"cpu": schedule})
