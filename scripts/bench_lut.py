@@ -73,7 +73,7 @@ def _lut(shape, bits, target):
 def _dequant(shape, bits, target):
     cfg = DequantConv2dConfig(*shape, abits=8, terms=1 << bits)
     x, codes, levels, scale = _inputs(shape, bits)
-    terms = np.stack([(codes == j) for j in range(1 << bits)]).astype(np.float64)
+    terms = np.stack([(codes == j) for j in range(1 << bits)]).astype(np.int8)
     terms = terms.reshape(cfg.terms, cfg.out_channels, cfg.in_channels, *cfg.kernel)
     out = np.zeros((cfg.batch, cfg.out_channels, *cfg.out_hw), np.float32)
     func = dequant.schedule(dequant.build_primfunc(cfg), target)

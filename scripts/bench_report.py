@@ -128,6 +128,28 @@ def popcount_ceilings(cases: dict, rates: dict) -> list[str]:
     return lines
 
 
+def model_ceilings(cases: dict, rates: dict) -> list[str]:
+    """Whole models: the popcount work of the bit-serial layers at the popcount rate plus the int8 layers'
+    `vpdpbusd` steps at the VNNI rate, against the measured end-to-end time (which also holds the fp32 ops,
+    quantizing and packing, and the VM)."""
+    lines = ["| model | variant | popcount words | vpdpbusd steps | ceiling ms | measured ms | % of ceiling | not counted |",
+             "|---|---|---|---|---|---|---|---|"]
+    dots_rate = rates.get("vnni_dots_per_s")
+    for name, case in cases.items():
+        for row in case["variants"].values():
+            work = row.get("work")
+            if work is None or "median_ms" not in row:
+                continue
+            if work["vnni_dots"] and not dots_rate:
+                continue  # no VNNI on this machine: int8 layers have no measured rate to bound them
+            ceiling = 1e3 * (work["popcount_words"] / rates["popcount_words_per_s"]
+                             + (work["vnni_dots"] / dots_rate if work["vnni_dots"] else 0.0))
+            rest = ", ".join(work["uncounted"]) or "–"
+            lines.append(f"| {name} | {row['label']} | {work['popcount_words']:.3g} | {work['vnni_dots']:.3g} "
+                         f"| {ceiling:.3f} | {row['median_ms']:.3f} | {100 * ceiling / row['median_ms']:.0f}% | {rest} |")
+    return lines
+
+
 def bandwidth_ceilings(case: dict, rates: dict) -> list[str]:
     """GEMV: each variant's weights must be read once per call; bound by DRAM, or by the L3 when they fit."""
     lines = ["| variant | weight bytes | memory level | bound ms | measured ms | % of bound |", "|---|---|---|---|---|---|"]
@@ -199,6 +221,11 @@ def markdown(data: dict) -> str:
         "the cheapest form of the bit-serial inner loop. A W·A-bit layer needs "
         "N·OH·OW·KH·KW·⌈C/64⌉·A·(O·W + 1) such words (the +1: activation sums). The measured kernels also "
         "quantize and bit-pack their float input and rescale the output; the ceiling counts none of that.",
+        (f"- 8-bit dot: {rates['vnni_dots_per_s'] / 1e9:.2f} G `vpdpbusd` (16 x 4 byte products) per second on "
+         f"{env['threads']} threads, measured with the int8 family's own tensor intrinsic "
+         f"({rates['vnni_accumulators']} independent accumulators per thread, L1-resident operands)."
+         if rates.get("vnni_dots_per_s") else
+         "- 8-bit dot: no AVX-512 VNNI on this machine, so int8 layers have no measured ceiling."),
         f"- Memory: copy bandwidth (read + write) {rates['dram_bytes_per_s'] / 1e9:.1f} GB/s from DRAM (512 MiB arrays) "
         f"and {rates['l3_bytes_per_s'] / 1e9:.1f} GB/s within the L3, numpy copy split over {env['threads']} threads; "
         "a GEMV must read its weights once per call at half that rate (reads only).",
@@ -208,6 +235,8 @@ def markdown(data: dict) -> str:
         *popcount_ceilings(cases, rates),
         "",
     ]
+    if any("work" in row for case in cases.values() for row in case["variants"].values()):
+        out += ["### Whole models vs the sum of their kernels' ceilings", "", *model_ceilings(cases, rates), ""]
     if "gemv" in cases:
         out += ["### GEMV vs the memory-bandwidth bound", "", *bandwidth_ceilings(cases["gemv"], rates), ""]
     out += ["![speed-up vs PyTorch fp32](benchmarks.png)", ""]

@@ -96,6 +96,8 @@ def run_case(case: Case, args: argparse.Namespace, workdir: Path) -> dict:
             row |= {"family": p.family, "check": p.check, "weight_bytes": p.weight_bytes, "note": p.note,
                     "times_ms": times[v.key], "median_ms": float(np.median(times[v.key])),
                     "artifact": [p.artifact[0], str(p.artifact[1])]}
+            if p.work is not None:
+                row["work"] = p.work
         rows[v.key] = row
     return {"title": case.title, "kind": case.kind, "input": str(input_path),
             "geometry": vars(case.geometry) if case.geometry else None, "variants": rows}

@@ -26,6 +26,7 @@ import tvm
 from tvm import relax
 from tqdm import tqdm
 
+import bench_ceilings
 from bench_cases import Case
 from tvmquant import pipeline
 from tvmquant.adapters import for_target
@@ -82,6 +83,7 @@ class Prepared:
     check: str  # what the output was checked against, and the error
     artifact: tuple[str, Path]  # (loader kind, path) for the peak-memory pass
     note: str = ""
+    work: dict | None = None  # ours on models: the kernels' least work (bench_ceilings.kernel_work)
 
 
 @dataclass(frozen=True)
@@ -432,7 +434,8 @@ class Ours:
             warnings.simplefilter("ignore")
             quantized = pipeline.quantize(src, QuantRequest(config))
         scheme = quantized.scheme
-        nbytes = constant_bytes(pipeline.relax_module(src, quantized, ctx.target, self.kernel))
+        lowered = pipeline.relax_module(src, quantized, ctx.target, self.kernel)
+        nbytes = constant_bytes(lowered)
         records = TuningRecords.read(ctx.tuning_log) if ctx.tuning_log is not None else None
         built = pipeline.build(src, quantized, ctx.target, BuildOptions(self.kernel, records))
         reference = ReferenceModel(src.gm, src.layers, scheme)(ctx.x)
@@ -443,6 +446,8 @@ class Ours:
             family = f"{family} ({edge}{len(scheme.layers)} layers)"
         prepared = _vm_prepared(built.executable, ctx, self.key, nbytes, family, lambda out: check_ours(out, reference))
         prepared.note = f"{len(built.tuned)} kernels from records" if records is not None else ""
+        if ctx.case.kind == "model":
+            prepared.work = bench_ceilings.kernel_work(lowered, scheme)
         return prepared
 
 

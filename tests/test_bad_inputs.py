@@ -115,6 +115,7 @@ def _cases(f):
         "-o is a folder": ([*base, "-o", f["logs"]], "is a folder"),
         "-o under a file": ([*base, "-o", f["a_file"] + "/x.so"], "is not a folder"),
         "-o unwritable folder": ([*base, "-o", "/proc/tvmquant-test.so"], "cannot write into /proc"),
+        "-o without .so": ([*base, "-o", os.path.join(os.path.dirname(f["model"]), "out")], "must end in .so"),
         # tune reads the same inputs
         "tune calib NaN": (["tune", "--model", f["model"], "--calib", f["nan"], "--log-dir", f["logs"]], "non-finite"),
         "tune log dir is a file": (["tune", "--model", f["model"], "--calib", f["calib"], "--log-dir", f["a_file"]], "a_file"),
@@ -160,3 +161,17 @@ def test_bad_input_is_one_line_exit_2_nothing_written(files, case, tmp_path, cap
 
 def test_every_case_is_listed(files):
     assert sorted(_cases(files)) == sorted(NAMES)
+
+
+def test_device_failures_become_one_user_error():
+    """A TVM error (RuntimeError subclasses in TVM 0.27) or a broken connection inside a device run is one
+    readable UserError; before, the handler named tvm.error.TVMError, which 0.27 lacks, and crashed."""
+    import tvm
+
+    from tvmquant.errors import UserError
+    from tvmquant.rpc import device_errors
+
+    for exc in (tvm.error.InternalError("kernel\nFailed to get file format from out"), ConnectionResetError("peer")):
+        with pytest.raises(UserError, match="running here failed: (Failed to get file format from out|peer)"):
+            with device_errors("running here"):
+                raise exc

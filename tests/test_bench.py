@@ -33,3 +33,6 @@ def test_bench_quick(tmp_path):
             if row["status"] == "ok" and row["group"] == "peer" and row["label"] != "PyTorch fp32":
                 assert row["check"].startswith("vs torch fp32")
     assert rows["ours_uniform_w2a2"]["family"].startswith("bitserial")
+    digits = data["cases"]["digits"]["variants"]["ours_uniform_w2a2"]["work"]
+    assert digits["popcount_words"] > 0 and digits["uncounted"] == []
+    assert "Whole models vs the sum of their kernels' ceilings" in (tmp_path / "BENCHMARKS.md").read_text()

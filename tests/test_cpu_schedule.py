@@ -79,3 +79,16 @@ def test_scheduled_fp32_ops_compute_what_the_model_does(schedule, host_target):
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_functions_take_the_pooling_rule(host_target):
+    """Max- and avg-pool functions get unrolled windows (Pooling), the other fp32 ops do not; their results are
+    checked against PyTorch by the test above."""
+    _, mod = _float_module(host_target)
+    taken = {name: cpu_schedule.Pooling().apply(f, host_target.tvm_target, False) is not None
+             for name, f in _prims(mod).items()}
+    pools = [name for name, hit in taken.items() if hit]
+    assert any("max_pool" in n for n in pools) and any("avg_pool" in n for n in pools), taken
+    assert all("pool" in n for n in pools), taken
+    for name in pools:
+        assert "T.unroll" in cpu_schedule.Pooling().apply(_prims(mod)[name], host_target.tvm_target, False).mod.script()

@@ -16,14 +16,15 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("terms", [1, 3])
+@pytest.mark.parametrize("terms,term_dtype", [(1, "int8"), (3, "int8"), (1, "int16")])
 @pytest.mark.parametrize("abits", [2, 4, 8])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
-def test_dequant_conv_matches_reference(shape, abits, terms, host_target):
+def test_dequant_conv_matches_reference(shape, abits, terms, term_dtype, host_target):
     rng = np.random.default_rng(abits)
-    cfg = DequantConv2dConfig(*shape, abits=abits, terms=terms)
+    cfg = DequantConv2dConfig(*shape, abits=abits, terms=terms, term_dtype=term_dtype)
     x = rng.standard_normal((cfg.batch, cfg.in_channels, cfg.height, cfg.width)).astype(np.float32)
-    matrices = rng.integers(-9, 10, (terms, cfg.out_channels, cfg.in_channels, *cfg.kernel)).astype(np.float64)
+    peak = 127 if term_dtype == "int8" else 255
+    matrices = rng.integers(-peak, peak + 1, (terms, cfg.out_channels, cfg.in_channels, *cfg.kernel)).astype(term_dtype)
     combine = rng.standard_normal((terms, cfg.out_channels))
     scale = rng.uniform(0.05, 0.5, cfg.out_channels).astype(np.float32)
     zp, act_scale = int(rng.integers(0, 1 << abits)), float(rng.uniform(0.05, 0.5))
@@ -58,3 +59,23 @@ def test_onehot_terms_are_formed_in_the_kernel_not_stored(host_target):
     want = dequant.reference(x, matrices, combine, scale, dataclasses.replace(cfg, onehot=False), 2.0, 3)
     assert want.std() > 0
     np.testing.assert_array_equal(out.numpy(), want)
+
+
+@pytest.mark.parametrize("kind,bits", [("uniform", 8), ("uniform", 4), ("multipoint", 2)])
+def test_stored_terms_are_never_larger_than_fp32_weights(kind, bits):
+    """The fallback stores integer terms in their narrowest type (it stored float64: 2x the fp32 bytes)."""
+    from tvmquant.kernels.family import layer_geometry
+    from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
+
+    rng = np.random.default_rng(bits)
+    o, c = 32, 48
+    codes = rng.integers(0, 1 << bits, (2, o, c, 3, 3) if kind == "multipoint" else (o, c, 3, 3))
+    zero = np.full(o, ((1 << bits) - 1) / 2)
+    weight = (WeightQuant(WeightKind.MULTIPOINT, bits, codes, scale=np.ones(o), zero_point=np.stack([zero, zero]),
+                          coeffs=np.ones((2, o)))
+              if kind == "multipoint" else WeightQuant(WeightKind.UNIFORM, bits, codes, scale=np.ones(o), zero_point=zero))
+    layer = LayerScheme("layer", "conv2d", weight, ActQuant(8, 0.1, 3), (1, 1), (1, 1))
+    call = dequant.compute(layer, layer_geometry(layer, (1, c, 8, 8)))
+    terms = call.weights[0]
+    assert terms.dtype == (np.int16 if bits == 8 else np.int8)
+    assert terms.nbytes <= 4 * o * c * 9 / 2  # at most half the fp32 weights' bytes

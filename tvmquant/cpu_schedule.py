@@ -3,9 +3,10 @@ reshapes, unquantized layers): without them TVM's CPU pipeline runs each as a na
 
 They are the CPU adapter's generic rules (adapters/cpu.py): after fusion every PrimFunc that no family's rule
 and no tuning record scheduled gets the first that applies: TVM's `s_tir.dlight` CPU rules (GEMV for
-matrix-vector products, Reduction for softmax/norm chains), else `ParallelVectorize`: every block's leading spatial loops fused and spread over threads, the
-innermost spatial loop in vector lanes; in a reduction (pooling, an fp32 conv) that loop moves inside the
-reduction, so the window is summed for a vector of outputs at a time.
+matrix-vector products, Reduction for softmax/norm chains), `Pooling` for TOPI's pooling blocks, else
+`ParallelVectorize`: every block's leading spatial loops fused and spread over threads, the innermost spatial
+loop in vector lanes; in a reduction (an fp32 conv) that loop moves inside the reduction, so the window is
+summed for a vector of outputs at a time.
 """
 
 from __future__ import annotations
@@ -77,7 +78,65 @@ def _schedule_block(sch: s_tir.Schedule, info) -> None:
     _vectorize(sch, sch.get_loops(init)[-1])
 
 
+POOL_RULE_PREFIX = "meta_schedule.pool"  # TOPI's annotation on its pooling blocks (pool_max, pool_avg)
+UNROLL_WINDOW = 7  # pooling windows up to 7 x 7 are unrolled
+MAX_ROW = 512  # a padded row up to this width is one vectorised loop (LLVM splits it into registers)
+
+
+class Pooling(CPUScheduleRule):
+    """Max/avg pooling: ParallelVectorize would put a strided output row in vector lanes, which on NCHW reads
+    every lane with its own scalar load (a 3x3/2 max-pool at 112x112x64: 0.6-0.9 ms). Instead the padded input
+    is written once (parallel rows, vector lanes) and each output row's windows are fully unrolled scalar
+    max/adds, threads over (batch, channel, row): 0.21 ms for the same pool, measured side by side."""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None or not any(_is_pool(sch, info.block_rv) for info in infos):
+            return None
+        for info in infos:  # TOPI's avg-pool annotates the divide, not the window sum: treat all alike
+            if "R" in info.dom_kind():
+                _schedule_window(sch, info)
+            else:
+                _schedule_rows(sch, info)
+        return sch
+
+
+def _is_pool(sch: s_tir.Schedule, block) -> bool:
+    rule = sch.get(block).annotations.get("schedule_rule")
+    return rule is not None and str(rule).startswith(POOL_RULE_PREFIX)
+
+
+def _schedule_window(sch: s_tir.Schedule, info) -> None:
+    """Threads over (batch, channel, row), the window unrolled, output pixels scalar."""
+    kinds = info.dom_kind()
+    loops = [it.loop_rv for it in info.iters]
+    spatial = len(kinds) - len(kinds.lstrip("S"))
+    if spatial < 2 or "S" in kinds[spatial:]:
+        _schedule_block(sch, info)
+        return
+    sch.parallel(sch.fuse(*loops[: spatial - 1]))
+    for loop in loops[spatial:]:
+        extent = sch.get(loop).extent
+        if isinstance(extent, tirx.IntImm) and int(extent) <= UNROLL_WINDOW:
+            sch.unroll(loop)
+
+
+def _schedule_rows(sch: s_tir.Schedule, info) -> None:
+    """Padding and elementwise epilogues: threads over rows, a whole row in vector lanes."""
+    loops = [it.loop_rv for it in info.iters]
+    if len(loops) < 2:
+        _schedule_block(sch, info)
+        return
+    sch.parallel(sch.fuse(*loops[:-1]))
+    extent = sch.get(loops[-1]).extent
+    if isinstance(extent, tirx.IntImm) and int(extent) <= MAX_ROW:
+        sch.vectorize(loops[-1])
+
+
 def rules() -> list:
     """The rules in the order they are tried."""
-    return [dlight.cpu.GEMV(), dlight.cpu.Reduction(), ParallelVectorize()]
+    return [dlight.cpu.GEMV(), dlight.cpu.Reduction(), Pooling(), ParallelVectorize()]
 

@@ -22,6 +22,9 @@ def sidecar_paths(artifact: Path) -> tuple[Path, Path]:
     return artifact.with_name(artifact.name + ".json"), artifact.with_name(artifact.name + ".npz")
 
 
+ARTIFACT_SUFFIX = ".so"
+
+
 def default_output(model: str, target: str, wbits: int, abits: int, method: str, kernel: str = "auto") -> Path:
     """tvmquant_out/MODEL-TARGET-wWaA-METHOD[-KERNEL].so: runs that differ in what decides the program do not
     overwrite each other."""
@@ -30,8 +33,9 @@ def default_output(model: str, target: str, wbits: int, abits: int, method: str,
 
 
 def check_output(output: Path, inputs: Iterable[str | Path | None]) -> None:
-    """Before any work: refuse an output (artifact or sidecar) that is, or lies in, one of `inputs`, and an
-    output folder that cannot be written."""
+    """Before any work: refuse an artifact path without the `.so` suffix (TVM's loader picks the format by it,
+    so a module written as `out` could never be loaded), an output (artifact or sidecar) that is, or lies in,
+    one of `inputs`, and an output folder that cannot be written."""
     targets = (output, *sidecar_paths(output))
     for given in filter(None, inputs):
         source = Path(given)
@@ -42,6 +46,9 @@ def check_output(output: Path, inputs: Iterable[str | Path | None]) -> None:
     for path in targets:
         if path.is_dir():
             raise UserError(f"-o {output}: {path} is a folder")
+    if output.suffix != ARTIFACT_SUFFIX:
+        raise UserError(f"-o {output}: the artifact is a shared library and must end in {ARTIFACT_SUFFIX} "
+                        f"(e.g. -o {output.with_name(output.name + ARTIFACT_SUFFIX)})")
     _check_writable(output.parent)
 
 

@@ -41,7 +41,7 @@ def device_errors(where: str) -> Iterator[None]:
         yield
     except UserError:
         raise
-    except (tvm.error.TVMError, RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError) as exc:  # TVM's errors (tvm.error.*, tvm-ffi) are RuntimeErrors
         lines = [line for line in str(exc).strip().splitlines() if line.strip()]
         raise UserError(f"{where} failed: {lines[-1] if lines else type(exc).__name__}") from exc
 
@@ -55,7 +55,7 @@ def connect(address: str, timeout: float = 10.0) -> rpc.RPCSession:
         )
     try:
         return rpc.connect(host, port, session_timeout=0)
-    except Exception as exc:  # tvm raises TVMError / RuntimeError for handshake failures
+    except Exception as exc:  # tvm raises RuntimeError subclasses (tvm.error.RPCError, ...) for handshake failures
         raise UserError(f"RPC server at {address} refused the session: {str(exc).splitlines()[0]}") from exc
 
 

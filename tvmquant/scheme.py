@@ -213,6 +213,13 @@ def integer_core(layer: LayerScheme) -> IntegerCore:
     raise AssertionError(w.kind)
 
 
+def narrowest_int(values: np.ndarray) -> str:
+    """int8, int16 or int32: the narrowest signed type that holds every value of an integer core's matrix, so
+    that kernels store its entries in as few bytes as they need (int32 where a value passes int16)."""
+    peak = int(np.abs(values).max(initial=0))
+    return next(t for t, bound in (("int8", 127), ("int16", 2**15 - 1), ("int32", 2**31 - 1)) if peak <= bound)
+
+
 def half_integers(zero_point: np.ndarray) -> bool:
     """Whether weight zero points are multiples of 1/2, so that 2 * (code - zero point) is an integer."""
     twice = 2 * np.asarray(zero_point, np.float64)

@@ -29,7 +29,7 @@ from tvm.s_tir import Schedule
 from tvm.target import Target
 
 from .. import actquant
-from ..scheme import LayerScheme, integer_core
+from ..scheme import LayerScheme, integer_core, narrowest_int
 from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
 
@@ -63,15 +63,10 @@ def integer_matrix(layer: LayerScheme) -> np.ndarray | str:
     return core.matrices[0]
 
 
-def _narrowest(t: np.ndarray) -> str:
-    peak = int(np.abs(t).max(initial=0))
-    return next(d for d, limit in (("int8", 127), ("int16", 32767), ("int32", INT32_MAX)) if peak <= limit)
-
-
 def config(layer: LayerScheme, geometry: ConvGeometry, t: np.ndarray) -> DepthwiseConfig:
     """The bound on |I| (255 * sum_k |T[o, k]|, |a - z_a| <= 255) picks the accumulator."""
     bound = 255 * int(np.abs(t).sum(axis=1).max(initial=0))
-    return DepthwiseConfig(**vars(geometry), abits=layer.act.bits, weight_dtype=_narrowest(t),
+    return DepthwiseConfig(**vars(geometry), abits=layer.act.bits, weight_dtype=narrowest_int(t),
                            acc_dtype="int32" if bound <= INT32_MAX else "int64")
 
 

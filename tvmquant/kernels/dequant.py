@@ -1,6 +1,8 @@
 """The fallback every kernel family must beat: the layer's IntegerCore evaluated in float64, any weight kind.
 
-The integer matrices T_j of `scheme.integer_core` reach the module as float64 constants; the input is quantized
+The integer matrices T_j of `scheme.integer_core` reach the module in the narrowest signed integer type that holds
+them (int8 for codes up to 7 bits, int16 for 8-bit codes and 2 u - z_w: never more bytes than the fp32
+weights) and become float64 in the kernel (exact); the input is quantized
 with the layer's uniform ActQuant exactly as the bit-serial kernel does (shared code), centred on the zero
 point, convolved with each T_j in float64 (exact: integers far below 2^53) and combined in j order:
 
@@ -21,7 +23,7 @@ from tvm.s_tir import Schedule
 from tvm.target import Target
 
 from .. import actquant
-from ..scheme import LayerScheme, integer_core
+from ..scheme import LayerScheme, integer_core, narrowest_int
 from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
 
@@ -33,13 +35,14 @@ class DequantConv2dConfig(ConvGeometry):
     abits: int
     terms: int = 1
     onehot: bool = False  # terms arrive as the weight codes plus the code of each term (CODEBOOK layers)
+    term_dtype: str = "int8"  # of the stored integer terms (float64 in the kernel)
 
 
 def dequant_conv2d(
     x: te.Tensor, inv_scale: te.Tensor, zero_point: te.Tensor, terms: te.Tensor, combine: te.Tensor,
     scale: te.Tensor, cfg: DequantConv2dConfig, term_codes: te.Tensor | None = None,
 ) -> te.Tensor:
-    """float32 output (N, O, OH, OW) from float32 x (N, C, H, W), float64 terms (J, O, C, KH, KW),
+    """float32 output (N, O, OH, OW) from float32 x (N, C, H, W), integer terms (J, O, C, KH, KW),
     float64 combine (J, O) and float32 scale (O,). With `term_codes` (J,), `terms` are the uint8 codes
     (O, C, KH, KW) and term j is the 0/1 matrix [code == term_codes[j]], formed here instead of stored (an
     8-bit codebook layer would otherwise store up to 256 float64 matrices)."""
@@ -55,7 +58,7 @@ def dequant_conv2d(
 
     def term(j, o, c, r, s):
         if term_codes is None:
-            return terms[j, o, c, r, s]
+            return terms[j, o, c, r, s].astype("float64")
         one, zero = tirx.const(1.0, "float64"), tirx.const(0.0, "float64")
         return tirx.Select(terms[o, c, r, s].astype("int32") == term_codes[j], one, zero)
 
@@ -104,7 +107,7 @@ def build_primfunc(cfg: DequantConv2dConfig) -> tirx.PrimFunc:
         terms = te.placeholder(weights, "uint8", name="codes")
         term_codes = te.placeholder((cfg.terms,), "int32", name="term_codes")
     else:
-        terms, term_codes = te.placeholder((cfg.terms, *weights), "float64", name="terms"), None
+        terms, term_codes = te.placeholder((cfg.terms, *weights), cfg.term_dtype, name="terms"), None
     combine = te.placeholder((cfg.terms, cfg.out_channels), "float64", name="combine")
     scale = te.placeholder((cfg.out_channels,), "float32", name="scale")
     out = dequant_conv2d(x, inv, zp, terms, combine, scale, cfg, term_codes)
@@ -122,12 +125,14 @@ def compute(layer: LayerScheme, geometry: ConvGeometry) -> KernelCall:
     core = integer_core(layer)
     kept = core.nonzero_terms()
     onehot = core.onehot is not None
-    cfg = DequantConv2dConfig(**vars(geometry), abits=layer.act.bits, terms=len(kept), onehot=onehot)
-    shape = (cfg.out_channels, cfg.in_channels // cfg.conv_groups, *cfg.kernel)
+    shape = (geometry.out_channels, geometry.in_channels // geometry.conv_groups, *geometry.kernel)
     if onehot:
         terms = [core.onehot.reshape(shape).astype(np.uint8), np.asarray(kept, np.int32)]
     else:
-        terms = [np.stack([core.term(j).reshape(shape) for j in kept]).astype(np.float64)]
+        matrices = np.stack([core.term(j).reshape(shape) for j in kept]).astype(np.int64)
+        terms = [matrices.astype(narrowest_int(matrices))]
+    cfg = DequantConv2dConfig(**vars(geometry), abits=layer.act.bits, terms=len(kept), onehot=onehot,
+                              term_dtype=str(terms[0].dtype))
     return kernel_call(build_primfunc(cfg), layer, [*terms, core.combine[kept], core.scale])
 
 
@@ -147,7 +152,7 @@ def reference(
         for g, r, s in np.ndindex(cfg.conv_groups, kh, kw):
             patch = centred[:, g * cin : (g + 1) * cin, r : r + sh * oh : sh, s : s + sw * ow : sw]
             outs = slice(g * cout, (g + 1) * cout)
-            acc[:, outs] += np.einsum("nchw,oc->nohw", patch, terms[j, outs, :, r, s])
+            acc[:, outs] += np.einsum("nchw,oc->nohw", patch, terms[j, outs, :, r, s].astype(np.float64))
         core = core + combine[j][None, :, None, None] * acc
     return core.astype(np.float32) * scale[None, :, None, None]
 
