@@ -368,11 +368,18 @@ def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     isa = lookup_isa(target)
     sch = Schedule(func)
     sch.compute_inline(sch.get_sblock("centred_sum"))
+    _schedule_combination(sch)
+    step = schedule_lookup(sch, isa)
+    return sch.mod["main"] if step is None else _emit_step(sch.mod["main"], step, isa)
+
+
+def schedule_lookup(sch: Schedule, isa: str) -> str | None:
+    """Everything up to the integer bucket sums (codes, tables, the lookup tile and its epilogue); returns the
+    name of the blockized step `_emit_step` replaces (None for gathers). Separate so that a benchmark can
+    time the lookups without the float64 combination."""
     for name in ("quantize", "codes", "channel_sum", "table", "window_sum"):
         _parallel_if_large(sch, name)
-    _schedule_combination(sch)
     sch.vectorize(sch.get_loops(sch.get_sblock("table"))[-1])
-
     lookup = sch.get_sblock("lookup")
     n, y, z, lp, o, r, s, t, h, j = sch.get_loops(lookup)
     dense = int(sch.get(y).extent) == 1 and int(sch.get(z).extent) == 1
@@ -407,7 +414,7 @@ def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     lanes_out = _largest_divisor(int(sch.get(channels).extent), LANES)
     if lanes_out > 1:
         sch.vectorize(sch.split(channels, [None, lanes_out])[1])
-    return sch.mod["main"] if step is None else _emit_step(sch.mod["main"], sch.get(step).name_hint, isa)
+    return None if step is None else sch.get(step).name_hint
 
 
 def build_primfunc(cfg: LutConv2dConfig) -> tirx.PrimFunc:
