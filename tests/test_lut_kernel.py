@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from tvm.target import codegen
 
 from tvmquant.pipeline import BuildOptions
 from tvmquant.compile import compile_model
@@ -108,7 +107,7 @@ def test_fallback_and_shuffle_schedules_are_exact(isa):
         call = scheduled(lut.FAMILY, layer, ConvGeometry(*shape), target)
         asm = tvm.compile(tvm.IRModule({"main": call.prim}), target).mod.inspect_source("asm")
         assert ("vpermb" in asm) == (isa == "vpermb") and ("vpdpbusd" in asm) == (isa == "vpermb")
-        if isa == "gather" or codegen.target_has_features("avx512vbmi", tvm.target.Target({"kind": "llvm", "mcpu": "native"})):
+        if isa == "gather" or lut.lookup_isa(load_target("x86").tvm_target) == "vpermb":  # this host runs it
             got = _run_local(call, x, cfg, target)
             mine, torch_ref = _references(cfg, layer, x)
             np.testing.assert_array_equal(got, mine)
