@@ -39,11 +39,13 @@ Measured results: docs/BENCHMARKS.md (the LUT section), static aarch64 estimates
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import tvm_ffi
 from tvm import te, tirx
+from tvm.ir import TensorRegion
 from tvm.s_tir import Schedule
 from tvm.s_tir.stmt import SBlock
 from tvm.target import Target, codegen
@@ -228,12 +230,12 @@ def _vector(value: int, dtype: str, lanes: int) -> tirx.PrimExpr:
     return tirx.Broadcast(tirx.const(value, dtype), lanes)
 
 
-def _bytes(buf: tirx.Buffer, begin: list, lanes: int) -> tirx.PrimExpr:
+def _bytes(buf: _Region, begin: list, lanes: int) -> tirx.PrimExpr:
     """A vector load of u8 table bytes as the i8 vector LLVM's shuffle intrinsics take."""
     return tirx.reinterpret(f"int8x{lanes}", buf.vload(begin, f"uint8x{lanes}"))
 
 
-def _nibble_indices(idx: tirx.Buffer, lanes: int) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
+def _nibble_indices(idx: _Region, lanes: int) -> tuple[tirx.PrimExpr, tirx.PrimExpr]:
     """The index row's low and high nibbles as byte-shuffle indices j * 16 + nibble (j = byte position % 4)."""
     n = lanes * TABLES
     row = idx.vload([0, 0], f"uint8x{n}")
@@ -243,7 +245,7 @@ def _nibble_indices(idx: tirx.Buffer, lanes: int) -> tuple[tirx.PrimExpr, tirx.P
     return tirx.reinterpret(f"int8x{n}", low), tirx.reinterpret(f"int8x{n}", high)
 
 
-def _vpermb_step(tab: tirx.Buffer, idx: tirx.Buffer, acc: tirx.Buffer) -> tirx.PrimExpr:
+def _vpermb_step(tab: _Region, idx: _Region, acc: _Region) -> tirx.PrimExpr:
     """x86 AVX-512 VBMI + VNNI: per block, one `vpermb` looks up 64 entries (16 outputs x 4 tables) and one
     `vpdpbusd` against ones adds each output's 4 bytes into its int32 lane (u8 x 1: exact, no saturation)."""
     total = acc.vload([0], "int32x16")
@@ -255,11 +257,12 @@ def _vpermb_step(tab: tirx.Buffer, idx: tirx.Buffer, acc: tirx.Buffer) -> tirx.P
     return total
 
 
-def _tbl_step(dot: bool):
+def _tbl_step(dot: bool) -> Callable[[_Region, _Region, _Region], tirx.PrimExpr]:
     """aarch64 NEON: per block, one `tbl` over the 64-byte table in four q registers looks up 16 entries (4
-    outputs x 4 tables); `udot` against ones (+dotprod) or `uaddlp` + `uadalp` (LLVM folds the add) adds each output's 4 bytes."""
+    outputs x 4 tables); `udot` against ones (+dotprod), else `uaddlp` + `uadalp` (LLVM folds the add into
+    the second widening), adds each output's 4 bytes."""
 
-    def step(tab: tirx.Buffer, idx: tirx.Buffer, acc: tirx.Buffer) -> tirx.PrimExpr:
+    def step(tab: _Region, idx: _Region, acc: _Region) -> tirx.PrimExpr:
         total = acc.vload([0], "int32x4")
         for half, index in enumerate(_nibble_indices(idx, 4)):
             regs = [_bytes(tab, [half, k, 0], ENTRIES) for k in range(TABLES)]
@@ -278,7 +281,7 @@ def _tbl_step(dot: bool):
 class _Region:
     """A buffer region as the instruction steps see it: vector loads relative to the region's start."""
 
-    def __init__(self, region):
+    def __init__(self, region: TensorRegion):
         self.buffer, self.begin = region.source, [r.min for r in region.region]
 
     def vload(self, offset: list, dtype: str) -> tirx.PrimExpr:
@@ -299,7 +302,7 @@ def _emit_step(func: tirx.PrimFunc, block_name: str, isa: str) -> tirx.PrimFunc:
     cannot match a description whose buffer index is itself a load (the table entry an index byte selects)."""
     step, lanes = STEPS[isa]
 
-    def replace(stmt):
+    def replace(stmt: SBlock) -> SBlock:
         if stmt.name_hint != block_name:
             return stmt
         reads = {r.source.name: _Region(r) for r in stmt.reads}
@@ -307,8 +310,8 @@ def _emit_step(func: tirx.PrimFunc, block_name: str, isa: str) -> tirx.PrimFunc:
         value = step(reads["table"], reads["index"], acc)
         indices = [*acc.begin[:-1], tirx.Ramp(acc.begin[-1], 1, lanes)]
         return SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint,
-                           tirx.BufferStore(acc.buffer, value, indices), stmt.init, stmt.alloc_buffers,
-                           stmt.match_buffers, stmt.annotations)
+                      tirx.BufferStore(acc.buffer, value, indices), stmt.init, stmt.alloc_buffers,
+                      stmt.match_buffers, stmt.annotations)
 
     return func.with_body(tvm_ffi.structural_map(func.body, (SBlock, replace)))
 
