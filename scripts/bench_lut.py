@@ -3,7 +3,7 @@
 One process, interleaved rounds, medians; ratios are what count on a shared machine. The LUT and dequant times
 include quantizing the float input (both kernels take float32 in and give float32 out). Also measures this
 machine's copy bandwidth (a large numpy copy) to state the GEMV's memory ceiling: the LUT reads its index
-nibbles once per call, (2^b - 1) bytes per 4 weights per output channel.
+nibbles once per call, (2^b - 1) nibbles per 4 weights per output channel.
 
     python scripts/bench_lut.py [--rounds 7] [--threads 2] [--bits 2] [--no-dequant]
 """
@@ -66,7 +66,7 @@ def _lut(shape, bits, target):
     cfg = LutConv2dConfig(*shape, wbits=bits, abits=8)
     x, codes, levels, scale = _inputs(shape, bits)
     out = np.zeros((cfg.batch, cfg.out_channels, *cfg.out_hw), np.float32)
-    args = [x, *ACT, lut.pack_index(codes, cfg), levels, scale, out]
+    args = [x, *ACT, lut.pack_index(codes, cfg), lut.code_counts(codes, cfg), levels, scale, out]
     return _lib_call(lut.schedule(lut.build_primfunc(cfg), target), args, target), args[3].nbytes
 
 

@@ -10,7 +10,7 @@ iteration for a core model. The products per iteration are counted from the inst
     shift                  add/sub vD.T           = one product per lane (conv: a pre-shifted activation row
                                                     added per nonzero weight, zero weights skipped; dense:
                                                     the shifted activation added or subtracted)
-    lut                    ldrsh/ldrh (gather)    = one lookup; tbl vD.16b = 8 int16 lookups;
+    lut                    ldrb/ldrsh (gather)    = one lookup; tbl vD.16b = 16 byte lookups (4 outputs x 4 tables);
                            one lookup covers G=4 weights of one code: MACs = lookups * 4 / (2^wbits - 1)
     dequant                fmla vD.T = lanes, fmadd = 1
 
@@ -19,7 +19,7 @@ Core models: `cortex-a72` (the default arm_cpu target, a Raspberry Pi 4) and `ne
 Cortex-A76-class core with +dotprod (LLVM has no Cortex-A76 scheduling model of its own: `-mcpu=cortex-a76`
 falls back to the A57 model; Neoverse N1 is the server core built on the A76 pipeline).
 
-    python scripts/bench_mca.py [--out docs/mca_arm.md]     # needs Debian llvm-19 (llvm-mca-19)
+    python scripts/bench_mca.py [--out docs/mca_arm.md] [--only lut]     # needs Debian llvm-19 (llvm-mca-19)
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def macs(family: str, op: str, args: str, bits: int) -> float:
     if family == "shift":
         return _lanes(args) if op in ("add", "sub") and vector else 0
     if family == "lut":
-        lookups = {"ldrsh": 1, "ldrh": 1}.get(op, _lanes(args) / 2 if op == "tbl" else 0)
+        lookups = {"ldrb": 1, "ldrsh": 1, "ldrh": 1}.get(op, _lanes(args) if op == "tbl" else 0)
         return lookups * 4 / (2 ** bits - 1)
     if family == "dequant":
         if op in ("fmla", "fmls"):
@@ -203,6 +203,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="also write the table as markdown here")
     parser.add_argument("--keep", type=Path, help="keep artifacts and loop assembly in this folder")
+    parser.add_argument("--only", nargs="+", metavar="FAMILY", help="only these families' rows")
     args = parser.parse_args()
     rows = ["| family | weights | core model | loop instrs | product instrs | cycles/iter | MACs/iter | MACs/cycle |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -210,7 +211,7 @@ def main() -> int:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         model, calib = write_inputs(work)
-        for case in CASES:
+        for case in [c for c in CASES if not args.only or c.family in args.only]:
             for core in CORES:
                 body, n = hot_loop(compile_case(case, core, work, model, calib), case)
                 source = mca_source(body)

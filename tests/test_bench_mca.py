@@ -36,6 +36,7 @@ def test_innermost_loop_is_the_nested_one():
     ("shift", "add", "v0.8h, v0.8h, v2.8h", 2, 8),  # int16 lanes: one pre-shifted row added per weight
     ("shift", "add", "x0, x1, x2", 2, 0),  # scalar address arithmetic is not a product
     ("lut", "ldrsh", "w0, [x1, x2, lsl #1]", 2, 4 / 3),
+    ("lut", "tbl", "v0.16b, { v1.16b, v2.16b, v3.16b, v4.16b }, v5.16b", 2, 16 * 4 / 3),
     ("dequant", "fmla", "v0.4s, v1.4s, v2.4s", 4, 4),
     ("dequant", "fmadd", "s0, s1, s2, s0", 4, 1),
 ])

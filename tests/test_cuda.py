@@ -53,7 +53,7 @@ DEPTHWISE_SHAPES = [(1, 32, 112, 112, 32, (3, 3), (1, 1), (1, 1), 32), (1, 96, 1
                     (1, 64, 37, 37, 64, (3, 3), (1, 1), (1, 1), 64), (1, 256, 14, 14, 8, (3, 3), (1, 1), (1, 1), 8)]
 INSTRUCTIONS = {  # (in the CUDA source, in the PTX)
     "bitserial": ("__popcll", "popc.b64"), "multipoint": ("__popcll", "popc.b64"),
-    "shift": ("<<", "shl.b32"), "lut": ("short table_shared", "ld.shared.s16"), "dequant": ("double", "fma.rn.f64"),
+    "shift": ("<<", "shl.b32"), "lut": ("table_shared", "ld.shared.u8"), "dequant": ("double", "fma.rn.f64"),
     "int8": ("__dp4a", "dp4a.u32.u32"), "depthwise": ("short centred_shared", "ld.shared."),
 }
 

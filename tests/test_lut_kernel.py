@@ -76,8 +76,53 @@ def test_buckets_reference_agrees_with_onehot_core():
     codes = layer.weight.codes.reshape(cfg.out_channels, -1)
     buckets = lut.reference_buckets(x, codes, cfg, layer.act.inv_scale, layer.act.zero_point)
     assert buckets.sum(axis=1).std() > 0  # code 0's bucket is really derived from a nonzero window sum
+    index = lut.pack_index(codes, cfg)  # 17 channels: one pair of table blocks; 24 outputs: rows of 16, padded
+    assert index.shape == (2, 3, 3, 1, 3, 16, 4) and (index & 15).max() == 15 and not index[1, ..., 8:, :].any()
+    assert (index >> 4).max() == 1 and not (index[..., 1:] >> 4).any()  # channel 16: high nibble, j = 0, bit 0
+    assert np.array_equal(lut.code_counts(codes, cfg)[:, :3], [(codes[:3] == l).sum(axis=1) for l in (1, 2, 3)])
+
+
+def test_index_nibbles_address_the_right_channels():
+    """Byte [o/16, r, s, t, l, o%16, j] nibble h, bit i <=> channel 32t + 16h + 4j + i of output o has code l."""
+    cfg = LutConv2dConfig(1, 70, 1, 1, 20, (1, 1), (1, 1), (0, 0), 2, 2)
+    codes = np.zeros((20, 70), np.int64)
+    codes[17, 53] = 2  # t = 1, h = 1, j = 1, i = 1
     index = lut.pack_index(codes, cfg)
-    assert index.shape == (3, 3, 5, 3, 32) and index.max() == 15 and not index[:, :, :, :, 24:].any()
+    assert index.shape == (2, 1, 1, 3, 3, 16, 4)
+    assert index[1, 0, 0, 1, 1, 1, 1] == 2 << 4 and np.count_nonzero(index) == 1
+
+
+def test_byte_planes_follow_the_largest_table_entry():
+    assert LutConv2dConfig(1, 64, 3, 3, 8, (3, 3), (1, 1), (1, 1), 2, 6).planes == 1  # 4 * 63 <= 255
+    assert LutConv2dConfig(1, 64, 3, 3, 8, (3, 3), (1, 1), (1, 1), 2, 7).planes == 2
+
+
+@pytest.mark.parametrize("isa", ["gather", "vpermb"])
+def test_fallback_and_shuffle_schedules_are_exact(isa):
+    """The gather fallback (a target with neither shuffle) and the x86 shuffle, each on its own target."""
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell" if isa == "gather" else "znver4"})
+    assert lut.lookup_isa(target) == isa
+    for shape, wbits, abits in [(SHAPES[2], 2, 8), (SHAPES[4], 3, 2)]:
+        cfg, layer, x = _case(shape, wbits, abits, seed=5)
+        call = scheduled(lut.FAMILY, layer, ConvGeometry(*shape), target)
+        asm = tvm.compile(tvm.IRModule({"main": call.prim}), target).mod.inspect_source("asm")
+        assert ("vpermb" in asm) == (isa == "vpermb") and ("vpdpbusd" in asm) == (isa == "vpermb")
+        if isa == "gather" or lut.lookup_isa(load_target("x86").tvm_target) == "vpermb":  # this host runs it
+            got = _run_local(call, x, cfg, target)
+            mine, torch_ref = _references(cfg, layer, x)
+            np.testing.assert_array_equal(got, mine)
+            np.testing.assert_array_equal(got, torch_ref)
+
+
+@pytest.mark.parametrize("mattr,isa,instructions", [(["+neon", "+dotprod"], "tbl_udot", ("tbl\t", "udot\t")),
+                                                    (["+neon"], "tbl", ("tbl\t", "uadalp\t"))])
+def test_aarch64_lookup_is_a_tbl(mattr, isa, instructions):
+    target = tvm.target.Target({**load_target("arm_cpu").tvm_config, "mattr": mattr})
+    assert lut.lookup_isa(target) == isa
+    cfg, layer, _ = _case(SHAPES[2], 2, 2, seed=5)
+    call = scheduled(lut.FAMILY, layer, ConvGeometry(*SHAPES[2]), target)
+    asm = tvm.compile(tvm.IRModule({"main": call.prim}), target).mod.inspect_source("asm")
+    assert all(i in asm for i in instructions) and ("udot" in asm) == (isa == "tbl_udot")
 
 
 def test_accumulator_widens_when_int32_could_overflow():

@@ -11,8 +11,8 @@ memory; what differs is the reduction and what is staged:
 - multipoint: bitserial's GEMM over the expanded rows, then the float64 per-channel combination.
 - shift: shifts of centred activation codes (`<<`, per thread per weight), a chunk of 8 input channels of the
   padded codes staged per step; int accumulators in registers, the float32 rescale fused behind them.
-- lut: the per-pixel tables of partial sums are staged in shared memory 8 channel groups at a time, looked up
-  with the weights' index nibbles (a gather from shared memory).
+- lut: the per-pixel u8 tables of partial sums are staged in shared memory 8 channel pairs (8 x 32 channels)
+  at a time, looked up with the weights' index nibbles (a gather from shared memory).
 - dequant: the float64 fallback; centred codes staged 8 channels at a time. Its products (`weighted`) are
   still stored before the combination sums them, so no fused multiply-add changes their rounding.
 - int8 (dp4a.py) and depthwise (depthwise.py) have modules of their own: `__dp4a` tensorization; depthwise
