@@ -54,10 +54,14 @@ class ParallelVectorize(CPUScheduleRule):
         return sch
 
 
-def _schedule_block(sch: s_tir.Schedule, info) -> None:
+def _leading_spatial(info) -> tuple[list, str, int]:
+    """(loops, their kinds as "S"/"R", how many spatial loops lead) of one normalized block."""
     kinds = info.dom_kind()
-    loops = [it.loop_rv for it in info.iters]
-    spatial = len(kinds) - len(kinds.lstrip("S"))
+    return [it.loop_rv for it in info.iters], kinds, len(kinds) - len(kinds.lstrip("S"))
+
+
+def _schedule_block(sch: s_tir.Schedule, info) -> None:
+    loops, kinds, spatial = _leading_spatial(info)
     if spatial == 0 or "S" in kinds[spatial:]:  # no leading spatial loop, or spatial after reduction: leave it
         if spatial:
             sch.parallel(sch.fuse(*loops[:spatial]) if spatial > 1 else loops[0])
@@ -111,9 +115,7 @@ def _is_pool(sch: s_tir.Schedule, block) -> bool:
 
 def _schedule_window(sch: s_tir.Schedule, info) -> None:
     """Threads over (batch, channel, row), the window unrolled, output pixels scalar."""
-    kinds = info.dom_kind()
-    loops = [it.loop_rv for it in info.iters]
-    spatial = len(kinds) - len(kinds.lstrip("S"))
+    loops, kinds, spatial = _leading_spatial(info)
     if spatial < 2 or "S" in kinds[spatial:]:
         _schedule_block(sch, info)
         return

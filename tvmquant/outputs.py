@@ -29,7 +29,7 @@ def default_output(model: str, target: str, wbits: int, abits: int, method: str,
     """tvmquant_out/MODEL-TARGET-wWaA-METHOD[-KERNEL].so: runs that differ in what decides the program do not
     overwrite each other."""
     suffix = "" if kernel == "auto" else f"-{kernel}"
-    return Path("tvmquant_out") / f"{model}-{target}-w{wbits}a{abits}-{method}{suffix}.so"
+    return Path("tvmquant_out") / f"{model}-{target}-w{wbits}a{abits}-{method}{suffix}{ARTIFACT_SUFFIX}"
 
 
 def check_output(output: Path, inputs: Iterable[str | Path | None]) -> None:

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from .errors import UserError
+from .outputs import ARTIFACT_SUFFIX
 
 HELP_EPILOG = """  python -m tvmquant compile --budget-ratio 0.1 --plan plan.json      choose bits and methods per layer
   python -m tvmquant compile --plan-in plan.json                       compile an (edited) plan"""
@@ -32,7 +33,7 @@ def _ratio(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not 0 < value <= 8:  # 8: every layer on the float64 dequant fallback could need twice fp32
+    if not 0 < value <= 8:  # 8: a sanity bound; any ratio >= 1 already lets every layer stay float32
         raise argparse.ArgumentTypeError(f"must be a number in (0, 8], got '{text}'")
     return value
 
@@ -80,7 +81,7 @@ def default_output(args: argparse.Namespace, model: str, target: str) -> Path:
     else:
         what = f"budget-{args.budget_bytes}B" if args.budget_bytes else f"budget-r{args.budget_ratio:g}"
     suffix = "" if args.kernel == "auto" else f"-{args.kernel}"
-    return Path("tvmquant_out") / f"{model}-{target}-{what}{suffix}.so"
+    return Path("tvmquant_out") / f"{model}-{target}-{what}{suffix}{ARTIFACT_SUFFIX}"
 
 
 def make_plan(args: argparse.Namespace, source, config, target):

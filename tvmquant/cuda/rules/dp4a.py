@@ -26,6 +26,7 @@ from tvm import tirx
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
+from ...kernels.encoder import has_block
 from .common import (Tile, bind_remaining, inline, reduce_across_threads, split_k_gemm, split_reduction,
                      stage_shared, tile_gemm, wants_split_k)
 
@@ -101,10 +102,10 @@ def schedule(sch: Schedule) -> None:
     inline(sch, "quantize")
     dot = sch.get_sblock("dot")
     codes = str(sch.get(sch.get_sblock("act_codes")).writes[0].source.dtype)
-    epilogue = "dot_epilogue" if _has_block(sch, "dot_epilogue") else "rescale"
+    epilogue = "dot_epilogue" if has_block(sch, "dot_epilogue") else "rescale"
     split_k = wants_split_k(sch, dot, channel_axis=3, split=2, unit=QUAD)
     (split_k_dot if split_k else tiled_dot)(sch, dot, epilogue, codes)
-    if split_k and _has_block(sch, "channel_sum"):
+    if split_k and has_block(sch, "channel_sum"):
         reduce_across_threads(sch, sch.get_sblock("channel_sum"))
     bind_remaining(sch)
 
@@ -132,7 +133,3 @@ def split_k_dot(sch: Schedule, dot, epilogue: str, codes: str) -> None:
     loops = split_k_gemm(sch, dot, channel_axis=3, split=2, inner=1, epilogue=epilogue, per_thread=QUAD,
                          lanes=SPLIT_K_LANES)
     sch.tensorize(loops.registers, INTRINS[codes, "global"])
-
-
-def _has_block(sch: Schedule, name: str) -> bool:
-    return any(sch.get(b).name_hint == name for b in sch.get_child_blocks(sch.get_sblock("root")))
