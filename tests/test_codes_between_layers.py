@@ -117,7 +117,8 @@ def _layer(family, shape, seed) -> LayerScheme:
 
 
 @pytest.mark.parametrize("family", [bitserial, int8], ids=["bitserial", "int8"])
-@pytest.mark.parametrize("shape", [(2, 70, 6, 5, 24, (3, 3), (1, 1), (1, 1)), (1, 9, 8, 8, 7, (3, 3), (2, 2), (0, 0))])
+@pytest.mark.parametrize("shape", [(2, 70, 6, 5, 24, (3, 3), (1, 1), (1, 1)), (1, 9, 8, 8, 7, (3, 3), (2, 2), (0, 0)),
+                                   (2, 20, 9, 7, 12, (1, 1), (2, 2), (0, 0))])
 def test_encoder_then_kernel_on_codes_equals_the_reference(family, shape, host_target):
     target = host_target.tvm_target
     layer = _layer(family, shape, seed=shape[1])
@@ -136,6 +137,13 @@ def test_encoder_then_kernel_on_codes_equals_the_reference(family, shape, host_t
     want = quantized_layer(torch.from_numpy(x), layer, None).numpy()
     assert want.std() > 0
     np.testing.assert_array_equal(out.numpy(), want)
+
+
+def test_strided_1x1_encoder_packs_only_the_pixels_the_kernel_reads(host_target):
+    layer = _layer(bitserial, (2, 20, 9, 7, 12, (1, 1), (2, 2), (0, 0)), seed=3)
+    encoded = bitserial.FAMILY.compute_encoded(layer, layer_geometry(layer, (2, 20, 9, 7)), host_target.tvm_target)
+    n, rows, abits, words, cols = encoded.codes_shape
+    assert (rows, cols) == (5, 4)  # the (OH, OW) of a 9x7 input at stride 2, not the 9x7 pixels
 
 
 @pytest.mark.parametrize("command", ["compile", "tune"])

@@ -18,7 +18,7 @@ the same definition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tvm import te, tirx
@@ -221,40 +221,46 @@ def _schedule_packing(sch: Schedule, _target: Target | None = None) -> None:
     sch.decompose_reduction(pack, t)
 
 
+MIN_PARALLEL_TILES = 16  # below this many pixel tiles, channel blocks are parallel work items too
+
+
 def _schedule_dot(sch: Schedule, target: Target) -> None:
     """Register tiles of P pixels x L output channels (L vector lanes), the whole reduction inside the tile.
 
     Each weight vector is loaded once per tile and reused for P pixels and every activation plane; each
     activation word is a broadcast reused for every weight plane. The tile's accumulators live in registers
     (a "local" buffer LLVM promotes) and the dot epilogue runs on them before anything is stored. Pixels are
-    tiled along OW, or along the batch for dense layers (1x1 image).
+    tiled along OW, or along the batch for dense layers (1x1 image). Threads take pixel tiles; where there are
+    fewer than MIN_PARALLEL_TILES (ResNet's 7x7 layers: 7 rows for 2 threads, one idle an eighth of the
+    time; dense layers: one tile) they take (channel block, pixel tile) pairs, channel blocks outermost so
+    that consecutive items of a thread share their weights (7x7x512 W2A2: 1.12-1.15x, one kernel alone,
+    interleaved; 14x14 and larger measured 0.84-0.88x that way, so they keep pixel tiles).
     """
     dot = sch.get_sblock("popcount_dot")
     n, y, z, o, wd, r, s, i, j = sch.get_loops(dot)
     tiled = z if int(sch.get(z).extent) > 1 else n
     po, pi = sch.split(tiled, [None, _pixel_tile(int(sch.get(tiled).extent), _widest_pixel_tile(target))])
     oo, oi = sch.split(o, [None, vector_lanes(int(sch.get(o).extent))])
-    if tiled is z:
-        sch.reorder(n, y, po, oo, wd, r, s, i, j, pi, oi)
-        pixels = sch.fuse(n, y, po)
-    else:
-        sch.reorder(po, y, z, oo, wd, r, s, i, j, pi, oi)
-        pixels = sch.fuse(po, y, z)
-    sch.parallel(pixels)
+    spatial = [n, y, po] if tiled is z else [po, y, z]
+    few = int(np.prod([int(sch.get(loop).extent) for loop in spatial])) < MIN_PARALLEL_TILES
+    sch.reorder(*([oo, *spatial] if few else [*spatial, oo]), wd, r, s, i, j, pi, oi)
+    items = sch.fuse(oo, *spatial) if few else sch.fuse(*spatial)
+    sch.parallel(items)
     for loop in (i, j, pi):
         sch.unroll(loop)
     sch.vectorize(oi)
     sch.set_scope(dot, 0, "local")
     epilogue = sch.get_sblock("dot_epilogue")
-    sch.reverse_compute_at(epilogue, oo)
-    _vectorize_tile_epilogue(sch, epilogue)
+    sch.reverse_compute_at(epilogue, items if few else oo)
+    _vectorize_tile_epilogue(sch, epilogue, 1 if few else 2)
     sch.decompose_reduction(dot, wd)
 
 
-def _vectorize_tile_epilogue(sch: Schedule, epilogue) -> None:
+def _vectorize_tile_epilogue(sch: Schedule, epilogue, outer: int) -> None:
     """Read the accumulators as whole vectors (channels in lanes) and store them per pixel; the loop the other
-    way round would gather across the tile (measured ~20% of the kernel at 56x56x64)."""
-    inner = sch.get_loops(epilogue)[2:]  # under (pixel tiles, channel blocks); unit loops are left out
+    way round would gather across the tile (measured ~20% of the kernel at 56x56x64). `outer`: the loops the
+    tile sits under (pixel tiles and channel blocks, or the two fused); unit loops are left out."""
+    inner = sch.get_loops(epilogue)[outer:]
     if len(inner) == 2:
         o, z = inner
         sch.reorder(z, o)
@@ -344,18 +350,35 @@ def compute(layer: LayerScheme, geometry: ConvGeometry, codes_in: bool = False) 
     return kernel_call(prim, layer, [pack_weights(codes, cfg), code_sums, zw2, integer_core(layer).scale])
 
 
-def build_encoder(cfg: BitserialConv2dConfig) -> tirx.PrimFunc:
-    """(x, act_inv_scale, act_zero_point) -> planes: the kernel's own quantize, pad and pack, on their own."""
-    x, (inv, zp) = float_input((cfg.batch, cfg.in_channels, cfg.height, cfg.width)), actquant.te_placeholders()
-    return encoder_func("bitserial", x, inv, zp, encode_activations(x, inv, zp, cfg))
+def pixels_read(geometry: ConvGeometry) -> ConvGeometry:
+    """The geometry a kernel on codes runs: a 1x1 conv with stride s and no padding (ResNet's downsample
+    convs) reads one input pixel in s*s, so its encoder packs only those and the kernel is the stride-1 1x1
+    conv on the (OH, OW) image they form (same products, same order); any other conv runs as it is."""
+    if geometry.kernel != (1, 1) or geometry.padding != (0, 0) or geometry.stride == (1, 1):
+        return geometry
+    oh, ow = geometry.out_hw
+    return replace(geometry, height=oh, width=ow, stride=(1, 1))
+
+
+def build_encoder(cfg: BitserialConv2dConfig, geometry: ConvGeometry) -> tirx.PrimFunc:
+    """(x, act_inv_scale, act_zero_point) -> planes: the kernel's own quantize, pad and pack, on their own,
+    of the pixels the kernel reads (`cfg` is `pixels_read(geometry)`'s; x has `geometry`'s full input)."""
+    n, c, h, w = geometry.batch, geometry.in_channels, geometry.height, geometry.width
+    x, (inv, zp) = float_input((n, c, h, w)), actquant.te_placeholders()
+    (sh, sw) = geometry.stride
+    read = x if (cfg.height, cfg.width) == (h, w) else te.compute(
+        (n, c, cfg.height, cfg.width), lambda b, k, y, z: x[b, k, y * sh, z * sw], name="strided_pixels")
+    return encoder_func("bitserial", x, inv, zp, encode_activations(read, inv, zp, cfg))
 
 
 def compute_encoded(layer: LayerScheme, geometry: ConvGeometry) -> Encoded:
     """The layer as (encoder -> bit-planes, kernel on bit-planes): codes between layers."""
-    return Encoded(build_encoder(_config(layer, geometry)), compute(layer, geometry, codes_in=True), PLANES_IO)
+    read = pixels_read(geometry)
+    return Encoded(build_encoder(_config(layer, read), geometry), compute(layer, read, codes_in=True), PLANES_IO)
 
 
-PLANES_IO = TensorIO("N,H+2ph,abits,words,W+2pw", "uint64")  # bit-planes, 64 channels per word
+PLANES_IO = TensorIO("N,H+2ph,abits,words,W+2pw", "uint64")  # bit-planes, 64 channels per word (strided
+# 1x1 convs: N,OH,abits,words,OW, the pixels they read)
 ENCODER = EncoderSpec(compute_encoded, "pack_act", {"cpu": _schedule_packing})
 FAMILY = Family("bitserial", tunable=True, check=supports, build=compute, schedules={"cpu": schedule},
                 encoder=ENCODER)
