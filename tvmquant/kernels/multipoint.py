@@ -150,11 +150,13 @@ def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def build_primfunc(cfg: MultipointConv2dConfig) -> tirx.PrimFunc:
+def build_primfunc(cfg: MultipointConv2dConfig, codes_in: bool = False) -> tirx.PrimFunc:
     """The unscheduled kernel (x, act_inv_scale, act_zero_point, wplanes, wsum, zw2, rowmap, combine, scale)
-    -> float32 output, for one layer instance."""
+    -> float32 output, for one layer instance. `codes_in`: x is bitserial's encoder planes
+    (`bitserial.planes_shape`, uint64) instead of float NCHW (the onehot family's codes between layers)."""
     rows, out = cfg.rows, cfg.out_channels
-    x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
+    x = (te.placeholder(bitserial.planes_shape(cfg.gemm), "uint64", name="x") if codes_in
+         else te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x"))
     inv, zp = actquant.te_placeholders()
     wplanes = te.placeholder((*cfg.kernel, cfg.wbits, cfg.gemm.words, rows), "uint64", name="wplanes")
     wsum = te.placeholder((rows,), "int32", name="wsum")
