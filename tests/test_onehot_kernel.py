@@ -8,7 +8,7 @@ import tvm
 
 from tvmquant import pipeline
 from tvmquant.compile import compile_model
-from tvmquant.kernels import lut, multipoint, onehot, registry
+from tvmquant.kernels import multipoint, onehot, registry
 from tvmquant.kernels.family import layer_geometry, scheduled
 from tvmquant.pipeline import BuildOptions, QuantRequest
 from tvmquant.quantize import QuantConfig
