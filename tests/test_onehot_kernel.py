@@ -66,7 +66,7 @@ def test_kernel_equals_reference(shape, wbits, abits, host_target):
     assert np.abs(want).max() > 0, "degenerate case: the check would be vacuous"
     np.testing.assert_array_equal(got, want)
     rows = onehot.expand_rows(layer)
-    cfg = multipoint.MultipointConv2dConfig(**vars(geometry), wbits=1, abits=abits, rows=len(rows.codes),
+    cfg = multipoint.MultipointConv2dConfig(**vars(geometry), wbits=1, abits=abits, rows=len(rows.codes), derived=True,
                                             slots=rows.rowmap.shape[1])
     np.testing.assert_array_equal(multipoint.reference(x, rows, cfg, layer.act.inv_scale, layer.act.zero_point), want)
 

@@ -33,24 +33,26 @@ MAX_BITS = 4  # up to 16 rows per channel; wider codebooks have more rows than d
 
 
 def expand_rows(layer: LayerScheme, pad: int = multipoint.ROW_PAD) -> multipoint.ExpandedRows:
-    """One 1-bit row [code == l] per (channel, used code l); row o is channel o's lowest used code."""
+    """One 1-bit row [code == l] per (channel, used code l >= 1), channel by channel, codes ascending; then a
+    zero row (the padding slots) and the window-sum row (all ones, last). Slot 0 of every channel is code 0,
+    derived (`MultipointConv2dConfig.derived`); its row map entry is unused."""
     w, core = layer.weight, integer_core(layer)
     codes = w.codes.reshape(w.out_channels, -1)
     used = [np.unique(codes[o]) for o in range(w.out_channels)]
-    slots = max(len(u) for u in used)
-    order = [(o, int(u[0])) for o, u in enumerate(used)]
-    rowmap = np.repeat(np.arange(w.out_channels, dtype=np.int32)[:, None], slots, axis=1)
+    used = [u[u > 0] for u in used]
+    slots = 1 + max(len(u) for u in used)
+    order = [(o, int(code)) for o, u in enumerate(used) for code in u]
+    rows = -(-(len(order) + 2) // pad) * pad
+    zero, window = rows - 2, rows - 1
+    rowmap = np.full((w.out_channels, slots), zero, np.int32)
+    rowmap[:, 0] = window
     combine = np.zeros((w.out_channels, slots))
-    for o, u in enumerate(used):
-        combine[o, 0] = core.combine[u[0], o] / 2
-        for s, code in enumerate(u[1:], start=1):
-            rowmap[o, s] = len(order)
-            combine[o, s] = core.combine[code, o] / 2
-            order.append((o, int(code)))
-    rows = -(-len(order) // pad) * pad
+    combine[:, 0] = core.combine[0] / 2
     planes = np.zeros((rows, codes.shape[1]), np.uint8)
+    planes[window] = 1
     for r, (o, code) in enumerate(order):
-        planes[r] = codes[o] == code
+        s = 1 + int(np.searchsorted(used[o], code))
+        planes[r], rowmap[o, s], combine[o, s] = codes[o] == code, r, core.combine[code, o] / 2
     return multipoint.ExpandedRows(planes, np.zeros(rows, np.int32), rowmap, combine, core.scale)
 
 
@@ -70,7 +72,7 @@ def supports(layer: LayerScheme) -> str | None:
 
 def _config(layer: LayerScheme, geometry: ConvGeometry, rows: multipoint.ExpandedRows) -> multipoint.MultipointConv2dConfig:
     return multipoint.MultipointConv2dConfig(**vars(geometry), wbits=1, abits=layer.act.bits, rows=len(rows.codes),
-                                             slots=rows.rowmap.shape[1])
+                                             slots=rows.rowmap.shape[1], derived=True)
 
 
 def compute(layer: LayerScheme, geometry: ConvGeometry, codes_in: bool = False) -> KernelCall:

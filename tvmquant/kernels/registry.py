@@ -126,7 +126,9 @@ def _wanted(layer: LayerScheme, target: Target, requested: str, rules: Mapping[s
     kind = layer.weight.kind
     if kind in (WeightKind.UNIFORM, WeightKind.POW2) and int8.supports(layer) is None:
         return auto_family(layer, int8.dot_isa(target))
-    if kind is WeightKind.CODEBOOK and onehot.FAMILY.name in candidates(layer, target, rules):
+    # LUT_COST was measured against onehot's own (CPU) schedule: where it has only a generic one (CUDA), lut stays
+    if (kind is WeightKind.CODEBOOK and onehot.FAMILY.rule_for(target) is not None
+            and onehot.FAMILY.name in candidates(layer, target, rules)):
         return auto_family(layer, int8.dot_isa(target))
     return PREFERRED[layer.weight.kind]
 
