@@ -66,23 +66,28 @@ def test_kernel_equals_reference(shape, wbits, abits, host_target):
     assert np.abs(want).max() > 0, "degenerate case: the check would be vacuous"
     np.testing.assert_array_equal(got, want)
     rows = onehot.expand_rows(layer)
-    cfg = multipoint.MultipointConv2dConfig(**vars(geometry), wbits=1, abits=abits, rows=len(rows.codes), derived=True,
-                                            slots=rows.rowmap.shape[1])
+    cfg = multipoint.MultipointConv2dConfig(**vars(geometry), wbits=1, abits=abits, rows=len(rows.codes),
+                                            slots=rows.rowmap.shape[1], derived=True)
     np.testing.assert_array_equal(multipoint.reference(x, rows, cfg, layer.act.inv_scale, layer.act.zero_point), want)
 
 
-def test_rows_are_one_hot_planes_of_the_used_codes_ascending():
+def test_rows_are_one_hot_planes_of_the_used_codes_above_zero_then_zero_and_window_rows():
     layer = make_layer(SHAPES[2], 3, 2, np.random.default_rng(4))
     rows = onehot.expand_rows(layer)
     codes = layer.weight.codes.reshape(layer.weight.out_channels, -1)
     assert len(rows.codes) % multipoint.ROW_PAD == 0 and not rows.zw2.any()
+    assert (rows.codes[-1] == 1).all() and not rows.codes[-2].any()  # the window-sum row, the zero row
+    assert (rows.rowmap[:, 0] == len(rows.codes) - 1).all()
+    np.testing.assert_array_equal(rows.combine[:, 0], layer.weight.levels[:, 0] / 2)
     for o in range(len(codes)):
         used = np.unique(codes[o])
-        np.testing.assert_array_equal(rows.codes[rows.rowmap[o, : len(used)]], codes[o][None] == used[:, None])
-        np.testing.assert_array_equal(rows.combine[o, : len(used)], layer.weight.levels[o, used] / 2)
-        assert (rows.combine[o, len(used):] == 0).all()
-    assert rows.rowmap[1, 0] == 1 and (rows.combine[1, 1:] == 0).all()  # channel 1: one code, one row
-    assert rows.extra_rows == sum(len(np.unique(c)) - 1 for c in codes)
+        used = used[used > 0]
+        slots = rows.rowmap[o, 1 : 1 + len(used)]
+        np.testing.assert_array_equal(rows.codes[slots], codes[o][None] == used[:, None])
+        np.testing.assert_array_equal(rows.combine[o, 1 : 1 + len(used)], layer.weight.levels[o, used] / 2)
+        assert (rows.combine[o, 1 + len(used):] == 0).all() and (rows.rowmap[o, 1 + len(used):] == len(rows.codes) - 2).all()
+    assert (rows.rowmap[1, 2:] == len(rows.codes) - 2).all()  # channel 1 uses code 7 only: one row
+    assert len(rows.codes) == -(-(sum(len(np.unique(c[c > 0])) for c in codes) + 2) // multipoint.ROW_PAD) * 8
 
 
 def test_encoder_then_kernel_on_codes_equals_the_reference(host_target):
