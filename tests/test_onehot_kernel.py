@@ -122,8 +122,8 @@ def test_supports_low_bit_codebooks_with_halvable_levels_only():
 
 
 @pytest.mark.parametrize("shape,wbits,abits,used,want", [
-    ((1, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1)), 2, 2, 4, "onehot"),  # conv56: 512 bit-ops <= LUT_COST x 48 lookups
-    ((1, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1)), 4, 6, 16, "lut"),  # 6144 bit-ops > LUT_COST x 240 lookups
+    ((1, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1)), 2, 2, 3, "onehot"),  # conv56: 384 bit-ops <= LUT_COST x 48 lookups
+    ((1, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1)), 4, 6, 15, "lut"),  # 5760 bit-ops > LUT_COST x 240 lookups
 ])
 def test_auto_rule_between_lut_and_onehot(shape, wbits, abits, used, want):
     rng = np.random.default_rng(1)

@@ -9,11 +9,14 @@ S_l is a bit-serial GEMM of the 1-bit plane P_l[o, k] = [code[o, k] == l] agains
 bit-serial rows (`multipoint.ExpandedRows`: T = 2 * codes - zw2) a plane with zero point 0 gives I = 2 S_l,
 so the row's combination weight is levels[o, l] / 2: (levels / 2) * (2 S) is the same real product as
 levels * S, rounded once, as long as halving a level is exact (`supports` checks it; it fails only for
-float64 subnormals). Each channel gets one row per code it uses, ascending (row o its lowest code, the others
-after the first O rows); a code a channel never uses has S_l = 0 and adds exactly +0, so it gets no row. The
-multipoint kernel then runs ONE bit-serial GEMM over the rows and the float64 combination through its row map,
-slots ascending = codes ascending, as the reference sums. A b-bit layer costs at most 2^b one-bit rows x abits
-activation planes of AND + popcount per channel (`registry.auto_family` compares that with lut's lookups).
+float64 subnormals). Code 0 needs no rows: one all-ones row, shared by every channel, gives 2 W with
+W = sum_k (a_k - z_a) the window's centred activation sum, and 2 S_0 = 2 W - sum_{l>=1} 2 S_l exactly (integer
+arithmetic, before any rounding; the multipoint kernel's `derived` first slot). Each channel gets one row per
+code l >= 1 it uses, ascending; a code it never uses has S_l = 0 and adds exactly +0, so it gets no row (its
+slot points at one zero row). The multipoint kernel runs ONE bit-serial GEMM over the rows and the float64
+combination through its row map, slot 0 = code 0 then the codes ascending, as the reference sums. A b-bit
+layer costs at most 2^b - 1 one-bit rows x abits activation planes of AND + popcount per channel
+(`registry.codebook_cost` compares that with lut's lookups).
 
 Codes between layers: the activation planes are bitserial's, so the encoder is bitserial's encoder and its
 schedule (`bitserial.build_encoder`, `bitserial.ENCODER`), and the kernel reads its planes.
@@ -29,7 +32,7 @@ from .encoder import Encoded, EncoderSpec
 from .family import Family, KernelCall, kernel_call
 from .geometry import ConvGeometry
 
-MAX_BITS = 4  # up to 16 rows per channel; wider codebooks have more rows than dequant has work
+MAX_BITS = 4  # up to 15 rows per channel; wider codebooks have more rows than dequant has work
 
 
 def expand_rows(layer: LayerScheme, pad: int = multipoint.ROW_PAD) -> multipoint.ExpandedRows:
@@ -61,7 +64,7 @@ def supports(layer: LayerScheme) -> str | None:
     if w.kind is not WeightKind.CODEBOOK:
         return f"{w.kind.value} weights are not a codebook"
     if w.bits > MAX_BITS:
-        return f"{w.bits}-bit codebook: up to {1 << w.bits} one-hot rows per channel cost more than dequant"
+        return f"{w.bits}-bit codebook: up to {(1 << w.bits) - 1} one-hot rows per channel cost more than dequant"
     levels = integer_core(layer).combine
     if not np.isfinite(levels).all():
         return "non-finite codebook levels"
@@ -76,7 +79,8 @@ def _config(layer: LayerScheme, geometry: ConvGeometry, rows: multipoint.Expande
 
 
 def compute(layer: LayerScheme, geometry: ConvGeometry, codes_in: bool = False) -> KernelCall:
-    """CODEBOOK layers: the one-hot rows packed as 1-bit planes, the row map and levels / 2."""
+    """CODEBOOK layers: the one-hot rows (and the window-sum row) packed as 1-bit planes, the row map and
+    levels / 2."""
     rows = expand_rows(layer)
     cfg = _config(layer, geometry, rows)
     return kernel_call(multipoint.build_primfunc(cfg, codes_in), layer, multipoint.kernel_consts(rows, cfg))

@@ -48,19 +48,21 @@ ALTERNATIVE = {WeightKind.UNIFORM: "int8", WeightKind.POW2: "int8", WeightKind.C
 INT8_COST = {"vnni": 6, "sdot": 6, "widen": 24}
 # The cost of one lut lookup (one 4-channel group of one code and one byte plane) relative to one bit of a
 # bit-serial AND + popcount (codebook_cost): measured on this Zen 4, UNIQ W2A2 conv56 (3x3, 64 -> 64 at 56x56)
-# side by side, lut 1.87 ms for 48 lookups vs onehot 1.03 ms for 512 bit-ops per tap and channel: 19.
-LUT_COST = 19
+# side by side (load 7 on 2 cores, 1 and 2 threads alike), lut 2.81 ms for 48 lookups vs onehot 1.24 ms for
+# 384 bit-ops per tap and channel: 18.
+LUT_COST = 18
 
 
 def codebook_cost(layer: LayerScheme) -> tuple[int, int]:
     """(one-hot bit-ops, lut lookups) per kernel tap and output channel of a CODEBOOK layer:
 
-        one-hot work = codes * abits * 64 * ceil(C / 64)   codes = the most codes one channel uses (its rows)
+        one-hot work = codes * abits * 64 * ceil(C / 64)   codes = the most codes > 0 one channel uses (its
+                                                           rows: code 0's bucket is derived, onehot.py)
         lut work     = (2^b - 1) * planes * ceil(C / 4)     planes = lut's byte planes (1 up to 6-bit activations)
     """
     w, abits = layer.weight, layer.act.bits
     channels = w.codes.shape[1]
-    codes = max(len(np.unique(row)) for row in w.codes.reshape(w.out_channels, -1))
+    codes = max(int((np.unique(row) > 0).sum()) for row in w.codes.reshape(w.out_channels, -1))
     planes = 1 if 4 * ((1 << abits) - 1) <= 255 else 2
     return codes * abits * 64 * -(-channels // 64), ((1 << w.bits) - 1) * planes * -(-channels // 4)
 
