@@ -474,7 +474,8 @@ def our_variants(case: Case, quick: bool) -> list[Variant]:
                    Ours("uniform", 2, 2, "bitserial")]
     else:
         configs = [Ours("uniform", 1, 1), Ours("uniform", 2, 2), Ours("uniform", 4, 4), Ours("uniform", 8, 8),
-                   Ours("uniform", 2, 2, "int8"), Ours("inq", 2, 2), Ours("inq", 2, 2, "shift"), Ours("uniq", 2, 2)]
+                   Ours("uniform", 2, 2, "int8"), Ours("inq", 2, 2), Ours("inq", 2, 2, "shift"), Ours("uniq", 2, 2),
+                   Ours("uniq", 2, 2, "lut"), Ours("uniq", 2, 2, "onehot")]
         if case.kind == "conv":  # multipoint's PTQ of a 1024- or 4096-wide linear layer takes many minutes here
             configs.append(Ours("multipoint", 2, 2))
         else:

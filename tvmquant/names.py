@@ -4,4 +4,4 @@ these lists by tests/test_cli.py."""
 
 METHODS = ("uniform", "uniq", "inq", "balanced", "multipoint", "qnet")
 QAT_METHODS = ("uniform", "uniq", "inq", "balanced", "qnet")
-KERNELS = ("auto", "bitserial", "int8", "shift", "lut", "multipoint", "depthwise", "dequant")
+KERNELS = ("auto", "bitserial", "int8", "shift", "lut", "onehot", "multipoint", "depthwise", "dequant")

@@ -35,12 +35,14 @@ ROW_PAD = 8  # expanded rows are padded to a multiple of this: 8 u64 lanes = one
 
 @dataclass(frozen=True)
 class MultipointConv2dConfig(ConvGeometry):
-    """Shapes and bit widths of one instance: `rows` expanded rows (padded), `slots` rows per channel."""
+    """Shapes and bit widths of one instance: `rows` expanded rows (padded), `slots` rows per channel.
+    `derived`: slot 0 is not a row but I[last row] - sum of the channel's other slots (`derived_first`)."""
 
     wbits: int
     abits: int
     rows: int
     slots: int
+    derived: bool = False
 
     @property
     def gemm(self) -> BitserialConv2dConfig:
@@ -114,8 +116,15 @@ def multipoint_conv2d(
         row = tirx.min(tirx.max(rowmap[o, s], 0), cfg.rows - 1)
         return _product(combine[o, s], core[n, row, y, z].astype("float64"))
 
+    def first(n, o, y, z):
+        if not cfg.derived:
+            return term(n, o, y, z, 0)
+        rest = [core[n, tirx.min(tirx.max(rowmap[o, s], 0), cfg.rows - 1), y, z] for s in range(1, cfg.slots)]
+        derived = core[n, cfg.rows - 1, y, z] - sum(rest[1:], rest[0]) if rest else core[n, cfg.rows - 1, y, z]
+        return _product(combine[o, 0], derived.astype("float64"))
+
     def combined(n, o, y, z):
-        acc = term(n, o, y, z, 0)
+        acc = first(n, o, y, z)
         for s in range(1, cfg.slots):
             acc = acc + term(n, o, y, z, s)
         return acc.astype("float32") * scale[o]
@@ -127,9 +136,14 @@ def reference(
     x: np.ndarray, rows: ExpandedRows, cfg: MultipointConv2dConfig, inv_scale: float, zero_point: int
 ) -> np.ndarray:
     """numpy reference: the integer core of every row (bitserial.reference_int), then the float64 combination."""
-    core = bitserial.reference_int(x, rows.codes, rows.zw2, cfg.gemm, inv_scale, zero_point).astype(np.float64)
+    core = bitserial.reference_int(x, rows.codes, rows.zw2, cfg.gemm, inv_scale, zero_point)
+    if cfg.derived:
+        core = np.concatenate([core, core[:, -1:] - core[:, rows.rowmap[:, 1:]].sum(axis=2)], axis=1)
+    core = core.astype(np.float64)
     acc = np.zeros((cfg.batch, cfg.out_channels, *cfg.out_hw))
-    for s in range(cfg.slots):
+    if cfg.derived:
+        acc = acc + rows.combine[None, :, 0, None, None] * core[:, len(rows.codes):]
+    for s in range(1 if cfg.derived else 0, cfg.slots):
         acc = acc + rows.combine[None, :, s, None, None] * core[:, rows.rowmap[:, s]]
     return acc.astype(np.float32) * rows.scale[None, :, None, None]
 
@@ -150,11 +164,13 @@ def schedule(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def build_primfunc(cfg: MultipointConv2dConfig) -> tirx.PrimFunc:
+def build_primfunc(cfg: MultipointConv2dConfig, codes_in: bool = False) -> tirx.PrimFunc:
     """The unscheduled kernel (x, act_inv_scale, act_zero_point, wplanes, wsum, zw2, rowmap, combine, scale)
-    -> float32 output, for one layer instance."""
+    -> float32 output, for one layer instance. `codes_in`: x is bitserial's encoder planes
+    (`bitserial.planes_shape`, uint64) instead of float NCHW (the onehot family's codes between layers)."""
     rows, out = cfg.rows, cfg.out_channels
-    x = te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x")
+    x = (te.placeholder(bitserial.planes_shape(cfg.gemm), "uint64", name="x") if codes_in
+         else te.placeholder((cfg.batch, cfg.in_channels, cfg.height, cfg.width), "float32", name="x"))
     inv, zp = actquant.te_placeholders()
     wplanes = te.placeholder((*cfg.kernel, cfg.wbits, cfg.gemm.words, rows), "uint64", name="wplanes")
     wsum = te.placeholder((rows,), "int32", name="wsum")
