@@ -276,11 +276,12 @@ def _widest_tile(isa: str) -> int:
 def register_tile(pixels: int, blocks: int, steps: int, isa: str) -> tuple[int, int]:
     """(P pixels, B 16-channel blocks) per register tile, P dividing `pixels` and B dividing `blocks`. Under
     VNNI a tile of P x B zmm accumulators reuses each activation broadcast B times and each weight vector P
-    times (`vpdpbusd` takes the weights from memory operands): the widest P, then the most blocks within 24
-    accumulators (28 spilled), or 16 where the reduction has at most 4 dot `steps` (taps x channel groups):
-    there the epilogue's P x 16B channel-strided stores dominate, and wider tiles measured slower (16 -> 96
-    channels at 112x112: 0.40 ms at 8 x 2, 0.72 at 8 x 3). Elsewhere a block spans 4 registers (NEON) or none
-    is resident (widening multiplies): one block, as many pixels as `_widest_tile`."""
+    times: the widest P, then the most blocks within 24 accumulators (the rest of the 32 zmm hold broadcasts
+    and weights; 7 x 4 = 28 spilled), or 16 where the reduction has at most 4 dot `steps` (taps x channel
+    groups): there the epilogue dominates (B x 16 output channels, each an NCHW row of its own, per tile) and
+    wider tiles measured slower (16 -> 96 channels at 112x112: 0.40 ms at 8 x 2, 0.72 at 8 x 3). Elsewhere a
+    block spans 4 registers (NEON) or none is resident (widening multiplies): one block, as many pixels as
+    `_widest_tile`."""
     p = _pixel_tile(pixels, _widest_tile(isa))
     if isa != "vnni":
         return p, 1
