@@ -101,6 +101,26 @@ def test_exact_against_references(shape, bits, host_target):
     _check(layer, x, *_run(depthwise, layer, x, host_target))
 
 
+@pytest.mark.parametrize("index", [0, 1, 2, 4])
+def test_encoder_then_kernel_on_codes_equals_the_references(index, host_target):
+    """Codes between layers: the encoder writes the centred int16 codes, the kernel reads them."""
+    shape, bits = SHAPES[index], BITS[index]
+    layer, x, target = _layer(shape, *bits, index), _input(shape, index), host_target.tvm_target
+    encoded = depthwise.FAMILY.compute_encoded(layer, layer_geometry(layer, x.shape), target)
+    assert encoded.io.dtype == "int16" and encoded.kernel.prim.params[0].dtype == "int16"
+    encoder = depthwise.FAMILY.encoder_rule_for(target).apply(encoded.encoder, target, False).mod["main"]
+    kernel = depthwise.FAMILY.rule_for(target).apply(encoded.kernel.prim, target, False).mod["main"]
+    dev = tvm.cpu()
+    codes = tvm.runtime.tensor(np.zeros(encoded.codes_shape, "int16"), dev)
+    act = [tvm.runtime.tensor(a, dev) for a in encoded.kernel.act]
+    tvm.compile(tvm.IRModule({"main": encoder}), target)(tvm.runtime.tensor(x, dev), *act, codes)
+    geometry = layer_geometry(layer, x.shape)
+    out = tvm.runtime.tensor(np.zeros((geometry.batch, geometry.out_channels, *geometry.out_hw), np.float32), dev)
+    consts = [tvm.runtime.tensor(a, dev) for a in encoded.kernel.consts]
+    tvm.compile(tvm.IRModule({"main": kernel}), target)(codes, *consts, out)
+    _check(layer, x, encoded.kernel, out.numpy())
+
+
 def test_numpy_reference_is_the_grouped_convolution():
     """reference_int against a plain loop over (o, c, r, s): the reference the kernel is judged by is right."""
     shape = SHAPES[4]

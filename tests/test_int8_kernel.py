@@ -23,7 +23,8 @@ from tvmquant.target import TargetSpec, load_target
 from models_for_tests import KERNEL_SHAPES, awkward_source, run_compiled, run_kernel
 from test_arm_device import arm_device  # noqa: F401  (the shared emulated-device fixture)
 
-SHAPES = KERNEL_SHAPES + [(2, 64, 5, 16, 40, (3, 3), (1, 1), (1, 1)), (16, 130, 1, 1, 32, (1, 1), (1, 1), (0, 0))]
+SHAPES = KERNEL_SHAPES + [(2, 64, 5, 16, 40, (3, 3), (1, 1), (1, 1)), (16, 130, 1, 1, 32, (1, 1), (1, 1), (0, 0)),
+                          (1, 16, 3, 8, 96, (1, 1), (1, 1), (0, 0))]  # 6 blocks, a short reduction: 8 x 2 tiles
 # (kind, weight bits, activation bits, symmetric zero points): 8-bit symmetric and 7/8-bit asymmetric weights
 # need the 2 * W + d form (with the activation sum), the rest fit int8 directly
 BITS = [("uniform", 8, 8, True), ("uniform", 2, 2, False), ("uniform", 7, 3, False), ("uniform", 4, 8, True),
@@ -111,6 +112,22 @@ def test_x86_inner_step_is_vpdpbusd(host_target):
     layer = _layer(SHAPES[5], "uniform", 2, 2, False, 0)
     _, lib = _compile(layer, _input(SHAPES[5], 0), host_target)
     assert "vpdpbusd" in lib.mod.inspect_source("asm")
+
+
+def test_register_tiles_follow_the_stated_rule():
+    assert int8.register_tile(112, 6, 4, "vnni") == (8, 2)  # short reduction: 16 accumulators
+    assert int8.register_tile(56, 9, 6, "vnni") == (8, 3)
+    assert int8.register_tile(14, 36, 24, "vnni") == (7, 3)  # 7 x 4 = 28 spills
+    assert int8.register_tile(1, 63, 320, "vnni") == (1, 21)
+    assert int8.register_tile(5, 4, 9, "vnni") == (5, 4)
+    assert int8.register_tile(14, 36, 24, "sdot") == (2, 1) and int8.register_tile(16, 6, 9, "widen") == (4, 1)
+
+
+@pytest.mark.skipif(int8.dot_isa(load_target("x86").tvm_target) != "vnni", reason="host has no AVX-512 VNNI")
+def test_x86_tile_spans_several_blocks(host_target):
+    shape = SHAPES[-1]  # 8 pixels x 2 blocks x 4 channel groups, unrolled: 64 vpdpbusd per tile
+    _, lib = _compile(_layer(shape, "uniform", 4, 4, False, 0), _input(shape, 0), host_target)
+    assert lib.mod.inspect_source("asm").count("vpdpbusd") >= 64
 
 
 @pytest.mark.parametrize("mattr,instruction", [(["+neon", "+dotprod"], "sdot\t"), (["+neon"], "smlal")])
