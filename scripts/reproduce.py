@@ -421,6 +421,9 @@ quantized weights in place; BatchNorm is folded before quantization; QAT is Adam
 """
 
 
+HAND_NOTES = "\n## Notes (written by hand"  # RESULTS.md from here on is kept when the report is written again
+
+
 def write_report(results, compiled, train, seconds, args, commands: list[str] | None = None) -> None:
     def cell(rows, key):
         return f"{rows[key]['acc']:.2f}" if key in rows else "-"
@@ -447,7 +450,9 @@ def write_report(results, compiled, train, seconds, args, commands: list[str] | 
             "",
             f"Model and data: {result['text']} ({result['samples']} scored samples; one sample = "
             f"{100 / result['samples']:.2f} points, binomial standard error at 99 % about "
-            f"{100 * (0.0099 / result['samples']) ** 0.5:.2f} points). QAT: {result['steps']} steps per fold "
+            f"{100 * (0.0099 / result['samples']) ** 0.5:.2f} points"
+            + (f", at 50 % {50 / result['samples'] ** 0.5:.2f} points" if result.get("agreement") else "")
+            + f"). QAT: {result['steps']} steps per fold "
             f"({result.get('epochs', train.epochs)} epochs, lr {result.get('lr', train.lr)}).",
             "",
             "### Post-training quantization (no training)",
@@ -473,10 +478,13 @@ def write_report(results, compiled, train, seconds, args, commands: list[str] | 
             "",
             "### Quantization-aware fine-tuning (same steps for every method)",
             "",
-            "| method | " + " | ".join(f"{s} PTQ | {s} QAT" for s in qat) + " | QAT time (all folds) |",
-            "| --- |" + " --- | --- |" * len(qat) + " --- |",
         ]
-        for method in QAT_METHODS:
+        if not qat:
+            lines.append("Not run on this model in these runs (no QAT rows); the QAT goals below have no number.")
+        else:
+            lines += ["| method | " + " | ".join(f"{s} PTQ | {s} QAT" for s in qat) + " | QAT time (all folds) |",
+                      "| --- |" + " --- | --- |" * len(qat) + " --- |"]
+        for method in QAT_METHODS if qat else ():
             cells = " | ".join(f"{cell(rows, f'ptq {method} {s}')} | {cell(rows, f'qat {method} {s}')}" for s in qat)
             times = " / ".join(f"{rows[f'qat {method} {s}']['seconds']:.0f} s" if f"qat {method} {s}" in rows else "-"
                                for s in qat)
@@ -520,7 +528,14 @@ def write_report(results, compiled, train, seconds, args, commands: list[str] | 
     if compiled:
         lines += ["## Compiled modules (TVM, x86, W3A8, mnist-cnn, first 200 digits of fold 0)", ""]
         lines += [f"- {m}: {text}" for m, text in compiled.items()]
-    (args.out / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    path = args.out / "RESULTS.md"
+    path.write_text(with_hand_notes("\n".join(lines) + "\n", path.read_text() if path.exists() else ""))
+
+
+def with_hand_notes(report: str, old: str) -> str:
+    """The new report followed by the old one's hand-written notes section, if it had one."""
+    kept = old.partition(HAND_NOTES)[2]
+    return report + (HAND_NOTES + kept if kept else "")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """scripts/reproduce.py's own logic: the photo split of the EfficientNet-Lite0 bench never scores a photo it
-calibrated on, and a merged results.json can be merged again with a new bench's run."""
+calibrated on, a merged results.json can be merged again with a new bench's run, and rewriting RESULTS.md keeps
+its hand-written notes."""
 
 import json
 import sys
@@ -9,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import photos  # noqa: E402
-from reproduce import load_runs  # noqa: E402
+from reproduce import HAND_NOTES, load_runs, with_hand_notes  # noqa: E402
 
 
 @pytest.mark.parametrize("scored", [1, 3, 5])
@@ -43,3 +44,9 @@ def test_load_runs_expands_a_merged_file(tmp_path):
     (tmp_path / "merged.json").write_text(json.dumps({"benches": {}, "compiled": {}, "runs": [run, run]}))
     (tmp_path / "new.json").write_text(json.dumps(new))
     assert load_runs([tmp_path / "merged.json", tmp_path / "new.json"]) == [run, run, new]
+
+
+def test_rewriting_the_report_keeps_the_hand_written_notes():
+    old = "# Old\n\n| a | 1 |\n" + HAND_NOTES + " after the run)\n\n- a note\n"
+    assert with_hand_notes("# New\n", old) == "# New\n" + HAND_NOTES + " after the run)\n\n- a note\n"
+    assert with_hand_notes("# New\n", "# Old, no notes\n") == "# New\n"
