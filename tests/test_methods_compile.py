@@ -33,9 +33,11 @@ def test_every_method_compiles_and_matches_reference(method, source, tmp_path, h
     kinds = {layer.weight.kind.value for layer in result.scheme.layers.values()}
     assert kinds <= KINDS[method] and kinds & KINDS[method]
     for name, layer in result.scheme.layers.items():
-        rule = registry.choose(layer, host_target.tvm_target)[0].name  # UNIFORM, POW2: auto's cost rule
+        rule = registry.choose(layer, host_target.tvm_target)[0].name  # UNIFORM, POW2, CODEBOOK: auto's cost rule
         want = {"uniform": rule, "pow2": rule, "multipoint": "multipoint",
-                "codebook": "lut" if layer.weight.bits <= 4 else "dequant"}[layer.weight.kind.value]
+                "codebook": rule if layer.weight.bits <= 4 else "dequant"}[layer.weight.kind.value]
+        if layer.weight.kind.value == "codebook" and layer.weight.bits <= 4:
+            assert rule in ("lut", "onehot")
         assert result.kernels[name] == want
     compiled = run_compiled(result, source.eval_x, 1)
     ref = result.reference_outputs

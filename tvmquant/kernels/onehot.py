@@ -88,8 +88,9 @@ def compute(layer: LayerScheme, geometry: ConvGeometry, codes_in: bool = False) 
 
 def compute_encoded(layer: LayerScheme, geometry: ConvGeometry) -> Encoded:
     """The layer as (bitserial's encoder -> activation planes, kernel on planes): codes between layers."""
-    gemm = bitserial.BitserialConv2dConfig(**vars(geometry), wbits=1, abits=layer.act.bits)
-    return Encoded(bitserial.build_encoder(gemm), compute(layer, geometry, codes_in=True), bitserial.PLANES_IO)
+    read = bitserial.pixels_read(geometry)
+    gemm = bitserial.BitserialConv2dConfig(**vars(read), wbits=1, abits=layer.act.bits)
+    return Encoded(bitserial.build_encoder(gemm, geometry), compute(layer, read, codes_in=True), bitserial.PLANES_IO)
 
 
 ENCODER = EncoderSpec(compute_encoded, bitserial.ENCODER.block, bitserial.ENCODER.schedules)
