@@ -110,6 +110,25 @@ def run_kernel(call, x: np.ndarray, geometry, target, lib, session=None, folder=
     return args[-1].numpy()
 
 
+def layer_reference(x: np.ndarray, layer) -> np.ndarray:
+    """The quantized PyTorch layer's float32 output (N, O, OH, OW): a linear layer's as (N, O, 1, 1)."""
+    from tvmquant.reference import quantized_layer
+
+    xt = torch.from_numpy(x if layer.op == "conv2d" else x.reshape(len(x), -1))
+    out = quantized_layer(xt, layer, None).numpy()
+    return out.reshape(out.shape + (1, 1)) if layer.op == "linear" else out
+
+
+def run_call(call, x: np.ndarray, out_shape: tuple[int, ...], target) -> np.ndarray:
+    """Compile a scheduled KernelCall for `target` (a tvm Target) and run it here on `x`."""
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": call.prim}), target)
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
+    lib(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in (x, *call.consts)], out)
+    return out.numpy()
+
+
 def run_compiled(result, x, batch: int):
     """The compiled artifact of a CompileResult run here, through the one device-run path."""
     from tvmquant.device_run import DeviceAddress, run_on_device

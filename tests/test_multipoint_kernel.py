@@ -3,7 +3,6 @@ reference and its own numpy reference: exactly equal float32 outputs."""
 
 import numpy as np
 import pytest
-import torch
 import tvm
 
 from tvmquant.pipeline import BuildOptions
@@ -11,12 +10,11 @@ from tvmquant.compile import compile_model
 from tvmquant.kernels import multipoint
 from tvmquant.kernels.family import layer_geometry, scheduled
 from tvmquant.quantize import QuantConfig
-from tvmquant.reference import quantized_layer
 from tvmquant.rpc import connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import load_target
 
-from models_for_tests import KERNEL_SHAPES, awkward_source, run_compiled
+from models_for_tests import KERNEL_SHAPES, awkward_source, layer_reference, run_call, run_compiled
 from test_arm_device import arm_device  # noqa: F401 (the emulated aarch64 device fixture)
 
 SHAPES = KERNEL_SHAPES
@@ -43,28 +41,14 @@ def make_layer(shape, wbits, abits, points, rng, extra=0.3) -> LayerScheme:
     return LayerScheme("layer", op, weight, act, stride, padding)
 
 
-def _torch_reference(x: np.ndarray, layer: LayerScheme) -> np.ndarray:
-    xt = torch.from_numpy(x if layer.op == "conv2d" else x.reshape(len(x), -1))
-    out = quantized_layer(xt, layer, None).numpy()
-    return out.reshape(out.shape + (1, 1)) if layer.op == "linear" else out
-
-
-def _run(call, x, out_shape, target):
-    lib = tvm.compile(tvm.IRModule({"main": call.prim}), target)
-    dev = tvm.cpu()
-    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32), dev)
-    lib(*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in (x, *call.consts)], out)
-    return out.numpy()
-
-
 def _check(shape, wbits, abits, points, seed, target):
     rng = np.random.default_rng(seed)
     layer = make_layer(shape, wbits, abits, points, rng)
     x = (rng.standard_normal(shape[:4]) * 2).astype(np.float32)
     geometry = layer_geometry(layer, shape[:4])
     call = scheduled(multipoint.FAMILY, layer, geometry, target)
-    got = _run(call, x, (shape[0], geometry.out_channels, *geometry.out_hw), target)
-    want = _torch_reference(x, layer)
+    got = run_call(call, x, (shape[0], geometry.out_channels, *geometry.out_hw), target)
+    want = layer_reference(x, layer)
     assert np.abs(want).max() > 0, "degenerate case: the check would be vacuous"
     np.testing.assert_array_equal(got, want)
     rows = multipoint.expand_rows(layer)
@@ -137,8 +121,8 @@ def _tie_case(width: int) -> tuple[LayerScheme, np.ndarray]:
 def test_products_are_rounded_before_the_sum(width, host_target):
     layer, x = _tie_case(width)
     call = scheduled(multipoint.FAMILY, layer, layer_geometry(layer, x.shape), host_target.tvm_target)
-    got = _run(call, x, x.shape, host_target.tvm_target)
-    want = _torch_reference(x, layer)
+    got = run_call(call, x, x.shape, host_target.tvm_target)
+    want = layer_reference(x, layer)
     assert want.flat[0] == 2**24
     np.testing.assert_array_equal(got, want)
 
@@ -165,7 +149,7 @@ def test_kernel_equals_reference_on_aarch64(arm_device, shape, wbits, abits, tmp
     call = scheduled(multipoint.FAMILY, layer, geometry, load_target("arm_cpu").tvm_target)
     got = _run_on_device(connect(arm_device), call, x, (shape[0], geometry.out_channels, *geometry.out_hw),
                          load_target("arm_cpu"), tmp_path)
-    np.testing.assert_array_equal(got, _torch_reference(x, layer))
+    np.testing.assert_array_equal(got, layer_reference(x, layer))
 
 
 @pytest.mark.arm
@@ -173,4 +157,4 @@ def test_products_are_rounded_before_the_sum_on_aarch64(arm_device, tmp_path):
     layer, x = _tie_case(8)
     call = scheduled(multipoint.FAMILY, layer, layer_geometry(layer, x.shape), load_target("arm_cpu").tvm_target)
     got = _run_on_device(connect(arm_device), call, x, x.shape, load_target("arm_cpu"), tmp_path)
-    np.testing.assert_array_equal(got, _torch_reference(x, layer))
+    np.testing.assert_array_equal(got, layer_reference(x, layer))

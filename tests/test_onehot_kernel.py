@@ -3,7 +3,6 @@ PyTorch reference and its numpy reference: exactly equal float32 outputs; the au
 
 import numpy as np
 import pytest
-import torch
 import tvm
 
 from tvmquant import pipeline
@@ -12,12 +11,11 @@ from tvmquant.kernels import multipoint, onehot, registry
 from tvmquant.kernels.family import layer_geometry, scheduled
 from tvmquant.pipeline import BuildOptions, QuantRequest
 from tvmquant.quantize import QuantConfig
-from tvmquant.reference import quantized_layer
 from tvmquant.rpc import connect
 from tvmquant.scheme import ActQuant, LayerScheme, WeightKind, WeightQuant
 from tvmquant.target import load_target
 
-from models_for_tests import KERNEL_SHAPES, awkward_source, run_compiled
+from models_for_tests import KERNEL_SHAPES, awkward_source, layer_reference, run_call, run_compiled
 from test_arm_device import arm_device  # noqa: F401 (the emulated aarch64 device fixture)
 from test_multipoint_kernel import _run_on_device
 
@@ -40,19 +38,6 @@ def make_layer(shape, wbits, abits, rng, unused=True) -> LayerScheme:
     return LayerScheme("layer", op, WeightQuant(WeightKind.CODEBOOK, wbits, codes, levels=levels), act, stride, padding)
 
 
-def _torch_reference(x: np.ndarray, layer: LayerScheme) -> np.ndarray:
-    xt = torch.from_numpy(x if layer.op == "conv2d" else x.reshape(len(x), -1))
-    out = quantized_layer(xt, layer, None).numpy()
-    return out.reshape(out.shape + (1, 1)) if layer.op == "linear" else out
-
-
-def _run(call, x, out_shape, target):
-    lib = tvm.compile(tvm.IRModule({"main": call.prim}), target)
-    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
-    lib(*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in (x, *call.consts)], out)
-    return out.numpy()
-
-
 @pytest.mark.parametrize("wbits,abits", BITS)
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_kernel_equals_reference(shape, wbits, abits, host_target):
@@ -61,8 +46,8 @@ def test_kernel_equals_reference(shape, wbits, abits, host_target):
     x = (2 * rng.standard_normal(shape[:4])).astype(np.float32)
     geometry = layer_geometry(layer, shape[:4])
     target = host_target.tvm_target
-    got = _run(scheduled(onehot.FAMILY, layer, geometry, target), x, (shape[0], shape[4], *geometry.out_hw), target)
-    want = _torch_reference(x, layer)
+    got = run_call(scheduled(onehot.FAMILY, layer, geometry, target), x, (shape[0], shape[4], *geometry.out_hw), target)
+    want = layer_reference(x, layer)
     assert np.abs(want).max() > 0, "degenerate case: the check would be vacuous"
     np.testing.assert_array_equal(got, want)
     rows = onehot.expand_rows(layer)
@@ -104,7 +89,7 @@ def test_encoder_then_kernel_on_codes_equals_the_reference(host_target):
     tvm.compile(tvm.IRModule({"main": encoder}), target)(tvm.runtime.tensor(x), *act, codes)
     out = tvm.runtime.tensor(np.zeros((geometry.batch, geometry.out_channels, *geometry.out_hw), np.float32))
     tvm.compile(tvm.IRModule({"main": kernel}), target)(codes, *[tvm.runtime.tensor(a) for a in encoded.kernel.consts], out)
-    np.testing.assert_array_equal(out.numpy(), _torch_reference(x, layer))
+    np.testing.assert_array_equal(out.numpy(), layer_reference(x, layer))
 
 
 def test_supports_low_bit_codebooks_with_halvable_levels_only():
@@ -171,4 +156,4 @@ def test_kernel_equals_reference_on_aarch64(arm_device, shape, wbits, abits, tmp
     spec = load_target("arm_cpu")
     call = scheduled(onehot.FAMILY, layer, geometry, spec.tvm_target)
     got = _run_on_device(connect(arm_device), call, x, (shape[0], shape[4], *geometry.out_hw), spec, tmp_path)
-    np.testing.assert_array_equal(got, _torch_reference(x, layer))
+    np.testing.assert_array_equal(got, layer_reference(x, layer))
