@@ -177,7 +177,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", default="auto", choices=KERNELS,
                         help="kernel family for the quantized layers: auto picks by weight kind and a cost rule (uniform -> "
                         "int8 for 8-bit and few-channel layers, else bitserial; pow2 -> int8 where the target has a dot "
-                        "instruction, else shift; codebook -> lut, multipoint -> multipoint; grouped convs -> "
+                        "instruction, else shift; codebook -> onehot (popcount) or lut by a cost rule, multipoint -> "
+                        "multipoint; grouped convs -> "
                         "depthwise); a family runs every layer it can, the others keep auto's choice and the summary "
                         "says why (default: auto)")
     parser.add_argument("--no-codes-between-layers", dest="codes", action="store_false",
